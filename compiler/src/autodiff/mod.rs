@@ -1,0 +1,214 @@
+//! Reverse-mode autodiff as an egg phase.
+//!
+//! The walk (plain code) visits the forward graph in reverse schedule order and gives
+//! every differentiable input of every op a placeholder `vjp_i(node, adjoint)`, summing
+//! contributions and undoing broadcasting with `sum_to`. The `grad` phase then runs only
+//! the VJP rules of `rules.rs`, which rewrite every placeholder into primitive ops, and
+//! extraction (placeholders cost infinity) turns the e-graph back into an IR graph that
+//! holds the forward pass and the gradients.
+
+pub mod lang;
+pub mod rules;
+
+use crate::ir::{Graph, NodeId};
+use crate::ops::Op;
+use egg::{CostFunction, Extractor, Id, Language, Runner};
+use lang::{EGraph, ENode};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Budgets of the `grad` phase.
+pub const GRAD_NODE_LIMIT: usize = 500_000;
+pub const GRAD_ITER_LIMIT: usize = 64;
+pub const GRAD_TIME_LIMIT: Duration = Duration::from_secs(20);
+
+/// What the `grad` phase did, for `--stats`.
+#[derive(Clone, Debug, Default)]
+pub struct GradStats {
+    pub egraph_nodes: usize,
+    pub iterations: usize,
+    pub stop_reason: String,
+    pub saturation_ms: f64,
+    pub extract_ms: f64,
+}
+
+/// Extraction cost: placeholders are never chosen; otherwise prefer shallow terms.
+struct NoPlaceholders;
+
+impl CostFunction<ENode> for NoPlaceholders {
+    type Cost = f64;
+    fn cost<C: FnMut(Id) -> f64>(&mut self, enode: &ENode, mut costs: C) -> f64 {
+        if matches!(enode.op, Op::Vjp(_)) {
+            return f64::INFINITY;
+        }
+        1.0 + enode.fold(0.0, |m: f64, c| m.max(costs(c)))
+    }
+}
+
+/// Differentiate output `loss` (a scalar) with respect to the leaves `wrt`. Returns a
+/// graph with the original outputs plus `grad:NAME` for each leaf, and the statistics.
+pub fn grad(g: &Graph, loss: &str, wrt: &[NodeId]) -> Result<(Graph, GradStats), String> {
+    let loss_node = g
+        .output(loss)
+        .ok_or_else(|| format!("no output `{loss}` to differentiate"))?;
+    let order = g.schedule();
+    let mut eg = EGraph::default();
+    let mut id: HashMap<NodeId, Id> = HashMap::new();
+    for &n in &order {
+        let args = g.inputs(n).iter().map(|i| id[i]).collect();
+        id.insert(
+            n,
+            eg.add(ENode {
+                op: g.node(n).op.clone(),
+                args,
+            }),
+        );
+    }
+    // Which nodes depend on a leaf we differentiate with respect to.
+    let mut needs: HashMap<NodeId, bool> = HashMap::new();
+    for &n in &order {
+        let v = wrt.contains(&n) || g.inputs(n).iter().any(|i| needs[i]);
+        needs.insert(n, v);
+    }
+    let mut adj: HashMap<NodeId, Id> = HashMap::new();
+    adj.insert(
+        loss_node,
+        eg.add(ENode {
+            op: Op::scalar(1.0),
+            args: vec![],
+        }),
+    );
+    for &n in order.iter().rev() {
+        let Some(&gn) = adj.get(&n) else { continue };
+        let op = g.node(n).op.clone();
+        for (i, input) in g.inputs(n).into_iter().enumerate() {
+            if !needs[&input] || rules::no_gradient(&op, i) {
+                continue;
+            }
+            let mut c = eg.add(ENode {
+                op: Op::Vjp(i),
+                args: vec![id[&n], gn],
+            });
+            let (in_shape, out_shape) = (&g.ty(input).shape, &g.ty(n).shape);
+            if (op.is_elementwise_binary() || op == Op::Select) && in_shape != out_shape {
+                c = eg.add(ENode {
+                    op: Op::SumTo {
+                        shape: in_shape.clone(),
+                    },
+                    args: vec![c],
+                });
+            }
+            let total = match adj.get(&input) {
+                Some(&prev) => eg.add(ENode {
+                    op: Op::Add,
+                    args: vec![prev, c],
+                }),
+                None => c,
+            };
+            adj.insert(input, total);
+        }
+    }
+    let mut roots: Vec<(String, Id)> = g
+        .outputs
+        .iter()
+        .map(|(name, n)| (name.clone(), id[n]))
+        .collect();
+    for &w in wrt {
+        let name = match &g.node(w).op {
+            Op::Param { name, .. } | Op::Input { name, .. } | Op::State { name, .. } => {
+                name.clone()
+            }
+            other => format!("{}{}", other.name(), w.index()),
+        };
+        let gid = match adj.get(&w) {
+            Some(&a) => a,
+            None => {
+                // The loss does not depend on this leaf: its gradient is zero.
+                let z = eg.add(ENode {
+                    op: Op::scalar(0.0),
+                    args: vec![],
+                });
+                eg.add(ENode {
+                    op: Op::Broadcast {
+                        shape: g.ty(w).shape.clone(),
+                    },
+                    args: vec![z],
+                })
+            }
+        };
+        roots.push((format!("grad:{name}"), gid));
+    }
+
+    let t0 = Instant::now();
+    let runner = Runner::default()
+        .with_egraph(eg)
+        .with_node_limit(GRAD_NODE_LIMIT)
+        .with_iter_limit(GRAD_ITER_LIMIT)
+        .with_time_limit(GRAD_TIME_LIMIT)
+        .run(&rules::vjp_rules());
+    let saturation_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let stop_reason = match &runner.stop_reason {
+        Some(egg::StopReason::Saturated) => "saturated".to_string(),
+        Some(r) => format!("{r:?}"),
+        None => "unknown".to_string(),
+    };
+    let t1 = Instant::now();
+    let ex = Extractor::new(&runner.egraph, NoPlaceholders);
+    let mut out = Graph::new();
+    let mut built: HashMap<Id, NodeId> = HashMap::new();
+    for (name, root) in &roots {
+        let n = build(&runner.egraph, &ex, *root, &mut built, &mut out)?;
+        out.set_output(name.clone(), n);
+    }
+    let stats = GradStats {
+        egraph_nodes: runner.egraph.total_number_of_nodes(),
+        iterations: runner.iterations.len(),
+        stop_reason,
+        saturation_ms,
+        extract_ms: t1.elapsed().as_secs_f64() * 1e3,
+    };
+    Ok((out, stats))
+}
+
+/// Rebuild the chosen term of an e-class as IR nodes (iteratively, memoised per class).
+fn build(
+    eg: &EGraph,
+    ex: &Extractor<NoPlaceholders, ENode, lang::Types>,
+    root: Id,
+    built: &mut HashMap<Id, NodeId>,
+    out: &mut Graph,
+) -> Result<NodeId, String> {
+    let mut stack = vec![(eg.find(root), false)];
+    while let Some((c, ready)) = stack.pop() {
+        if built.contains_key(&c) {
+            continue;
+        }
+        let node = ex.find_best_node(c);
+        if let Op::Vjp(i) = node.op {
+            let fwd = eg[node.args[0]]
+                .nodes
+                .iter()
+                .find(|n| !matches!(n.op, Op::Vjp(_)));
+            let what = fwd.map(|n| n.op.name()).unwrap_or("?");
+            return Err(format!(
+                "no gradient rule for input {i} of `{what}` (see autodiff/rules.rs)"
+            ));
+        }
+        let kids: Vec<Id> = node.args.iter().map(|&a| eg.find(a)).collect();
+        if ready {
+            let ins: Vec<NodeId> = kids.iter().map(|k| built[k]).collect();
+            let n = out
+                .add(node.op.clone(), &ins)
+                .map_err(|e| format!("internal: rebuilding `{}`: {e}", node.op.name()))?;
+            built.insert(c, n);
+        } else {
+            stack.push((c, true));
+            for k in kids {
+                if !built.contains_key(&k) {
+                    stack.push((k, false));
+                }
+            }
+        }
+    }
+    Ok(built[&eg.find(root)])
+}

@@ -1,0 +1,528 @@
+//! The reference interpreter: the semantics of every op on ndarray, generic over f32
+//! (training) and f64 (gradient checks). It is the oracle that rewrites and JIT kernels
+//! are tested against, so it favours plainness over speed.
+
+use crate::ir::{Graph, NodeId};
+use crate::ops::{Dist, Op};
+use crate::rng;
+use crate::types::{DType, Dim, Shape};
+use ndarray::{ArrayD, Axis, IxDyn, Zip};
+use std::collections::HashMap;
+
+/// Scalars the interpreter computes in.
+pub trait Real:
+    ndarray::LinalgScalar
+    + num_traits::Float
+    + ndarray::ScalarOperand
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    fn of(v: f64) -> Self;
+    fn f64(self) -> f64;
+}
+
+impl Real for f32 {
+    fn of(v: f64) -> f32 {
+        v as f32
+    }
+    fn f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Real for f64 {
+    fn of(v: f64) -> f64 {
+        v
+    }
+    fn f64(self) -> f64 {
+        self
+    }
+}
+
+/// What one run of a graph sees: named leaf values and the randomness counters.
+pub struct Env<T> {
+    /// Inputs, parameters and states by name.
+    pub values: HashMap<String, ArrayD<T>>,
+    pub seed: u64,
+    pub step: u64,
+}
+
+impl<T> Env<T> {
+    pub fn new(seed: u64, step: u64) -> Env<T> {
+        Env {
+            values: HashMap::new(),
+            seed,
+            step,
+        }
+    }
+}
+
+/// Run the graph and return the named outputs, in the order asked.
+pub fn run<T: Real>(g: &Graph, env: &Env<T>, outputs: &[&str]) -> Result<Vec<ArrayD<T>>, String> {
+    let mut roots = Vec::new();
+    for name in outputs {
+        roots.push(
+            g.output(name)
+                .ok_or_else(|| format!("the graph has no output `{name}`"))?,
+        );
+    }
+    let vals = run_nodes(g, env, &roots)?;
+    Ok(roots.iter().map(|r| vals[r].clone()).collect())
+}
+
+/// Evaluate the nodes the given roots depend on. Returns every computed value.
+pub fn run_nodes<T: Real>(
+    g: &Graph,
+    env: &Env<T>,
+    roots: &[NodeId],
+) -> Result<HashMap<NodeId, ArrayD<T>>, String> {
+    let order = schedule_for(g, roots);
+    let mut syms: HashMap<String, usize> = HashMap::new();
+    let mut vals: HashMap<NodeId, ArrayD<T>> = HashMap::new();
+    // Bind symbolic dimensions from the leaves first.
+    for &n in &order {
+        if let Op::Input { name, ty } | Op::Param { name, ty } | Op::State { name, ty } =
+            &g.node(n).op
+        {
+            let v = env
+                .values
+                .get(name)
+                .ok_or_else(|| format!("no value given for `{name}`"))?;
+            bind(&ty.1, v.shape(), &mut syms).map_err(|e| format!("`{name}`: {e}"))?;
+            vals.insert(n, v.clone());
+        }
+    }
+    for &n in &order {
+        if vals.contains_key(&n) {
+            continue;
+        }
+        let ins: Vec<&ArrayD<T>> = g.inputs(n).iter().map(|i| &vals[i]).collect();
+        let v = eval_op(&g.node(n).op, &ins, &syms, env, g.node(n).ty.dtype)?;
+        vals.insert(n, v);
+    }
+    Ok(vals)
+}
+
+fn schedule_for(g: &Graph, roots: &[NodeId]) -> Vec<NodeId> {
+    let mut sub = Graph::clone(g);
+    sub.outputs = roots
+        .iter()
+        .enumerate()
+        .map(|(i, &r)| (format!("r{i}"), r))
+        .collect();
+    sub.schedule()
+}
+
+fn bind(want: &[Dim], got: &[usize], syms: &mut HashMap<String, usize>) -> Result<(), String> {
+    let shown = || {
+        format!(
+            "expected shape {}, got {:?}",
+            crate::types::show_shape(want),
+            got
+        )
+    };
+    if want.len() != got.len() {
+        return Err(shown());
+    }
+    for (w, &g) in want.iter().zip(got) {
+        match w {
+            Dim::Known(k) if *k != g => return Err(shown()),
+            Dim::Known(_) => {}
+            Dim::Sym(s) => match syms.get(s) {
+                Some(&prev) if prev != g => {
+                    return Err(format!("{}: {s} is {prev} elsewhere", shown()));
+                }
+                _ => {
+                    syms.insert(s.clone(), g);
+                }
+            },
+        }
+    }
+    Ok(())
+}
+
+fn concrete(s: &Shape, syms: &HashMap<String, usize>) -> Result<Vec<usize>, String> {
+    s.iter()
+        .map(|d| match d {
+            Dim::Known(k) => Ok(*k),
+            Dim::Sym(x) => syms
+                .get(x)
+                .copied()
+                .ok_or_else(|| format!("the size of {x} is not known")),
+        })
+        .collect()
+}
+
+fn unary<T: Real>(x: &ArrayD<T>, f: impl Fn(T) -> T) -> ArrayD<T> {
+    x.mapv(f)
+}
+
+fn binary<T: Real>(
+    a: &ArrayD<T>,
+    b: &ArrayD<T>,
+    f: impl Fn(T, T) -> T,
+) -> Result<ArrayD<T>, String> {
+    let shape = broadcast_shape(a.shape(), b.shape())?;
+    let av = a.broadcast(IxDyn(&shape)).ok_or("broadcast failed")?;
+    let bv = b.broadcast(IxDyn(&shape)).ok_or("broadcast failed")?;
+    Ok(Zip::from(&av).and(&bv).map_collect(|&x, &y| f(x, y)))
+}
+
+fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
+    let n = a.len().max(b.len());
+    let mut out = vec![0; n];
+    for i in 0..n {
+        let x = if i + a.len() >= n {
+            a[i + a.len() - n]
+        } else {
+            1
+        };
+        let y = if i + b.len() >= n {
+            b[i + b.len() - n]
+        } else {
+            1
+        };
+        out[i] = if x == y || y == 1 {
+            x
+        } else if x == 1 {
+            y
+        } else {
+            return Err(format!("shapes {a:?} and {b:?} do not broadcast"));
+        };
+    }
+    Ok(out)
+}
+
+fn bool_of<T: Real>(c: bool) -> T {
+    if c { T::one() } else { T::zero() }
+}
+
+/// max that propagates NaN from either side.
+fn nan_max<T: Real>(a: T, b: T) -> T {
+    if a.is_nan() || b.is_nan() {
+        T::nan()
+    } else if a >= b {
+        a
+    } else {
+        b
+    }
+}
+
+fn nan_min<T: Real>(a: T, b: T) -> T {
+    if a.is_nan() || b.is_nan() {
+        T::nan()
+    } else if a <= b {
+        a
+    } else {
+        b
+    }
+}
+
+fn reduce<T: Real>(
+    x: &ArrayD<T>,
+    axes: &[usize],
+    keep: bool,
+    f: impl Fn(&ArrayD<T>, Axis) -> ArrayD<T>,
+) -> ArrayD<T> {
+    let mut v = x.clone();
+    let mut sorted = axes.to_vec();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    for &a in &sorted {
+        v = f(&v, Axis(a));
+        if keep {
+            v.insert_axis_inplace(Axis(a));
+        }
+    }
+    v
+}
+
+fn matmul2<T: Real>(a: &ArrayD<T>, b: &ArrayD<T>) -> Result<ArrayD<T>, String> {
+    let a2 = a
+        .view()
+        .into_dimensionality::<ndarray::Ix2>()
+        .map_err(|e| e.to_string())?;
+    let b2 = b
+        .view()
+        .into_dimensionality::<ndarray::Ix2>()
+        .map_err(|e| e.to_string())?;
+    if a2.ncols() != b2.nrows() {
+        return Err(format!("matmul of {:?} and {:?}", a.shape(), b.shape()));
+    }
+    Ok(a2.dot(&b2).into_dyn())
+}
+
+fn reshape<T: Real>(x: &ArrayD<T>, shape: Vec<usize>) -> Result<ArrayD<T>, String> {
+    let std = x.as_standard_layout().to_owned();
+    std.into_shape_with_order(IxDyn(&shape))
+        .map_err(|e| format!("reshape {:?} to {shape:?}: {e}", x.shape()))
+}
+
+fn softmax_lane<T: Real>(x: &ArrayD<T>, axis: usize, log: bool) -> ArrayD<T> {
+    let mut out = x.clone();
+    for mut lane in out.lanes_mut(Axis(axis)) {
+        let m = lane.iter().fold(T::neg_infinity(), |a, &b| nan_max(a, b));
+        let m = if m.is_infinite() { T::zero() } else { m };
+        let s = lane.iter().fold(T::zero(), |a, &b| a + (b - m).exp());
+        if log {
+            let ls = s.ln();
+            lane.mapv_inplace(|v| v - m - ls);
+        } else {
+            lane.mapv_inplace(|v| (v - m).exp() / s);
+        }
+    }
+    out
+}
+
+fn eval_op<T: Real>(
+    op: &Op,
+    ins: &[&ArrayD<T>],
+    syms: &HashMap<String, usize>,
+    env: &Env<T>,
+    dtype: DType,
+) -> Result<ArrayD<T>, String> {
+    use Op::*;
+    let x = || ins[0];
+    Ok(match op {
+        Input { .. } | Param { .. } | State { .. } => {
+            unreachable!("leaves are bound before evaluation")
+        }
+        Const { shape, data } => {
+            ArrayD::from_shape_vec(IxDyn(shape), data.iter().map(|v| T::of(v.get())).collect())
+                .map_err(|e| e.to_string())?
+        }
+        Random { key, dist, shape } => {
+            let shape = concrete(shape, syms)?;
+            let n: usize = shape.iter().product();
+            let draw = |i: usize| match dist {
+                Dist::Uniform => rng::uniform(env.seed, *key as u64, env.step, i as u64),
+                Dist::Normal => rng::normal(env.seed, *key as u64, env.step, i as u64),
+            };
+            ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|i| T::of(draw(i))).collect())
+                .map_err(|e| e.to_string())?
+        }
+        Neg => unary(x(), |v| -v),
+        Exp => unary(x(), |v| v.exp()),
+        Log => unary(x(), |v| v.ln()),
+        Sqrt => unary(x(), |v| v.sqrt()),
+        Tanh => unary(x(), |v| v.tanh()),
+        Sigmoid => unary(x(), |v| {
+            // Stable on both tails.
+            if v >= T::zero() {
+                T::one() / (T::one() + (-v).exp())
+            } else {
+                let e = v.exp();
+                e / (T::one() + e)
+            }
+        }),
+        Relu => unary(x(), |v| {
+            if v > T::zero() || v.is_nan() {
+                v
+            } else {
+                T::zero()
+            }
+        }),
+        Abs => unary(x(), |v| v.abs()),
+        Sign => unary(x(), |v| {
+            if v.is_nan() {
+                v
+            } else if v > T::zero() {
+                T::one()
+            } else if v < T::zero() {
+                -T::one()
+            } else {
+                T::zero()
+            }
+        }),
+        StopGradient => x().clone(),
+        Cast(t) => match t {
+            DType::F32 => x().clone(),
+            DType::I32 => unary(x(), |v| v.trunc()),
+        },
+        Add => binary(ins[0], ins[1], |a, b| a + b)?,
+        Sub => binary(ins[0], ins[1], |a, b| a - b)?,
+        Mul => binary(ins[0], ins[1], |a, b| a * b)?,
+        Div => {
+            if dtype == DType::I32 {
+                binary(ins[0], ins[1], |a, b| (a / b).trunc())?
+            } else {
+                binary(ins[0], ins[1], |a, b| a / b)?
+            }
+        }
+        Pow => binary(ins[0], ins[1], |a, b| a.powf(b))?,
+        Maximum => binary(ins[0], ins[1], nan_max)?,
+        Minimum => binary(ins[0], ins[1], nan_min)?,
+        Lt => binary(ins[0], ins[1], |a, b| bool_of(a < b))?,
+        Le => binary(ins[0], ins[1], |a, b| bool_of(a <= b))?,
+        Gt => binary(ins[0], ins[1], |a, b| bool_of(a > b))?,
+        Ge => binary(ins[0], ins[1], |a, b| bool_of(a >= b))?,
+        Eq => binary(ins[0], ins[1], |a, b| bool_of(a == b))?,
+        Ne => binary(ins[0], ins[1], |a, b| bool_of(a != b))?,
+        Select => {
+            let s1 = broadcast_shape(ins[0].shape(), ins[1].shape())?;
+            let shape = broadcast_shape(&s1, ins[2].shape())?;
+            let c = ins[0].broadcast(IxDyn(&shape)).ok_or("broadcast failed")?;
+            let a = ins[1].broadcast(IxDyn(&shape)).ok_or("broadcast failed")?;
+            let b = ins[2].broadcast(IxDyn(&shape)).ok_or("broadcast failed")?;
+            Zip::from(&c)
+                .and(&a)
+                .and(&b)
+                .map_collect(|&c, &a, &b| if c != T::zero() { a } else { b })
+        }
+        Sum { axes, keep } => reduce(x(), axes, *keep, |v, a| v.sum_axis(a)),
+        Mean { axes, keep } => {
+            let n: usize = axes.iter().map(|&a| x().shape()[a]).product();
+            let s = reduce(x(), axes, *keep, |v, a| v.sum_axis(a));
+            s.mapv(|v| v / T::of(n as f64))
+        }
+        Max { axes, keep } => reduce(x(), axes, *keep, |v, a| {
+            v.fold_axis(a, T::neg_infinity(), |&m, &e| nan_max(m, e))
+        }),
+        ArgMax { axis } => x().map_axis(Axis(*axis), |lane| {
+            let mut best = 0usize;
+            for (i, &v) in lane.iter().enumerate() {
+                if v.is_nan() {
+                    return T::of(i as f64);
+                }
+                if v > lane[best] {
+                    best = i;
+                }
+            }
+            T::of(best as f64)
+        }),
+        Softmax { axis } => softmax_lane(x(), *axis, false),
+        LogSoftmax { axis } => softmax_lane(x(), *axis, true),
+        Reshape { shape } => reshape(x(), concrete(shape, syms)?)?,
+        Transpose { perm } => x()
+            .clone()
+            .permuted_axes(IxDyn(perm))
+            .as_standard_layout()
+            .to_owned(),
+        Broadcast { shape } => {
+            let s = concrete(shape, syms)?;
+            x().broadcast(IxDyn(&s))
+                .ok_or_else(|| format!("cannot broadcast {:?} to {s:?}", x().shape()))?
+                .to_owned()
+        }
+        SumTo { shape } => {
+            let target = concrete(shape, syms)?;
+            let mut v = x().clone();
+            while v.ndim() > target.len() {
+                v = v.sum_axis(Axis(0));
+            }
+            for (i, &t) in target.iter().enumerate() {
+                if t == 1 && v.shape()[i] != 1 {
+                    v = v.sum_axis(Axis(i)).insert_axis(Axis(i));
+                }
+            }
+            v
+        }
+        Concat { axis } => {
+            let views: Vec<_> = ins.iter().map(|a| a.view()).collect();
+            ndarray::concatenate(Axis(*axis), &views).map_err(|e| e.to_string())?
+        }
+        Slice {
+            axis,
+            start,
+            end,
+            step,
+        } => x()
+            .slice_axis(
+                Axis(*axis),
+                ndarray::Slice::new(*start as isize, Some(*end as isize), *step as isize),
+            )
+            .to_owned(),
+        Gather => {
+            let (table, idx) = (ins[0], ins[1]);
+            let rows = table.shape()[0];
+            let mut picks = Vec::with_capacity(idx.len());
+            for &i in idx.iter() {
+                let f = i.f64();
+                if !(f >= 0.0 && (f as usize) < rows) {
+                    return Err(format!(
+                        "gather index {f} is out of range for a table of {rows} rows"
+                    ));
+                }
+                picks.push(f as usize);
+            }
+            let sel = table.select(Axis(0), &picks);
+            let mut shape = idx.shape().to_vec();
+            shape.extend_from_slice(&table.shape()[1..]);
+            reshape(&sel, shape)?
+        }
+        ScatterAdd { rows } => {
+            let (idx, g) = (ins[0], ins[1]);
+            let rest: Vec<usize> = g.shape()[idx.ndim()..].to_vec();
+            let width: usize = rest.iter().product();
+            let mut shape = vec![*rows];
+            shape.extend(&rest);
+            let mut out = ArrayD::<T>::zeros(IxDyn(&shape));
+            let gs = g.as_standard_layout();
+            let gflat = gs.as_slice().ok_or("scatter_add: layout")?;
+            let oflat = out.as_slice_mut().ok_or("scatter_add: layout")?;
+            for (k, &i) in idx.iter().enumerate() {
+                let r = i.f64() as usize;
+                if r >= *rows {
+                    return Err(format!(
+                        "scatter_add index {r} is out of range for {rows} rows"
+                    ));
+                }
+                for j in 0..width {
+                    oflat[r * width + j] = oflat[r * width + j] + gflat[k * width + j];
+                }
+            }
+            out
+        }
+        OneHot { depth } => {
+            let mut shape = x().shape().to_vec();
+            shape.push(*depth);
+            let mut out = ArrayD::<T>::zeros(IxDyn(&shape));
+            let flat = out.as_slice_mut().ok_or("one_hot: layout")?;
+            for (k, &v) in x().iter().enumerate() {
+                let f = v.f64();
+                if f >= 0.0 && (f as usize) < *depth {
+                    flat[k * depth + f as usize] = T::one();
+                }
+            }
+            out
+        }
+        MatMul => {
+            let (a, b) = (ins[0], ins[1]);
+            if a.ndim() == 2 && b.ndim() == 2 {
+                matmul2(a, b)?
+            } else if b.ndim() == 2 {
+                let k = a.shape()[a.ndim() - 1];
+                let lead: Vec<usize> = a.shape()[..a.ndim() - 1].to_vec();
+                let rows: usize = lead.iter().product();
+                let flat = reshape(a, vec![rows, k])?;
+                let out = matmul2(&flat, b)?;
+                let mut shape = lead;
+                shape.push(b.shape()[1]);
+                reshape(&out, shape)?
+            } else {
+                let nb = a.ndim() - 2;
+                let batch: usize = a.shape()[..nb].iter().product();
+                let (m, k, n) = (a.shape()[nb], a.shape()[nb + 1], b.shape()[nb + 1]);
+                let a3 = reshape(a, vec![batch, m, k])?;
+                let b3 = reshape(b, vec![batch, k, n])?;
+                let mut outs = Vec::with_capacity(batch);
+                for i in 0..batch {
+                    let ai = a3.index_axis(Axis(0), i).to_owned().into_dyn();
+                    let bi = b3.index_axis(Axis(0), i).to_owned().into_dyn();
+                    outs.push(matmul2(&ai, &bi)?);
+                }
+                let views: Vec<_> = outs.iter().map(|o| o.view().insert_axis(Axis(0))).collect();
+                let stacked = ndarray::concatenate(Axis(0), &views).map_err(|e| e.to_string())?;
+                let mut shape = a.shape()[..nb].to_vec();
+                shape.extend([m, n]);
+                reshape(&stacked, shape)?
+            }
+        }
+        Vjp(_) => {
+            return Err(
+                "internal: an unresolved gradient placeholder reached the interpreter".into(),
+            );
+        }
+    })
+}

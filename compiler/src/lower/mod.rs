@@ -1,0 +1,557 @@
+//! Lowering: from the parsed file (plus the prelude) to an IR graph.
+//!
+//! A `Program` is a parsed file. `lower_training` builds the graph a training section
+//! describes (inputs `x`, `y` from the data set; outputs `loss` and `pred`),
+//! `lower_predict` the graph of the model's `forward` function alone (used by `run`).
+
+mod builtins;
+mod eval;
+mod value;
+
+pub use builtins::ALL as BUILTINS;
+pub use eval::{Lowerer, MAX_CALL_DEPTH, Mode, ParamInfo};
+pub use value::{Init, Optimizer, Value};
+
+use crate::ir::Graph;
+use crate::ops::Op;
+use crate::types::{DType, Type};
+use dlc_dsl::ast::*;
+use dlc_dsl::{Diagnostic, Source};
+use eval::{Ctx, Scope};
+use std::collections::HashMap;
+use std::rc::Rc;
+use value::Func;
+
+/// A parsed `.dl` file with the prelude.
+pub struct Program {
+    pub source: Source,
+    pub file: File,
+    prelude: File,
+}
+
+/// What a data set tells the compiler: named sizes and the types of `x` and `y`.
+#[derive(Clone, Debug)]
+pub struct DataSig {
+    pub name: String,
+    pub dims: Vec<(String, usize)>,
+    pub x: Type,
+    pub y: Type,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EarlyStopping {
+    pub patience: usize,
+    pub min_delta: f64,
+}
+
+/// The settings of a training section.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    pub data: String,
+    pub data_args: Vec<(String, String)>,
+    pub optimizer: Optimizer,
+    pub batch: usize,
+    pub epochs: usize,
+    pub validation: bool,
+    pub early_stopping: Option<EarlyStopping>,
+    pub clip_norm: Option<f64>,
+}
+
+/// A lowered graph with the parameters it needs.
+pub struct Lowered {
+    pub graph: Graph,
+    pub params: Vec<ParamInfo>,
+}
+
+pub type Diags = Vec<Diagnostic>;
+
+impl Program {
+    /// Parse a file. Errors: syntax errors (one per item), an empty file, duplicate names.
+    pub fn parse(name: &str, bytes: &[u8]) -> Result<Program, (Source, Diags)> {
+        let text = match dlc_dsl::check_text(bytes) {
+            Ok(t) => t.to_string(),
+            Err(d) => {
+                return Err((
+                    Source::new(
+                        name,
+                        String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]).to_string(),
+                    ),
+                    vec![d],
+                ));
+            }
+        };
+        let source = Source::new(name, text);
+        let (file, mut diags) = dlc_dsl::parse_file(&source.text);
+        let (prelude, pd) = dlc_dsl::parse_file(dlc_dsl::PRELUDE);
+        assert!(pd.is_empty(), "the prelude does not parse: {pd:?}");
+        if diags.is_empty() && file.items.is_empty() {
+            diags.push(Diagnostic::new(
+                Span::new(0, 0),
+                "file defines no model: expected `model Name { … }`",
+            ));
+        }
+        let mut seen: HashMap<&str, Span> = HashMap::new();
+        for it in &file.items {
+            if matches!(it, Item::Train(_)) {
+                continue;
+            }
+            let n = it.name();
+            if let Some(prev) = seen.insert(&n.name, n.span) {
+                let (l, c) = source.line_col(prev.start);
+                diags.push(Diagnostic::new(
+                    n.span,
+                    format!(
+                        "`{}` is defined twice (first at line {l}, column {c})",
+                        n.name
+                    ),
+                ));
+            }
+        }
+        let trains: Vec<&TrainDef> = train_defs(&file).collect();
+        if trains.len() > 1 {
+            diags.push(Diagnostic::new(
+                trains[1].span,
+                "only one training section per file is supported",
+            ));
+        }
+        if diags.is_empty() {
+            Ok(Program {
+                source,
+                file,
+                prelude,
+            })
+        } else {
+            Err((source, diags))
+        }
+    }
+
+    pub fn train_def(&self) -> Option<&TrainDef> {
+        train_defs(&self.file).next()
+    }
+
+    /// The model a file is about: the one its training section trains, else the first.
+    pub fn main_model(&self) -> Result<Rc<ModelDef>, Diags> {
+        let models: Vec<&ModelDef> = self
+            .file
+            .items
+            .iter()
+            .filter_map(|i| {
+                if let Item::Model(m) = i {
+                    Some(m)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        if let Some(t) = self.train_def() {
+            return match models.iter().find(|m| m.name.name == t.model.name) {
+                Some(m) => Ok(Rc::new((*m).clone())),
+                None => {
+                    let names = models.iter().map(|m| m.name.name.as_str());
+                    let hint = dlc_dsl::nearest(&t.model.name, names)
+                        .map(|s| format!("; did you mean `{s}`?"))
+                        .unwrap_or_default();
+                    Err(vec![Diagnostic::new(
+                        t.model.span,
+                        format!("no model named `{}` in this file{hint}", t.model.name),
+                    )])
+                }
+            };
+        }
+        match models.first() {
+            Some(m) => Ok(Rc::new((*m).clone())),
+            None => Err(vec![Diagnostic::new(
+                Span::new(0, 0),
+                "file defines no model: expected `model Name { … }`",
+            )]),
+        }
+    }
+
+    fn globals(&self) -> HashMap<String, Value> {
+        let mut g = HashMap::new();
+        for it in self.prelude.items.iter().chain(&self.file.items) {
+            match it {
+                Item::Model(m) => {
+                    g.insert(
+                        m.name.name.clone(),
+                        Value::Func(Func::Model(Rc::new(m.clone()))),
+                    );
+                }
+                Item::Fn(f) => {
+                    g.insert(
+                        f.name.name.clone(),
+                        Value::Func(Func::Global(Rc::new(f.clone()))),
+                    );
+                }
+                Item::Train(_) => {}
+            }
+        }
+        g
+    }
+
+    fn instantiate_main(
+        &self,
+        lw: &mut Lowerer,
+        dims: &HashMap<String, usize>,
+    ) -> Result<Rc<value::Instance>, Diags> {
+        let main = self.main_model()?;
+        let span = main.name.span;
+        match lw.instantiate(&main, String::new(), vec![], dims, span) {
+            Value::Instance(i) if lw.diags.is_empty() => Ok(i),
+            _ => Err(std::mem::take(&mut lw.diags)),
+        }
+    }
+
+    /// The graph of the main model's `forward` with its declared parameter types as inputs.
+    pub fn lower_predict(&self, dims: &[(String, usize)], mode: Mode) -> Result<Lowered, Diags> {
+        let mut lw = Lowerer::new(self.globals(), mode);
+        let dims: HashMap<String, usize> = dims.iter().cloned().collect();
+        let inst = self.instantiate_main(&mut lw, &dims)?;
+        let Some(fwd) = inst.def.fns.iter().find(|f| f.name.name == "forward") else {
+            return Err(vec![Diagnostic::new(
+                inst.def.name.span,
+                format!("model `{}` has no `forward` function", inst.def.name.name),
+            )]);
+        };
+        let mut args = Vec::new();
+        let empty = Scope::new();
+        for p in &fwd.params {
+            let Some(ty) = &p.ty else {
+                lw.err(
+                    p.name.span,
+                    format!(
+                        "parameter `{}` of `forward` needs a type such as f32[B, 4]",
+                        p.name.name
+                    ),
+                );
+                continue;
+            };
+            if let Some(t) = lw.type_expr(
+                ty,
+                &Ctx {
+                    scope: &empty,
+                    inst: Some(&inst),
+                },
+            ) {
+                let v = lw.node(
+                    Op::Input {
+                        name: p.name.name.clone(),
+                        ty: (t.dtype, t.shape),
+                    },
+                    &[],
+                    p.name.span,
+                );
+                args.push((None, v, p.name.span));
+            }
+        }
+        if !lw.diags.is_empty() {
+            return Err(lw.diags);
+        }
+        let f = Value::Func(Func::Method(inst.clone(), Rc::new(fwd.clone())));
+        let out = lw.call(f, args, fwd.span, fwd.name.span);
+        finish(lw, vec![("pred", out, fwd.span)])
+    }
+
+    /// The graph of the training section: inputs `x` and `y`, outputs `loss` and `pred`.
+    pub fn lower_training(
+        &self,
+        data: &DataSig,
+        mode: Mode,
+    ) -> Result<(Lowered, TrainConfig), Diags> {
+        let Some(t) = self.train_def() else {
+            let m = self.main_model()?;
+            return Err(vec![Diagnostic::new(
+                m.name.span,
+                format!(
+                    "no training section: add `train {} on DATA {{ loss = … }}`",
+                    m.name.name
+                ),
+            )]);
+        };
+        let mut lw = Lowerer::new(self.globals(), mode);
+        let dims: HashMap<String, usize> = data.dims.iter().cloned().collect();
+        let inst = self.instantiate_main(&mut lw, &dims)?;
+        let x = lw.graph.add_ok(
+            Op::Input {
+                name: "x".into(),
+                ty: (data.x.dtype, data.x.shape.clone()),
+            },
+            &[],
+        );
+        let y = lw.graph.add_ok(
+            Op::Input {
+                name: "y".into(),
+                ty: (data.y.dtype, data.y.shape.clone()),
+            },
+            &[],
+        );
+        let mut scope = Scope::new();
+        scope.insert("x".into(), Value::Tensor(x));
+        scope.insert("y".into(), Value::Tensor(y));
+        // The prediction is forward(x); calls are memoised, so the loss shares it.
+        let pred = match inst.def.fns.iter().find(|f| f.name.name == "forward") {
+            Some(f) => {
+                let fv = Value::Func(Func::Method(inst.clone(), Rc::new(f.clone())));
+                lw.call(
+                    fv,
+                    vec![(None, Value::Tensor(x), t.span)],
+                    t.model.span,
+                    t.model.span,
+                )
+            }
+            None => lw.err(
+                inst.def.name.span,
+                format!("model `{}` has no `forward` function", inst.def.name.name),
+            ),
+        };
+        let mut cfg = TrainConfig {
+            data: t.data.name.clone(),
+            data_args: Vec::new(),
+            optimizer: Optimizer::with_defaults("adam", None).expect("adam"),
+            batch: 32,
+            epochs: 1,
+            validation: false,
+            early_stopping: None,
+            clip_norm: None,
+        };
+        for a in &t.data_args {
+            let v = lw.eval(
+                &a.value,
+                &Ctx {
+                    scope: &scope,
+                    inst: Some(&inst),
+                },
+            );
+            let key = a.name.as_ref().map(|n| n.name.clone()).unwrap_or_default();
+            let shown = match v {
+                Value::Num(n) => n.to_string(),
+                Value::Str(s) => s,
+                Value::Bool(b) => b.to_string(),
+                other => {
+                    lw.err(
+                        a.value.span,
+                        format!(
+                            "data set arguments are numbers or strings, found {}",
+                            other.kind()
+                        ),
+                    );
+                    continue;
+                }
+            };
+            cfg.data_args.push((key, shown));
+        }
+        let mut loss: Option<(Value, Span)> = None;
+        for s in &t.stmts {
+            match s {
+                TrainStmt::Set(b) => {
+                    let v = lw.eval(
+                        &b.value,
+                        &Ctx {
+                            scope: &scope,
+                            inst: Some(&inst),
+                        },
+                    );
+                    let sp = b.value.span;
+                    match b.name.name.as_str() {
+                        "loss" => loss = set_loss(&mut lw, loss, v, sp),
+                        "optimizer" => match v {
+                            Value::Optimizer(o) => cfg.optimizer = o,
+                            Value::Poison => {}
+                            other => {
+                                lw.err(
+                                    sp,
+                                    format!(
+                                        "optimizer must be one of {}, found {}",
+                                        Optimizer::NAMES.join(", "),
+                                        other.kind()
+                                    ),
+                                );
+                            }
+                        },
+                        "batch" | "epochs" => match count(&v) {
+                            Some(n) if n > 0 => {
+                                if b.name.name == "batch" {
+                                    cfg.batch = n
+                                } else {
+                                    cfg.epochs = n
+                                }
+                            }
+                            _ => {
+                                lw.err(sp, format!("{} must be a positive integer", b.name.name));
+                            }
+                        },
+                        "validation" => match v {
+                            Value::Bool(on) => cfg.validation = on,
+                            _ => {
+                                lw.err(sp, "validation must be true or false");
+                            }
+                        },
+                        "clip_norm" => match v {
+                            Value::Num(c) if c > 0.0 => cfg.clip_norm = Some(c),
+                            _ => {
+                                lw.err(sp, "clip_norm must be a positive number");
+                            }
+                        },
+                        _ => {
+                            scope.insert(b.name.name.clone(), v);
+                        }
+                    }
+                }
+                TrainStmt::Call { name, args, span } => match name.name.as_str() {
+                    "early_stopping" => {
+                        let mut es = EarlyStopping {
+                            patience: 3,
+                            min_delta: 0.0,
+                        };
+                        for a in args {
+                            let v = lw.eval(
+                                &a.value,
+                                &Ctx {
+                                    scope: &scope,
+                                    inst: Some(&inst),
+                                },
+                            );
+                            match (a.name.as_ref().map(|n| n.name.as_str()), &v) {
+                                (Some("patience") | None, Value::Num(_)) if count(&v).is_some() => {
+                                    es.patience = count(&v).unwrap_or(3)
+                                }
+                                (Some("min_delta"), Value::Num(d)) if *d >= 0.0 => {
+                                    es.min_delta = *d
+                                }
+                                _ => {
+                                    lw.err(
+                                        a.value.span,
+                                        "early_stopping takes patience: N and min_delta: X",
+                                    );
+                                }
+                            }
+                        }
+                        cfg.early_stopping = Some(es);
+                        cfg.validation = true;
+                    }
+                    other => {
+                        let hint = dlc_dsl::nearest(other, ["early_stopping"])
+                            .map(|s| format!("; did you mean `{s}`?"))
+                            .unwrap_or_default();
+                        lw.err(
+                            *span,
+                            format!("unknown training statement `{other}(…)`{hint}"),
+                        );
+                    }
+                },
+                TrainStmt::Minimize {
+                    loss: e,
+                    over,
+                    with,
+                    span,
+                } => {
+                    if !over.is_empty() {
+                        lw.err(over[0].span, "`minimize … over …` (several objectives) is not supported yet; use one `minimize` over all parameters");
+                    }
+                    let v = lw.eval(
+                        e,
+                        &Ctx {
+                            scope: &scope,
+                            inst: Some(&inst),
+                        },
+                    );
+                    loss = set_loss(&mut lw, loss, v, *span);
+                    if let Some(w) = with {
+                        match lw.eval(
+                            w,
+                            &Ctx {
+                                scope: &scope,
+                                inst: Some(&inst),
+                            },
+                        ) {
+                            Value::Optimizer(o) => cfg.optimizer = o,
+                            Value::Poison => {}
+                            other => {
+                                lw.err(
+                                    w.span,
+                                    format!(
+                                        "expected an optimizer such as adam(lr: 1e-3), found {}",
+                                        other.kind()
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let Some((loss, lspan)) = loss else {
+            lw.err(t.span, "the training section has no loss: add `loss = …`");
+            return Err(lw.diags);
+        };
+        let lowered = finish(
+            lw,
+            vec![("loss", loss, lspan), ("pred", pred, t.model.span)],
+        )?;
+        Ok((lowered, cfg))
+    }
+}
+
+fn train_defs(file: &File) -> impl Iterator<Item = &TrainDef> {
+    file.items.iter().filter_map(|i| {
+        if let Item::Train(t) = i {
+            Some(t)
+        } else {
+            None
+        }
+    })
+}
+
+fn count(v: &Value) -> Option<usize> {
+    match v {
+        Value::Num(n) if *n >= 0.0 && n.fract() == 0.0 && *n < 1e12 => Some(*n as usize),
+        _ => None,
+    }
+}
+
+fn set_loss(
+    lw: &mut Lowerer,
+    prev: Option<(Value, Span)>,
+    v: Value,
+    span: Span,
+) -> Option<(Value, Span)> {
+    if prev.is_some() {
+        lw.err(
+            span,
+            "a second loss: several objectives are not supported yet",
+        );
+        return prev;
+    }
+    Some((v, span))
+}
+
+fn finish(mut lw: Lowerer, outs: Vec<(&str, Value, Span)>) -> Result<Lowered, Diags> {
+    for (name, v, span) in outs {
+        match v {
+            Value::Tensor(n) => {
+                if name == "loss" {
+                    let t = lw.graph.ty(n).clone();
+                    if !t.shape.is_empty() || t.dtype != DType::F32 {
+                        lw.err(span, format!("the loss must be an f32 scalar, found {t}; reduce it with mean(…) or sum(…)"));
+                    }
+                }
+                lw.graph.set_output(name, n);
+            }
+            Value::Poison => {}
+            other => {
+                lw.err(
+                    span,
+                    format!("`{name}` must be a tensor, found {}", other.kind()),
+                );
+            }
+        }
+    }
+    if !lw.diags.is_empty() {
+        lw.diags.sort_by_key(|d| d.span.start);
+        return Err(lw.diags);
+    }
+    Ok(Lowered {
+        graph: lw.graph,
+        params: lw.params,
+    })
+}

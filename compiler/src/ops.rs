@@ -1,0 +1,705 @@
+//! The op table: every IR op, declared once. Each op has a name, its attributes, an arity
+//! and a shape rule here; its reference semantics are in `interp.rs` and its VJP rule in
+//! `autodiff/rules.rs`. All three are exhaustive `match`es on [`Op`], so adding an op
+//! fails to compile until every layer handles it.
+
+use crate::types::{DType, Dim, Shape, Type, broadcast, broadcasts_to, show_shape};
+use std::fmt;
+
+/// An f64 stored by its bits, so ops can be hashed and compared (for egg).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct F64(pub u64);
+
+impl F64 {
+    pub fn new(v: f64) -> F64 {
+        // One NaN and one zero, so equal constants hash equally.
+        let v = if v.is_nan() {
+            f64::NAN
+        } else if v == 0.0 {
+            0.0
+        } else {
+            v
+        };
+        F64(v.to_bits())
+    }
+    pub fn get(self) -> f64 {
+        f64::from_bits(self.0)
+    }
+}
+
+impl fmt::Debug for F64 {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}", self.get())
+    }
+}
+
+/// Distributions of in-graph randomness (counter-based: see `rng.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dist {
+    /// Uniform on [0, 1).
+    Uniform,
+    /// Standard normal.
+    Normal,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Op {
+    // ---- leaves -------------------------------------------------------------
+    /// A value supplied by the caller each run (data `x`, labels `y`, the step counter).
+    Input {
+        name: String,
+        ty: TypeKey,
+    },
+    /// A trainable parameter.
+    Param {
+        name: String,
+        ty: TypeKey,
+    },
+    /// Persistent state that is not trained directly (optimizer moments).
+    State {
+        name: String,
+        ty: TypeKey,
+    },
+    /// A literal tensor (a scalar when `shape` is empty).
+    Const {
+        shape: Vec<usize>,
+        data: Vec<F64>,
+    },
+    /// Random numbers drawn from (seed, key, step, element index).
+    Random {
+        key: u32,
+        dist: Dist,
+        shape: Shape,
+    },
+
+    // ---- elementwise, one input ----------------------------------------------
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Tanh,
+    Sigmoid,
+    Relu,
+    Abs,
+    Sign,
+    /// Identity in the forward pass; blocks gradients.
+    StopGradient,
+    /// Convert to another dtype (i32 ↔ f32).
+    Cast(DType),
+
+    // ---- elementwise, two inputs (numpy broadcasting) ------------------------
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Maximum,
+    Minimum,
+    /// Comparisons give 1.0 or 0.0.
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+    /// `select(c, a, b)`: a where c ≠ 0, else b (three inputs, broadcast).
+    Select,
+
+    // ---- reductions --------------------------------------------------------
+    Sum {
+        axes: Vec<usize>,
+        keep: bool,
+    },
+    Mean {
+        axes: Vec<usize>,
+        keep: bool,
+    },
+    Max {
+        axes: Vec<usize>,
+        keep: bool,
+    },
+    ArgMax {
+        axis: usize,
+    },
+    Softmax {
+        axis: usize,
+    },
+    LogSoftmax {
+        axis: usize,
+    },
+
+    // ---- layout ------------------------------------------------------------
+    Reshape {
+        shape: Shape,
+    },
+    Transpose {
+        perm: Vec<usize>,
+    },
+    /// Broadcast to a shape (the input broadcasts to it by numpy rules).
+    Broadcast {
+        shape: Shape,
+    },
+    /// Sum a broadcast value back down to `shape`: undoes broadcasting in gradients.
+    SumTo {
+        shape: Shape,
+    },
+    Concat {
+        axis: usize,
+    },
+    Slice {
+        axis: usize,
+        start: usize,
+        end: usize,
+        step: usize,
+    },
+    /// `gather(table, idx)`: rows of `table` (axis 0) picked by integer `idx`.
+    Gather,
+    /// `scatter_add(idx, g)` into `rows` rows: the gradient of `gather`.
+    ScatterAdd {
+        rows: usize,
+    },
+    OneHot {
+        depth: usize,
+    },
+
+    // ---- contraction -------------------------------------------------------
+    /// `[.., M, K] @ [.., K, N]`; batch dims equal, or a 2-D right-hand side.
+    MatMul,
+
+    // ---- autodiff placeholder ---------------------------------------------
+    /// `vjp_i(node, g)`: the gradient flowing to input `i` of `node` given its adjoint
+    /// `g`. Only exists inside the `grad` phase; rules rewrite it into primitive ops.
+    Vjp(usize),
+}
+
+/// A `Type` stored inside an op (inputs and parameters declare theirs).
+pub type TypeKey = (DType, Shape);
+
+/// Why a shape rule rejected its inputs.
+pub type ShapeError = String;
+
+impl Op {
+    /// The op's name as printed in the IR and used in rewrite patterns.
+    pub fn name(&self) -> &'static str {
+        use Op::*;
+        match self {
+            Input { .. } => "input",
+            Param { .. } => "param",
+            State { .. } => "state",
+            Const { .. } => "const",
+            Random { .. } => "random",
+            Neg => "neg",
+            Exp => "exp",
+            Log => "log",
+            Sqrt => "sqrt",
+            Tanh => "tanh",
+            Sigmoid => "sigmoid",
+            Relu => "relu",
+            Abs => "abs",
+            Sign => "sign",
+            StopGradient => "stop_gradient",
+            Cast(_) => "cast",
+            Add => "add",
+            Sub => "sub",
+            Mul => "mul",
+            Div => "div",
+            Pow => "pow",
+            Maximum => "maximum",
+            Minimum => "minimum",
+            Lt => "lt",
+            Le => "le",
+            Gt => "gt",
+            Ge => "ge",
+            Eq => "eq",
+            Ne => "ne",
+            Select => "select",
+            Sum { .. } => "sum",
+            Mean { .. } => "mean",
+            Max { .. } => "max",
+            ArgMax { .. } => "argmax",
+            Softmax { .. } => "softmax",
+            LogSoftmax { .. } => "log_softmax",
+            Reshape { .. } => "reshape",
+            Transpose { .. } => "transpose",
+            Broadcast { .. } => "broadcast",
+            SumTo { .. } => "sum_to",
+            Concat { .. } => "concat",
+            Slice { .. } => "slice",
+            Gather => "gather",
+            ScatterAdd { .. } => "scatter_add",
+            OneHot { .. } => "one_hot",
+            MatMul => "matmul",
+            Vjp(_) => "vjp",
+        }
+    }
+
+    /// Attributes in canonical text form (empty when the op has none).
+    pub fn attrs(&self) -> String {
+        use Op::*;
+        let axes = |a: &[usize], keep: bool| {
+            let s: Vec<String> = a.iter().map(|x| x.to_string()).collect();
+            format!("axes=[{}]{}", s.join(","), if keep { ", keep" } else { "" })
+        };
+        match self {
+            Input { name, ty } | Param { name, ty } | State { name, ty } => {
+                format!(
+                    "{name}: {}",
+                    Type {
+                        dtype: ty.0,
+                        shape: ty.1.clone()
+                    }
+                )
+            }
+            Const { shape, data } => {
+                if data.len() == 1 && shape.is_empty() {
+                    fmt_num(data[0].get())
+                } else {
+                    let vals: Vec<String> = data.iter().take(8).map(|v| fmt_num(v.get())).collect();
+                    let more = if data.len() > 8 { ", …" } else { "" };
+                    format!("{:?} [{}{}]", shape, vals.join(", "), more)
+                }
+            }
+            Random { key, dist, shape } => {
+                format!("{dist:?}, key={key}, shape={}", show_shape(shape))
+            }
+            Cast(t) => t.to_string(),
+            Sum { axes: a, keep } | Mean { axes: a, keep } | Max { axes: a, keep } => {
+                axes(a, *keep)
+            }
+            ArgMax { axis } | Softmax { axis } | LogSoftmax { axis } | Concat { axis } => {
+                format!("axis={axis}")
+            }
+            Reshape { shape } | Broadcast { shape } | SumTo { shape } => show_shape(shape),
+            Transpose { perm } => format!("perm={perm:?}"),
+            Slice {
+                axis,
+                start,
+                end,
+                step,
+            } => format!("axis={axis}, {start}:{end}:{step}"),
+            ScatterAdd { rows } => format!("rows={rows}"),
+            OneHot { depth } => format!("depth={depth}"),
+            Vjp(i) => format!("{i}"),
+            _ => String::new(),
+        }
+    }
+
+    /// Ops without attributes, by name: the vocabulary of rewrite patterns.
+    pub fn from_name(name: &str) -> Option<Op> {
+        use Op::*;
+        Some(match name {
+            "neg" => Neg,
+            "exp" => Exp,
+            "log" => Log,
+            "sqrt" => Sqrt,
+            "tanh" => Tanh,
+            "sigmoid" => Sigmoid,
+            "relu" => Relu,
+            "abs" => Abs,
+            "sign" => Sign,
+            "stop_gradient" => StopGradient,
+            "add" => Add,
+            "sub" => Sub,
+            "mul" => Mul,
+            "div" => Div,
+            "pow" => Pow,
+            "maximum" => Maximum,
+            "minimum" => Minimum,
+            "lt" => Lt,
+            "le" => Le,
+            "gt" => Gt,
+            "ge" => Ge,
+            "eq" => Eq,
+            "ne" => Ne,
+            "select" => Select,
+            "gather" => Gather,
+            "matmul" => MatMul,
+            _ => {
+                let i = name.strip_prefix("vjp")?.parse().ok()?;
+                Vjp(i)
+            }
+        })
+    }
+
+    pub fn is_leaf(&self) -> bool {
+        matches!(
+            self,
+            Op::Input { .. }
+                | Op::Param { .. }
+                | Op::State { .. }
+                | Op::Const { .. }
+                | Op::Random { .. }
+        )
+    }
+
+    pub fn is_elementwise_binary(&self) -> bool {
+        use Op::*;
+        matches!(
+            self,
+            Add | Sub | Mul | Div | Pow | Maximum | Minimum | Lt | Le | Gt | Ge | Eq | Ne
+        )
+    }
+
+    /// A scalar constant, if this op is one.
+    pub fn scalar_value(&self) -> Option<f64> {
+        match self {
+            Op::Const { shape, data } if shape.is_empty() && data.len() == 1 => Some(data[0].get()),
+            _ => None,
+        }
+    }
+
+    pub fn scalar(v: f64) -> Op {
+        Op::Const {
+            shape: vec![],
+            data: vec![F64::new(v)],
+        }
+    }
+
+    /// The shape rule: the output type given the input types, or why they do not fit.
+    pub fn infer(&self, ins: &[&Type]) -> Result<Type, ShapeError> {
+        use Op::*;
+        let arity = |n: usize| -> Result<(), ShapeError> {
+            if ins.len() == n {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`{}` takes {n} input(s), got {}",
+                    self.name(),
+                    ins.len()
+                ))
+            }
+        };
+        let float = |t: &Type| -> Result<(), ShapeError> {
+            if t.dtype == DType::F32 {
+                Ok(())
+            } else {
+                Err(format!("`{}` needs f32 values, got {t}", self.name()))
+            }
+        };
+        let axes_ok = |axes: &[usize], rank: usize| -> Result<(), ShapeError> {
+            match axes.iter().find(|&&a| a >= rank) {
+                Some(a) => Err(format!("axis {a} is out of range for a rank-{rank} tensor")),
+                None => Ok(()),
+            }
+        };
+        match self {
+            Input { ty, .. } | Param { ty, .. } | State { ty, .. } => {
+                arity(0)?;
+                Ok(Type {
+                    dtype: ty.0,
+                    shape: ty.1.clone(),
+                })
+            }
+            Const { shape, data } => {
+                arity(0)?;
+                if shape.iter().product::<usize>() != data.len() {
+                    return Err(format!(
+                        "constant of shape {shape:?} has {} values",
+                        data.len()
+                    ));
+                }
+                Ok(Type::f32(crate::types::shape_of(shape)))
+            }
+            Random { shape, .. } => {
+                arity(0)?;
+                Ok(Type::f32(shape.clone()))
+            }
+            Neg | Exp | Log | Sqrt | Tanh | Sigmoid | Relu | Abs | Sign => {
+                arity(1)?;
+                float(ins[0])?;
+                Ok(ins[0].clone())
+            }
+            StopGradient => {
+                arity(1)?;
+                Ok(ins[0].clone())
+            }
+            Cast(t) => {
+                arity(1)?;
+                Ok(Type {
+                    dtype: *t,
+                    shape: ins[0].shape.clone(),
+                })
+            }
+            Add | Sub | Mul | Div | Pow | Maximum | Minimum | Lt | Le | Gt | Ge | Eq | Ne => {
+                arity(2)?;
+                if ins[0].dtype != ins[1].dtype {
+                    return Err(format!(
+                        "`{}` of {} and {}: dtypes differ",
+                        self.name(),
+                        ins[0],
+                        ins[1]
+                    ));
+                }
+                let shape = broadcast(&ins[0].shape, &ins[1].shape).ok_or_else(|| {
+                    format!(
+                        "shapes {} and {} do not broadcast",
+                        show_shape(&ins[0].shape),
+                        show_shape(&ins[1].shape)
+                    )
+                })?;
+                let dtype = if matches!(self, Lt | Le | Gt | Ge | Eq | Ne) {
+                    DType::F32
+                } else {
+                    ins[0].dtype
+                };
+                Ok(Type { dtype, shape })
+            }
+            Select => {
+                arity(3)?;
+                let s = broadcast(&ins[0].shape, &ins[1].shape)
+                    .and_then(|s| broadcast(&s, &ins[2].shape))
+                    .ok_or_else(|| "select: shapes do not broadcast".to_string())?;
+                Ok(Type {
+                    dtype: ins[1].dtype,
+                    shape: s,
+                })
+            }
+            Sum { axes, keep } | Mean { axes, keep } | Max { axes, keep } => {
+                arity(1)?;
+                axes_ok(axes, ins[0].rank())?;
+                let mut shape = Vec::new();
+                for (i, d) in ins[0].shape.iter().enumerate() {
+                    if !axes.contains(&i) {
+                        shape.push(d.clone());
+                    } else if *keep {
+                        shape.push(Dim::Known(1));
+                    }
+                }
+                Ok(Type {
+                    dtype: ins[0].dtype,
+                    shape,
+                })
+            }
+            ArgMax { axis } => {
+                arity(1)?;
+                axes_ok(&[*axis], ins[0].rank())?;
+                let mut shape = ins[0].shape.clone();
+                shape.remove(*axis);
+                Ok(Type {
+                    dtype: DType::I32,
+                    shape,
+                })
+            }
+            Softmax { axis } | LogSoftmax { axis } => {
+                arity(1)?;
+                float(ins[0])?;
+                axes_ok(&[*axis], ins[0].rank())?;
+                Ok(ins[0].clone())
+            }
+            Reshape { shape } => {
+                arity(1)?;
+                if !same_size(&ins[0].shape, shape) {
+                    return Err(format!(
+                        "cannot reshape {} into {}",
+                        show_shape(&ins[0].shape),
+                        show_shape(shape)
+                    ));
+                }
+                Ok(Type {
+                    dtype: ins[0].dtype,
+                    shape: shape.clone(),
+                })
+            }
+            Transpose { perm } => {
+                arity(1)?;
+                let mut sorted = perm.clone();
+                sorted.sort();
+                if sorted != (0..ins[0].rank()).collect::<Vec<_>>() {
+                    return Err(format!(
+                        "{perm:?} is not a permutation of the axes of {}",
+                        ins[0]
+                    ));
+                }
+                Ok(Type {
+                    dtype: ins[0].dtype,
+                    shape: perm.iter().map(|&p| ins[0].shape[p].clone()).collect(),
+                })
+            }
+            Broadcast { shape } => {
+                arity(1)?;
+                if !broadcasts_to(&ins[0].shape, shape) {
+                    return Err(format!(
+                        "{} does not broadcast to {}",
+                        show_shape(&ins[0].shape),
+                        show_shape(shape)
+                    ));
+                }
+                Ok(Type {
+                    dtype: ins[0].dtype,
+                    shape: shape.clone(),
+                })
+            }
+            SumTo { shape } => {
+                arity(1)?;
+                if !broadcasts_to(shape, &ins[0].shape) {
+                    return Err(format!(
+                        "cannot sum {} down to {}",
+                        show_shape(&ins[0].shape),
+                        show_shape(shape)
+                    ));
+                }
+                Ok(Type {
+                    dtype: ins[0].dtype,
+                    shape: shape.clone(),
+                })
+            }
+            Concat { axis } => {
+                if ins.is_empty() {
+                    return Err("concat needs at least one input".into());
+                }
+                let first = ins[0];
+                axes_ok(&[*axis], first.rank())?;
+                let mut total = 0usize;
+                let mut sym = None;
+                for t in ins {
+                    if t.rank() != first.rank() || t.dtype != first.dtype {
+                        return Err(format!(
+                            "concat of {} and {}: ranks or dtypes differ",
+                            first, t
+                        ));
+                    }
+                    for (i, (a, b)) in t.shape.iter().zip(&first.shape).enumerate() {
+                        if i != *axis && a != b {
+                            return Err(format!(
+                                "concat along axis {axis}: {} and {} differ on axis {i}",
+                                first, t
+                            ));
+                        }
+                    }
+                    match &t.shape[*axis] {
+                        Dim::Known(n) => total += n,
+                        d => sym = Some(d.clone()),
+                    }
+                }
+                if sym.is_some() {
+                    return Err(format!(
+                        "concat along axis {axis}: a symbolic dimension cannot be concatenated"
+                    ));
+                }
+                let mut shape = first.shape.clone();
+                shape[*axis] = Dim::Known(total);
+                Ok(Type {
+                    dtype: first.dtype,
+                    shape,
+                })
+            }
+            Slice {
+                axis,
+                start,
+                end,
+                step,
+            } => {
+                arity(1)?;
+                axes_ok(&[*axis], ins[0].rank())?;
+                let n = ins[0].shape[*axis].known().ok_or_else(|| {
+                    format!("cannot slice the symbolic axis {axis} of {}", ins[0])
+                })?;
+                if *step == 0 || start > end || *end > n {
+                    return Err(format!(
+                        "slice {start}:{end}:{step} is out of range for axis {axis} of size {n}"
+                    ));
+                }
+                let mut shape = ins[0].shape.clone();
+                shape[*axis] = Dim::Known((end - start).div_ceil(*step));
+                Ok(Type {
+                    dtype: ins[0].dtype,
+                    shape,
+                })
+            }
+            Gather => {
+                arity(2)?;
+                if ins[1].dtype != DType::I32 {
+                    return Err(format!("gather indices must be i32, got {}", ins[1]));
+                }
+                if ins[0].rank() == 0 {
+                    return Err("gather needs a table of rank ≥ 1".into());
+                }
+                let mut shape = ins[1].shape.clone();
+                shape.extend(ins[0].shape[1..].iter().cloned());
+                Ok(Type {
+                    dtype: ins[0].dtype,
+                    shape,
+                })
+            }
+            ScatterAdd { rows } => {
+                arity(2)?;
+                let k = ins[0].rank();
+                if ins[1].rank() < k || ins[1].shape[..k] != ins[0].shape[..] {
+                    return Err(format!(
+                        "scatter_add: indices {} do not lead the values {}",
+                        ins[0], ins[1]
+                    ));
+                }
+                let mut shape = vec![Dim::Known(*rows)];
+                shape.extend(ins[1].shape[k..].iter().cloned());
+                Ok(Type {
+                    dtype: ins[1].dtype,
+                    shape,
+                })
+            }
+            OneHot { depth } => {
+                arity(1)?;
+                if ins[0].dtype != DType::I32 {
+                    return Err(format!("one_hot needs i32 labels, got {}", ins[0]));
+                }
+                let mut shape = ins[0].shape.clone();
+                shape.push(Dim::Known(*depth));
+                Ok(Type::f32(shape))
+            }
+            MatMul => {
+                arity(2)?;
+                let (a, b) = (ins[0], ins[1]);
+                float(a)?;
+                float(b)?;
+                if a.rank() < 2 || b.rank() < 2 {
+                    return Err(format!("`@` needs matrices (rank ≥ 2), got {a} @ {b}"));
+                }
+                let k1 = &a.shape[a.rank() - 1];
+                let k2 = &b.shape[b.rank() - 2];
+                let batch_ok = b.rank() == 2
+                    || (a.rank() == b.rank() && a.shape[..a.rank() - 2] == b.shape[..b.rank() - 2]);
+                if k1 != k2 || !batch_ok {
+                    return Err(format!(
+                        "shapes {} and {} do not fit `@`",
+                        show_shape(&a.shape),
+                        show_shape(&b.shape)
+                    ));
+                }
+                let mut shape = a.shape[..a.rank() - 1].to_vec();
+                shape.push(b.shape[b.rank() - 1].clone());
+                Ok(Type::f32(shape))
+            }
+            Vjp(i) => {
+                // vjp_i(node, g): the type of the node's input i, which the autodiff
+                // walk records in the e-class analysis; here only the arity is known.
+                arity(2)?;
+                Err(format!("vjp{i} has no shape of its own"))
+            }
+        }
+    }
+}
+
+/// Whether two shapes have the same number of elements (symbols must match as a multiset).
+fn same_size(a: &[Dim], b: &[Dim]) -> bool {
+    let split = |s: &[Dim]| {
+        let mut syms: Vec<String> = Vec::new();
+        let mut n = 1usize;
+        for d in s {
+            match d {
+                Dim::Known(k) => n *= k,
+                Dim::Sym(x) => syms.push(x.clone()),
+            }
+        }
+        syms.sort();
+        (n, syms)
+    };
+    split(a) == split(b)
+}
+
+pub fn fmt_num(v: f64) -> String {
+    if v == v.trunc() && v.abs() < 1e15 {
+        format!("{v:.1}")
+    } else {
+        format!("{v}")
+    }
+}

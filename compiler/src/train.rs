@@ -1,0 +1,248 @@
+//! The training graph: forward + backward (from `autodiff`) + the optimizer update,
+//! as one graph. Inputs: `x`, `y`, `step` (the 1-based update count, for Adam's bias
+//! correction), the parameters and the optimizer state; outputs: `loss`, `pred`, and
+//! `new:NAME` for every parameter and state tensor.
+
+use crate::autodiff::{self, GradStats};
+use crate::ir::{Graph, NodeId};
+use crate::lower::{Lowered, Optimizer, ParamInfo};
+use crate::ops::Op;
+use crate::types::{DType, shape_of};
+
+/// A tensor of optimizer state, zero at the start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+pub struct TrainingGraph {
+    /// Forward, backward and update.
+    pub graph: Graph,
+    /// The unsimplified gradient graph (forward outputs and `grad:NAME`).
+    pub grad_graph: Graph,
+    pub params: Vec<ParamInfo>,
+    pub states: Vec<StateInfo>,
+    pub grad_stats: GradStats,
+}
+
+/// Names of the optimizer's state tensors for one parameter.
+fn state_names(opt: &Optimizer, p: &str) -> Vec<String> {
+    let kinds: &[&str] = match opt {
+        Optimizer::Sgd { .. } => &[],
+        Optimizer::Momentum { .. } => &["v"],
+        Optimizer::Adam { .. } => &["m", "v"],
+        Optimizer::Adagrad { .. } => &["accum"],
+        Optimizer::Adadelta { .. } => &["accum_grad", "accum_update"],
+        Optimizer::RmsProp { .. } => &["ms"],
+    };
+    kinds.iter().map(|k| format!("opt.{k}.{p}")).collect()
+}
+
+pub fn training_graph(
+    lowered: &Lowered,
+    opt: &Optimizer,
+    clip_norm: Option<f64>,
+) -> Result<TrainingGraph, String> {
+    let fwd = &lowered.graph;
+    let wrt: Vec<NodeId> = lowered
+        .params
+        .iter()
+        .filter_map(|p| {
+            fwd.leaves(|op| matches!(op, Op::Param { .. }))
+                .into_iter()
+                .find(|(n, _)| *n == p.name)
+                .map(|(_, id)| id)
+        })
+        .collect();
+    let (grad_graph, grad_stats) = autodiff::grad(fwd, "loss", &wrt)?;
+    let mut g = grad_graph.clone();
+    g.outputs.retain(|(n, _)| !n.starts_with("grad:"));
+    let step = g.add_ok(
+        Op::Input {
+            name: "step".into(),
+            ty: (DType::F32, vec![]),
+        },
+        &[],
+    );
+    let mut grads: Vec<(ParamInfo, NodeId, NodeId)> = Vec::new();
+    for p in &lowered.params {
+        let Some(gid) = grad_graph.output(&format!("grad:{}", p.name)) else {
+            continue;
+        };
+        let pid = g.add_ok(
+            Op::Param {
+                name: p.name.clone(),
+                ty: (DType::F32, shape_of(&p.shape)),
+            },
+            &[],
+        );
+        grads.push((p.clone(), pid, gid));
+    }
+    if let Some(c) = clip_norm {
+        // Global-norm clipping: g ← g · min(1, c / ‖g‖).
+        let mut total = None;
+        for (_, _, gid) in &grads {
+            let sq = g.add_ok(Op::Mul, &[*gid, *gid]);
+            let rank = g.ty(sq).rank();
+            let s = g.add_ok(
+                Op::Sum {
+                    axes: (0..rank).collect(),
+                    keep: false,
+                },
+                &[sq],
+            );
+            total = Some(match total {
+                None => s,
+                Some(t) => g.add_ok(Op::Add, &[t, s]),
+            });
+        }
+        if let Some(t) = total {
+            let norm = g.add_ok(Op::Sqrt, &[t]);
+            let cn = g.scalar(c);
+            let ratio = g.add_ok(Op::Div, &[cn, norm]);
+            let one = g.scalar(1.0);
+            let scale = g.add_ok(Op::Minimum, &[one, ratio]);
+            for e in grads.iter_mut() {
+                e.2 = g.add_ok(Op::Mul, &[e.2, scale]);
+            }
+        }
+    }
+    let mut states = Vec::new();
+    for (p, pid, gid) in grads {
+        let names = state_names(opt, &p.name);
+        let mut st = Vec::new();
+        for n in &names {
+            states.push(StateInfo {
+                name: n.clone(),
+                shape: p.shape.clone(),
+            });
+            st.push(g.add_ok(
+                Op::State {
+                    name: n.clone(),
+                    ty: (DType::F32, shape_of(&p.shape)),
+                },
+                &[],
+            ));
+        }
+        let (new_p, new_st) = update(&mut g, opt, pid, gid, &st, step);
+        g.set_output(format!("new:{}", p.name), new_p);
+        for (n, v) in names.iter().zip(new_st) {
+            g.set_output(format!("new:{n}"), v);
+        }
+    }
+    Ok(TrainingGraph {
+        graph: g,
+        grad_graph,
+        params: lowered.params.clone(),
+        states,
+        grad_stats,
+    })
+}
+
+/// One optimizer step for one parameter: the papers' update rules.
+fn update(
+    g: &mut Graph,
+    opt: &Optimizer,
+    p: NodeId,
+    grad: NodeId,
+    st: &[NodeId],
+    step: NodeId,
+) -> (NodeId, Vec<NodeId>) {
+    let c = |g: &mut Graph, v: f64| g.scalar(v);
+    let mul = |g: &mut Graph, a: NodeId, b: NodeId| g.add_ok(Op::Mul, &[a, b]);
+    let add = |g: &mut Graph, a: NodeId, b: NodeId| g.add_ok(Op::Add, &[a, b]);
+    let sub = |g: &mut Graph, a: NodeId, b: NodeId| g.add_ok(Op::Sub, &[a, b]);
+    let div = |g: &mut Graph, a: NodeId, b: NodeId| g.add_ok(Op::Div, &[a, b]);
+    let sqrt = |g: &mut Graph, a: NodeId| g.add_ok(Op::Sqrt, &[a]);
+    // decay·s + (1 − decay)·x
+    let ema = |g: &mut Graph, s: NodeId, x: NodeId, decay: f64| {
+        let d = g.scalar(decay);
+        let e = g.scalar(1.0 - decay);
+        let a = g.add_ok(Op::Mul, &[d, s]);
+        let b = g.add_ok(Op::Mul, &[e, x]);
+        g.add_ok(Op::Add, &[a, b])
+    };
+    match *opt {
+        Optimizer::Sgd { lr } => {
+            let l = c(g, lr);
+            let d = mul(g, l, grad);
+            (sub(g, p, d), vec![])
+        }
+        Optimizer::Momentum { lr, beta } => {
+            let b = c(g, beta);
+            let bv = mul(g, b, st[0]);
+            let v = add(g, bv, grad);
+            let l = c(g, lr);
+            let d = mul(g, l, v);
+            (sub(g, p, d), vec![v])
+        }
+        Optimizer::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+        } => {
+            let m = ema(g, st[0], grad, beta1);
+            let g2 = mul(g, grad, grad);
+            let v = ema(g, st[1], g2, beta2);
+            // Bias correction: m̂ = m / (1 − β1^t), v̂ = v / (1 − β2^t).
+            let one = c(g, 1.0);
+            let b1 = c(g, beta1);
+            let b2 = c(g, beta2);
+            let p1 = g.add_ok(Op::Pow, &[b1, step]);
+            let p2 = g.add_ok(Op::Pow, &[b2, step]);
+            let c1 = sub(g, one, p1);
+            let c2 = sub(g, one, p2);
+            let mh = div(g, m, c1);
+            let vh = div(g, v, c2);
+            let sv = sqrt(g, vh);
+            let e = c(g, eps);
+            let den = add(g, sv, e);
+            let r = div(g, mh, den);
+            let l = c(g, lr);
+            let d = mul(g, l, r);
+            (sub(g, p, d), vec![m, v])
+        }
+        Optimizer::Adagrad { lr, eps } => {
+            let g2 = mul(g, grad, grad);
+            let a = add(g, st[0], g2);
+            let sa = sqrt(g, a);
+            let e = c(g, eps);
+            let den = add(g, sa, e);
+            let r = div(g, grad, den);
+            let l = c(g, lr);
+            let d = mul(g, l, r);
+            (sub(g, p, d), vec![a])
+        }
+        Optimizer::Adadelta { lr, rho, eps } => {
+            // Zeiler 2012: E[g²] ← ρE[g²] + (1−ρ)g²; Δx = −√(E[Δx²]+ε)/√(E[g²]+ε)·g;
+            // E[Δx²] ← ρE[Δx²] + (1−ρ)Δx²; x ← x + lr·Δx.
+            let g2 = mul(g, grad, grad);
+            let eg2 = ema(g, st[0], g2, rho);
+            let e = c(g, eps);
+            let num0 = add(g, st[1], e);
+            let num = sqrt(g, num0);
+            let den0 = add(g, eg2, e);
+            let den = sqrt(g, den0);
+            let ratio = div(g, num, den);
+            let dx = mul(g, ratio, grad);
+            let dx2 = mul(g, dx, dx);
+            let edx = ema(g, st[1], dx2, rho);
+            let l = c(g, lr);
+            let step_ = mul(g, l, dx);
+            (sub(g, p, step_), vec![eg2, edx])
+        }
+        Optimizer::RmsProp { lr, rho, eps } => {
+            let g2 = mul(g, grad, grad);
+            let s = ema(g, st[0], g2, rho);
+            let ss = sqrt(g, s);
+            let e = c(g, eps);
+            let den = add(g, ss, e);
+            let r = div(g, grad, den);
+            let l = c(g, lr);
+            let d = mul(g, l, r);
+            (sub(g, p, d), vec![s])
+        }
+    }
+}

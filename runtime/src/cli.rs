@@ -1,0 +1,507 @@
+//! The `dlc` command line.
+
+use crate::checkpoint::Checkpoint;
+use crate::engine::{Engine, EngineKind};
+use crate::metrics::MetricsSink;
+use crate::session::{self, Overrides};
+use crate::trainer::{self, RunLimits, TrainState};
+use clap::{Parser, Subcommand, ValueEnum};
+use dlc_compiler::interp::Env;
+use dlc_compiler::lower::Mode;
+use dlc_compiler::print::print_graph;
+use dlc_compiler::train::training_graph;
+use ndarray::{ArrayD, IxDyn};
+use serde_json::{Map, Value, json};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "dlc",
+    version,
+    about = "A deep-learning compiler and trainer: models written in .dl files, trained on real data"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Emit {
+    /// The syntax tree.
+    Ast,
+    /// The forward IR graph of the training section (or of `forward`).
+    Ir,
+    /// The unsimplified gradient graph (forward + `grad:PARAM` outputs).
+    Grad,
+    /// The optimized training graph (arrives with the e-graph optimizer).
+    Opt,
+    /// The execution plan (arrives with the JIT).
+    Plan,
+    /// Cranelift IR of every kernel (arrives with the JIT).
+    Clif,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Parse, resolve and shape-check a .dl file.
+    Check {
+        file: PathBuf,
+        /// Check against this data set instead of the file's (NAME or NAME=PATH).
+        #[arg(long, value_parser = session::parse_data_flag)]
+        data: Vec<(String, Option<PathBuf>)>,
+    },
+    /// Print a compiler stage.
+    Compile {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "ir")]
+        emit: Emit,
+        #[arg(long, value_parser = session::parse_data_flag)]
+        data: Vec<(String, Option<PathBuf>)>,
+        /// Batch size (shapes are printed with the symbolic batch B; accepted for scripts).
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Print `key: value` statistics of the compilation.
+        #[arg(long)]
+        stats: bool,
+        /// Skip the optimizer (arrives with the e-graph optimizer).
+        #[arg(long)]
+        no_opt: bool,
+    },
+    /// Evaluate the model's forward function on inputs given as JSON.
+    Run {
+        file: PathBuf,
+        /// A checkpoint with the weights (default: the initial weights).
+        #[arg(long)]
+        load: Option<PathBuf>,
+        /// NAME=JSON, e.g. x=[[-1,2]]
+        #[arg(long = "input", required = true)]
+        inputs: Vec<String>,
+        #[arg(long, value_parser = session::parse_data_flag)]
+        data: Vec<(String, Option<PathBuf>)>,
+        #[arg(long, default_value = "reference")]
+        engine: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Train a model.
+    Train(TrainArgs),
+    /// Evaluate a checkpoint on the test split.
+    Eval {
+        file: PathBuf,
+        #[arg(long)]
+        load: PathBuf,
+        #[arg(long, value_parser = session::parse_data_flag)]
+        data: Vec<(String, Option<PathBuf>)>,
+        #[arg(long)]
+        metrics: Option<PathBuf>,
+        #[arg(long, default_value = "reference")]
+        engine: String,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    file: PathBuf,
+    /// Data set NAME=PATH (mnist, fashion_mnist, breast_cancer, diabetes) or NAME (digits).
+    #[arg(long, value_parser = session::parse_data_flag)]
+    data: Vec<(String, Option<PathBuf>)>,
+    /// Total epochs (a resumed run continues up to this count).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    epochs: Option<u64>,
+    /// Stop after this many training steps in total.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    steps: Option<u64>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: Option<u64>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, value_parser = ["sgd", "momentum", "adam", "adagrad", "adadelta", "rmsprop"])]
+    optimizer: Option<String>,
+    #[arg(long, value_parser = positive_f64)]
+    lr: Option<f64>,
+    /// Threads (the reference engine runs on one).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: Option<u64>,
+    #[arg(long)]
+    save: Option<PathBuf>,
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    #[arg(long)]
+    metrics: Option<PathBuf>,
+    #[arg(long, default_value = "reference")]
+    engine: String,
+    #[arg(long)]
+    no_opt: bool,
+}
+
+fn positive_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("`{s}` is not a positive number")),
+    }
+}
+
+const NO_OPT: &str = "--no-opt: there is no optimizer to skip yet (the e-graph optimizer is not built); training runs the unoptimized graph";
+
+pub fn run(cli: Cli) -> Result<(), String> {
+    match cli.cmd {
+        Cmd::Check { file, data } => check(&file, data),
+        Cmd::Compile {
+            file,
+            emit,
+            data,
+            batch: _,
+            stats,
+            no_opt,
+        } => {
+            if no_opt {
+                return Err(NO_OPT.into());
+            }
+            compile(&file, emit, data, stats)
+        }
+        Cmd::Run {
+            file,
+            load,
+            inputs,
+            data,
+            engine,
+            seed,
+        } => run_forward(&file, load.as_deref(), &inputs, data, &engine, seed),
+        Cmd::Train(a) => train(a),
+        Cmd::Eval {
+            file,
+            load,
+            data,
+            metrics,
+            engine,
+        } => eval(&file, &load, data, metrics.as_deref(), &engine),
+    }
+}
+
+fn check(file: &Path, data: Vec<(String, Option<PathBuf>)>) -> Result<(), String> {
+    let prog = session::load_program(file)?;
+    let render = |d: Vec<dlc_dsl::Diagnostic>| session::render(&prog.source, &d);
+    if prog.train_def().is_some() || !data.is_empty() {
+        let ov = Overrides {
+            data,
+            ..Overrides::default()
+        };
+        let (name, _) = session::choose_data(&prog, &ov)?;
+        let sig = session::signature(&prog, &name)?;
+        prog.lower_training(&sig, Mode::Train).map_err(render)?;
+    } else {
+        prog.lower_predict(&[], Mode::Eval).map_err(render)?;
+    }
+    println!("{}: ok", file.display());
+    Ok(())
+}
+
+fn compile(
+    file: &Path,
+    emit: Emit,
+    data: Vec<(String, Option<PathBuf>)>,
+    stats: bool,
+) -> Result<(), String> {
+    match emit {
+        Emit::Opt | Emit::Plan | Emit::Clif => {
+            return Err(format!(
+                "--emit {}: not available yet; it arrives with the {} (available now: ast, ir, grad)",
+                format!("{emit:?}").to_lowercase(),
+                if emit == Emit::Opt {
+                    "e-graph optimizer"
+                } else {
+                    "Cranelift JIT"
+                }
+            ));
+        }
+        _ => {}
+    }
+    let prog = session::load_program(file)?;
+    if emit == Emit::Ast {
+        println!("{:#?}", prog.file);
+        return Ok(());
+    }
+    let render = |d: Vec<dlc_dsl::Diagnostic>| session::render(&prog.source, &d);
+    let ov = Overrides {
+        data,
+        ..Overrides::default()
+    };
+    if prog.train_def().is_none() && ov.data.is_empty() {
+        let l = prog.lower_predict(&[], Mode::Eval).map_err(render)?;
+        if emit == Emit::Grad {
+            return Err(format!(
+                "{}: --emit grad needs a training section with a loss",
+                file.display()
+            ));
+        }
+        print!("{}", print_graph(&l.graph));
+        if stats {
+            println!(
+                "nodes_before: {}\nnodes_after: {}\nkernels: {}",
+                l.graph.g.node_count(),
+                l.graph.g.node_count(),
+                l.graph.op_count()
+            );
+        }
+        return Ok(());
+    }
+    let (name, _) = session::choose_data(&prog, &ov)?;
+    let sig = session::signature(&prog, &name)?;
+    let (lowered, cfg) = prog.lower_training(&sig, Mode::Train).map_err(render)?;
+    let tg = training_graph(&lowered, &cfg.optimizer, cfg.clip_norm)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    match emit {
+        Emit::Ir => print!("{}", print_graph(&lowered.graph)),
+        _ => print!("{}", print_graph(&tg.grad_graph)),
+    }
+    if stats {
+        let s = &tg.grad_stats;
+        println!("nodes_forward: {}", lowered.graph.schedule().len());
+        println!("nodes_before: {}", tg.graph.schedule().len());
+        println!("nodes_after: {}", tg.graph.schedule().len());
+        println!("egraph_nodes: {}", s.egraph_nodes);
+        println!("iterations: {}", s.iterations);
+        println!("stop_reason: {}", s.stop_reason);
+        println!("saturation_ms: {:.3}", s.saturation_ms);
+        println!("extract_ms: {:.3}", s.extract_ms);
+        println!("kernels: {}", tg.graph.op_count());
+        println!("optimizer: none (grad phase only)");
+    }
+    Ok(())
+}
+
+/// Parse nested JSON arrays of numbers into a tensor.
+fn json_tensor(name: &str, text: &str) -> Result<ArrayD<f32>, String> {
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| format!("--input {name}: not JSON: {e}"))?;
+    let mut shape = Vec::new();
+    let mut data = Vec::new();
+    fn walk(
+        v: &Value,
+        depth: usize,
+        shape: &mut Vec<usize>,
+        data: &mut Vec<f32>,
+        name: &str,
+    ) -> Result<(), String> {
+        match v {
+            Value::Number(n) => {
+                if depth != shape.len() {
+                    return Err(format!("--input {name}: ragged array"));
+                }
+                data.push(n.as_f64().unwrap_or(f64::NAN) as f32);
+                Ok(())
+            }
+            Value::Array(items) => {
+                if depth == shape.len() {
+                    if !data.is_empty() {
+                        return Err(format!("--input {name}: ragged array"));
+                    }
+                    shape.push(items.len());
+                } else if shape[depth] != items.len() {
+                    return Err(format!(
+                        "--input {name}: ragged array (rows of {} and {})",
+                        shape[depth],
+                        items.len()
+                    ));
+                }
+                items
+                    .iter()
+                    .try_for_each(|i| walk(i, depth + 1, shape, data, name))
+            }
+            other => Err(format!(
+                "--input {name}: expected numbers or arrays, found {other}"
+            )),
+        }
+    }
+    walk(&v, 0, &mut shape, &mut data, name)?;
+    ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|e| format!("--input {name}: {e}"))
+}
+
+fn to_json(a: &ArrayD<f32>) -> Value {
+    fn rec(a: ndarray::ArrayViewD<f32>) -> Value {
+        if a.ndim() == 0 {
+            return json!(a.iter().next().copied().unwrap_or(f32::NAN) as f64);
+        }
+        Value::Array(a.outer_iter().map(rec).collect())
+    }
+    rec(a.view())
+}
+
+fn run_forward(
+    file: &Path,
+    load: Option<&Path>,
+    inputs: &[String],
+    data: Vec<(String, Option<PathBuf>)>,
+    engine: &str,
+    seed: u64,
+) -> Result<(), String> {
+    let kind = EngineKind::parse(engine)?;
+    let prog = session::load_program(file)?;
+    let render = |d: Vec<dlc_dsl::Diagnostic>| session::render(&prog.source, &d);
+    let ov = Overrides {
+        data,
+        ..Overrides::default()
+    };
+    let dims = match session::choose_data(&prog, &ov) {
+        Ok((name, _)) => session::signature(&prog, &name)?.dims,
+        Err(_) => vec![],
+    };
+    let lowered = prog.lower_predict(&dims, Mode::Eval).map_err(render)?;
+    let mut env = Env::new(seed, 0);
+    match load {
+        Some(p) => {
+            let ck = Checkpoint::load(p)?;
+            for info in &lowered.params {
+                let t = ck.tensors.get(&info.name).ok_or_else(|| {
+                    format!(
+                        "{}: no tensor `{}` in the checkpoint",
+                        p.display(),
+                        info.name
+                    )
+                })?;
+                env.values.insert(info.name.clone(), t.clone());
+            }
+        }
+        None => {
+            if !lowered.params.is_empty() {
+                eprintln!("note: no --load given; using the initial weights (seed {seed})");
+            }
+            for info in &lowered.params {
+                env.values
+                    .insert(info.name.clone(), crate::init::init_param(info, seed));
+            }
+        }
+    }
+    let wanted = lowered
+        .graph
+        .leaves(|op| matches!(op, dlc_compiler::ops::Op::Input { .. }));
+    for spec in inputs {
+        let (name, text) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("--input {spec}: expected NAME=JSON"))?;
+        if !wanted.iter().any(|(n, _)| n == name) {
+            let names: Vec<&str> = wanted.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(format!(
+                "--input {name}: `forward` has no parameter `{name}` (it takes {})",
+                names.join(", ")
+            ));
+        }
+        env.values
+            .insert(name.to_string(), json_tensor(name, text)?);
+    }
+    for (n, _) in &wanted {
+        if !env.values.contains_key(n) {
+            return Err(format!("missing --input {n}=JSON"));
+        }
+    }
+    let engine = Engine::new(kind, lowered.graph);
+    let out = engine
+        .run(&env, &["pred"])
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    println!("{}", to_json(&out[0]));
+    Ok(())
+}
+
+fn train(a: TrainArgs) -> Result<(), String> {
+    let kind = EngineKind::parse(&a.engine)?;
+    if a.no_opt {
+        return Err(NO_OPT.into());
+    }
+    let ov = Overrides {
+        data: a.data,
+        epochs: a.epochs.map(|e| e as usize),
+        batch: a.batch.map(|b| b as usize),
+        optimizer: a.optimizer,
+        lr: a.lr,
+    };
+    let (setup, data_path) = session::compile(&a.file, &ov, kind)?;
+    let resume = match &a.resume {
+        Some(p) => Some((Checkpoint::load(p)?, p.clone())),
+        None => None,
+    };
+    let scaling = match &resume {
+        Some((ck, _)) => scaling_of(ck),
+        None => None,
+    };
+    let data = session::load_data(&setup.cfg, data_path.as_deref(), scaling.as_ref())?;
+    let st = match &resume {
+        Some((ck, p)) => TrainState::from_checkpoint(&setup, ck, p)?,
+        None => TrainState::fresh(&setup, a.seed),
+    };
+    let mut sink = MetricsSink::open(
+        a.metrics.as_deref(),
+        kind.name(),
+        setup.train_engine.kernels,
+    )?;
+    println!(
+        "training {} on {} ({} train / {} test examples{}), {} (lr {}), batch {}, {} epochs, engine {}",
+        setup
+            .program
+            .main_model()
+            .map(|m| m.name.name.clone())
+            .unwrap_or_default(),
+        data.name,
+        data.train.n,
+        data.test.n,
+        data.val
+            .as_ref()
+            .map(|v| format!(" / {} validation", v.n))
+            .unwrap_or_default(),
+        setup.cfg.optimizer.name(),
+        setup.cfg.optimizer.lr(),
+        setup.cfg.batch,
+        setup.cfg.epochs,
+        kind.name()
+    );
+    let limits = RunLimits {
+        epochs: setup.cfg.epochs,
+        steps: a.steps,
+    };
+    let mut st = trainer::train(&setup, &data, st, &limits, &mut sink)?;
+    trainer::restore_best(&setup, &data, &mut st, &mut sink)?;
+    if let Some(p) = &a.save {
+        st.to_checkpoint(&setup, &data).save(p)?;
+        println!("saved {}", p.display());
+    }
+    Ok(())
+}
+
+fn scaling_of(ck: &Checkpoint) -> Option<dlc_data::Scaling> {
+    let m = ck.tensors.get("scaling.mean")?;
+    let s = ck.tensors.get("scaling.std")?;
+    Some(dlc_data::Scaling {
+        mean: m.iter().copied().collect(),
+        std: s.iter().copied().collect(),
+    })
+}
+
+fn eval(
+    file: &Path,
+    load: &Path,
+    data: Vec<(String, Option<PathBuf>)>,
+    metrics: Option<&Path>,
+    engine: &str,
+) -> Result<(), String> {
+    let kind = EngineKind::parse(engine)?;
+    let ov = Overrides {
+        data,
+        ..Overrides::default()
+    };
+    let ck = Checkpoint::load(load)?;
+    let mut ov = ov;
+    if let Some(opt) = ck.meta.get("optimizer") {
+        ov.optimizer = Some(opt.clone());
+    }
+    let (setup, data_path) = session::compile(file, &ov, kind)?;
+    let data = session::load_data(&setup.cfg, data_path.as_deref(), scaling_of(&ck).as_ref())?;
+    let st = TrainState::from_checkpoint(&setup, &ck, load)?;
+    let mut sink = MetricsSink::open(metrics, kind.name(), setup.eval_engine.kernels)?;
+    let test = trainer::evaluate(&setup.eval_engine, &st.params, &data.test, &data, st.seed)?;
+    let mut m = Map::new();
+    m.insert("epoch".into(), json!(st.epoch));
+    m.insert("step".into(), json!(st.step));
+    trainer::put_scores(&mut m, "test", &test);
+    let shown: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("{}", shown.join("  "));
+    sink.write(m)
+}

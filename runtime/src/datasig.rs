@@ -1,0 +1,68 @@
+//! What each data set looks like to the compiler, known without reading it: the shapes
+//! of `x` and `y` and the named sizes (`inputs`, `classes`, `height`, …) a model may use.
+
+use dlc_compiler::lower::DataSig;
+use dlc_compiler::types::{DType, Dim, Type};
+use dlc_data::{Dataset, Task};
+
+/// Per-example x shape and task of every known data set.
+fn known(name: &str) -> Option<(Vec<usize>, Task)> {
+    Some(match name {
+        "digits" => (vec![8, 8], Task::Classification { classes: 10 }),
+        "mnist" | "fashion_mnist" => (vec![28, 28], Task::Classification { classes: 10 }),
+        "breast_cancer" => (vec![30], Task::Binary),
+        "diabetes" => (vec![10], Task::Regression),
+        _ => return None,
+    })
+}
+
+pub fn canonical(name: &str) -> String {
+    name.trim().to_ascii_lowercase().replace('-', "_")
+}
+
+/// The signature of a data set by name (without loading it).
+pub fn by_name(name: &str) -> Option<DataSig> {
+    let name = canonical(name);
+    let (x_shape, task) = known(&name)?;
+    Some(make(&name, &x_shape, task))
+}
+
+/// The signature of a loaded data set.
+pub fn of(d: &Dataset) -> DataSig {
+    make(&d.name, &d.x_shape, d.task)
+}
+
+fn make(name: &str, x_shape: &[usize], task: Task) -> DataSig {
+    let inputs: usize = x_shape.iter().product();
+    let mut dims = vec![
+        ("inputs".to_string(), inputs),
+        ("features".to_string(), inputs),
+    ];
+    if let [h, w] = x_shape {
+        dims.push(("height".into(), *h));
+        dims.push(("width".into(), *w));
+    }
+    let b = || Dim::Sym("B".into());
+    let mut xs = vec![b()];
+    xs.extend(x_shape.iter().map(|&d| Dim::Known(d)));
+    let y = match task {
+        Task::Classification { classes } => {
+            dims.push(("classes".into(), classes));
+            dims.push(("outputs".into(), classes));
+            Type {
+                dtype: DType::I32,
+                shape: vec![b()],
+            }
+        }
+        Task::Binary | Task::Regression => {
+            dims.push(("outputs".into(), 1));
+            Type::f32(vec![b(), Dim::Known(1)])
+        }
+    };
+    DataSig {
+        name: name.to_string(),
+        dims,
+        x: Type::f32(xs),
+        y,
+    }
+}

@@ -1,0 +1,479 @@
+//! The training loop: seeded shuffling, minibatches (the last partial batch is kept),
+//! one compiled training step per batch, evaluation, early stopping that restores the
+//! best weights, metrics lines and checkpoints that resume bit-exactly.
+
+use crate::checkpoint::{Checkpoint, Tensors};
+use crate::engine::Engine;
+use crate::init::init_param;
+use crate::metrics::{MetricsSink, Progress};
+use crate::session::Setup;
+use dlc_compiler::interp::Env;
+use dlc_compiler::rng;
+use dlc_data::{Dataset, Split, Task};
+use ndarray::{ArrayD, IxDyn};
+use serde_json::{Map, Value, json};
+use std::path::Path;
+use std::time::Instant;
+
+/// Everything that changes while training, and all of it goes into a checkpoint.
+#[derive(Clone, Debug)]
+pub struct TrainState {
+    pub params: Tensors,
+    pub opt: Tensors,
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Training steps completed.
+    pub step: u64,
+    pub seed: u64,
+    pub best: Option<Tensors>,
+    pub best_val_loss: f64,
+    pub best_epoch: usize,
+    pub patience_left: usize,
+    pub stopped: bool,
+}
+
+impl TrainState {
+    pub fn fresh(setup: &Setup, seed: u64) -> TrainState {
+        let params = setup
+            .train
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), init_param(p, seed)))
+            .collect();
+        let opt = setup
+            .train
+            .states
+            .iter()
+            .map(|s| (s.name.clone(), ArrayD::zeros(IxDyn(&s.shape))))
+            .collect();
+        let patience = setup.cfg.early_stopping.as_ref().map_or(0, |e| e.patience);
+        TrainState {
+            params,
+            opt,
+            epoch: 0,
+            step: 0,
+            seed,
+            best: None,
+            best_val_loss: f64::INFINITY,
+            best_epoch: 0,
+            patience_left: patience,
+            stopped: false,
+        }
+    }
+
+    pub fn to_checkpoint(&self, setup: &Setup, data: &Dataset) -> Checkpoint {
+        let mut ck = Checkpoint::default();
+        ck.tensors.extend(self.params.clone());
+        ck.tensors.extend(self.opt.clone());
+        if let Some(best) = &self.best {
+            for (k, v) in best {
+                ck.tensors.insert(format!("best.{k}"), v.clone());
+            }
+        }
+        if let Some(s) = &data.scaling {
+            ck.tensors.insert(
+                "scaling.mean".into(),
+                ArrayD::from_shape_vec(IxDyn(&[s.mean.len()]), s.mean.clone()).expect("1-D"),
+            );
+            ck.tensors.insert(
+                "scaling.std".into(),
+                ArrayD::from_shape_vec(IxDyn(&[s.std.len()]), s.std.clone()).expect("1-D"),
+            );
+        }
+        let m = &mut ck.meta;
+        m.insert(
+            "model".into(),
+            setup
+                .program
+                .main_model()
+                .map(|d| d.name.name.clone())
+                .unwrap_or_default(),
+        );
+        m.insert("data".into(), data.name.clone());
+        m.insert("optimizer".into(), setup.cfg.optimizer.name().into());
+        m.insert("epoch".into(), self.epoch.to_string());
+        m.insert("step".into(), self.step.to_string());
+        m.insert("seed".into(), self.seed.to_string());
+        m.insert("best_val_loss".into(), format!("{:e}", self.best_val_loss));
+        m.insert("best_epoch".into(), self.best_epoch.to_string());
+        m.insert("patience_left".into(), self.patience_left.to_string());
+        m.insert("stopped".into(), self.stopped.to_string());
+        ck
+    }
+
+    /// Restore from a checkpoint, checking that it fits the model and optimizer.
+    pub fn from_checkpoint(
+        setup: &Setup,
+        ck: &Checkpoint,
+        path: &Path,
+    ) -> Result<TrainState, String> {
+        let fresh = TrainState::fresh(setup, 0);
+        let take = |names: &Tensors, prefix: &str| -> Result<Tensors, String> {
+            let mut out = Tensors::new();
+            for (k, v) in names {
+                let key = format!("{prefix}{k}");
+                let t = ck.tensors.get(&key).ok_or_else(|| {
+                    format!("{}: checkpoint has no tensor `{key}` (was it saved from another model or optimizer?)", path.display())
+                })?;
+                if t.shape() != v.shape() {
+                    return Err(format!(
+                        "{}: `{key}` has shape {:?}, the model needs {:?}",
+                        path.display(),
+                        t.shape(),
+                        v.shape()
+                    ));
+                }
+                out.insert(k.clone(), t.clone());
+            }
+            Ok(out)
+        };
+        let params = take(&fresh.params, "")?;
+        let best = if ck.tensors.keys().any(|k| k.starts_with("best.")) {
+            Some(take(&fresh.params, "best.")?)
+        } else {
+            None
+        };
+        let opt =
+            if ck.meta.get("optimizer").map(String::as_str) == Some(setup.cfg.optimizer.name()) {
+                take(&fresh.opt, "")?
+            } else {
+                return Err(format!(
+                    "{}: checkpoint was trained with {}, not {}; resume with --optimizer {}",
+                    path.display(),
+                    ck.meta.get("optimizer").map(String::as_str).unwrap_or("?"),
+                    setup.cfg.optimizer.name(),
+                    ck.meta.get("optimizer").map(String::as_str).unwrap_or("?")
+                ));
+            };
+        let best_val_loss: f64 = ck
+            .meta
+            .get("best_val_loss")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::INFINITY);
+        Ok(TrainState {
+            params,
+            opt,
+            epoch: ck.meta_num("epoch", path)?,
+            step: ck.meta_num("step", path)?,
+            seed: ck.meta_num("seed", path)?,
+            best,
+            best_val_loss,
+            best_epoch: ck.meta_num("best_epoch", path).unwrap_or(0),
+            patience_left: ck.meta_num("patience_left", path).unwrap_or(0),
+            stopped: ck.meta.get("stopped").is_some_and(|v| v == "true"),
+        })
+    }
+}
+
+/// A batch of examples as tensors `x` [n, …] and `y` ([n] labels or [n, 1] targets).
+pub fn batch(
+    split: &Split,
+    rows: &[usize],
+    x_shape: &[usize],
+    task: Task,
+) -> (ArrayD<f32>, ArrayD<f32>) {
+    let w = split.example_len();
+    let mut xs = Vec::with_capacity(rows.len() * w);
+    let mut ys = Vec::with_capacity(rows.len());
+    for &r in rows {
+        xs.extend_from_slice(&split.x[r * w..(r + 1) * w]);
+        ys.push(split.y[r]);
+    }
+    let mut shape = vec![rows.len()];
+    shape.extend_from_slice(x_shape);
+    let x = ArrayD::from_shape_vec(IxDyn(&shape), xs).expect("batch x shape");
+    let yshape = match task {
+        Task::Classification { .. } => vec![rows.len()],
+        _ => vec![rows.len(), 1],
+    };
+    (
+        x,
+        ArrayD::from_shape_vec(IxDyn(&yshape), ys).expect("batch y shape"),
+    )
+}
+
+/// The order of training examples in an epoch: a Fisher–Yates shuffle keyed by
+/// (seed, epoch) alone, so resuming at an epoch boundary reproduces it.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (rng::bits(seed, 0x5348_5546, epoch as u64, i as u64) % (i as u64 + 1)) as usize;
+        idx.swap(i, j);
+    }
+    idx
+}
+
+/// Loss and task metrics of a set of predictions.
+#[derive(Clone, Debug, Default)]
+pub struct Scores {
+    pub loss: f64,
+    pub acc: Option<f64>,
+    pub mse: Option<f64>,
+    pub r2: Option<f64>,
+}
+
+/// Accumulates per-batch losses (weighted by batch size) and predictions.
+struct Tally {
+    task: Task,
+    n: usize,
+    loss_sum: f64,
+    correct: usize,
+    sq_err: f64,
+    ys: Vec<f64>,
+}
+
+impl Tally {
+    fn new(task: Task) -> Tally {
+        Tally {
+            task,
+            n: 0,
+            loss_sum: 0.0,
+            correct: 0,
+            sq_err: 0.0,
+            ys: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, loss: f32, pred: &ArrayD<f32>, y: &ArrayD<f32>) {
+        let b = y.shape()[0];
+        self.n += b;
+        self.loss_sum += loss as f64 * b as f64;
+        match self.task {
+            Task::Classification { .. } => {
+                let classes = pred.len() / b.max(1);
+                let p = pred.as_standard_layout();
+                let flat = p.as_slice().expect("standard layout");
+                for (i, &label) in y.iter().enumerate() {
+                    let row = &flat[i * classes..(i + 1) * classes];
+                    let mut best = 0;
+                    for (k, &v) in row.iter().enumerate() {
+                        if v > row[best] {
+                            best = k;
+                        }
+                    }
+                    self.correct += usize::from(best as f32 == label);
+                }
+            }
+            Task::Binary => {
+                for (p, t) in pred.iter().zip(y.iter()) {
+                    self.correct += usize::from((*p > 0.5) == (*t > 0.5));
+                }
+            }
+            Task::Regression => {
+                for (p, t) in pred.iter().zip(y.iter()) {
+                    self.sq_err += (*p as f64 - *t as f64).powi(2);
+                    self.ys.push(*t as f64);
+                }
+            }
+        }
+    }
+
+    fn scores(&self) -> Scores {
+        let n = self.n.max(1) as f64;
+        let mut s = Scores {
+            loss: self.loss_sum / n,
+            ..Scores::default()
+        };
+        match self.task {
+            Task::Classification { .. } | Task::Binary => s.acc = Some(self.correct as f64 / n),
+            Task::Regression => {
+                let mse = self.sq_err / n;
+                let mean = self.ys.iter().sum::<f64>() / n;
+                let var = self.ys.iter().map(|y| (y - mean).powi(2)).sum::<f64>() / n;
+                s.mse = Some(mse);
+                s.r2 = Some(if var > 0.0 { 1.0 - mse / var } else { 0.0 });
+            }
+        }
+        s
+    }
+}
+
+fn leaf_env(params: &Tensors, seed: u64, step: u64) -> Env<f32> {
+    let mut env = Env::new(seed, step);
+    for (k, v) in params {
+        env.values.insert(k.clone(), v.clone());
+    }
+    env
+}
+
+/// Loss and metrics of `params` on a split, in evaluation mode (no dropout).
+pub fn evaluate(
+    engine: &Engine,
+    params: &Tensors,
+    split: &Split,
+    data: &Dataset,
+    seed: u64,
+) -> Result<Scores, String> {
+    let mut tally = Tally::new(data.task);
+    let rows: Vec<usize> = (0..split.n).collect();
+    for chunk in rows.chunks(1024) {
+        let (x, y) = batch(split, chunk, &data.x_shape, data.task);
+        let mut env = leaf_env(params, seed, 0);
+        env.values.insert("x".into(), x);
+        env.values.insert("y".into(), y.clone());
+        let out = engine.run(&env, &["loss", "pred"])?;
+        tally.add(
+            out[0].iter().next().copied().unwrap_or(f32::NAN),
+            &out[1],
+            &y,
+        );
+    }
+    Ok(tally.scores())
+}
+
+pub fn put_scores(m: &mut Map<String, Value>, prefix: &str, s: &Scores) {
+    m.insert(format!("{prefix}_loss"), json!(s.loss));
+    if let Some(a) = s.acc {
+        m.insert(format!("{prefix}_acc"), json!(a));
+    }
+    if let Some(v) = s.mse {
+        m.insert(format!("{prefix}_mse"), json!(v));
+    }
+    if let Some(v) = s.r2 {
+        m.insert(format!("{prefix}_r2"), json!(v));
+    }
+}
+
+pub struct RunLimits {
+    pub epochs: usize,
+    pub steps: Option<u64>,
+}
+
+/// Train from `st` until `limits.epochs` epochs are done (or the step budget or early
+/// stopping ends it). Returns the state whose weights are the ones to save.
+pub fn train(
+    setup: &Setup,
+    data: &Dataset,
+    mut st: TrainState,
+    limits: &RunLimits,
+    sink: &mut MetricsSink,
+) -> Result<TrainState, String> {
+    let cfg = &setup.cfg;
+    let engine = &setup.train_engine;
+    let param_names: Vec<String> = st.params.keys().cloned().collect();
+    let state_names: Vec<String> = st.opt.keys().cloned().collect();
+    let mut outs: Vec<String> = vec!["loss".into(), "pred".into()];
+    outs.extend(param_names.iter().map(|p| format!("new:{p}")));
+    outs.extend(state_names.iter().map(|s| format!("new:{s}")));
+    let out_refs: Vec<&str> = outs.iter().map(|s| s.as_str()).collect();
+    let n = data.train.n;
+    if n == 0 {
+        return Err(format!("data set {} has no training examples", data.name));
+    }
+    let steps_per_epoch = n.div_ceil(cfg.batch);
+    let mut progress = Progress::new(limits.epochs, steps_per_epoch);
+    let mut budget_hit = false;
+    while st.epoch < limits.epochs && !st.stopped && !budget_hit {
+        let epoch = st.epoch + 1;
+        let t0 = Instant::now();
+        let order = epoch_order(n, st.seed, epoch);
+        let mut tally = Tally::new(data.task);
+        progress.start_epoch(epoch);
+        for chunk in order.chunks(cfg.batch) {
+            if limits.steps.is_some_and(|s| st.step >= s) {
+                budget_hit = true;
+                break;
+            }
+            let (x, y) = batch(&data.train, chunk, &data.x_shape, data.task);
+            let mut env = leaf_env(&st.params, st.seed, st.step);
+            for (k, v) in &st.opt {
+                env.values.insert(k.clone(), v.clone());
+            }
+            env.values.insert("x".into(), x);
+            env.values.insert("y".into(), y.clone());
+            env.values.insert(
+                "step".into(),
+                ArrayD::from_elem(IxDyn(&[]), (st.step + 1) as f32),
+            );
+            let mut res = engine.run(&env, &out_refs)?.into_iter();
+            let loss = res
+                .next()
+                .and_then(|l| l.iter().next().copied())
+                .unwrap_or(f32::NAN);
+            let pred = res.next().expect("pred output");
+            if !loss.is_finite() {
+                return Err(format!(
+                    "epoch {epoch}, step {}: the loss is {loss}; try a smaller learning rate (--lr)",
+                    st.step + 1
+                ));
+            }
+            tally.add(loss, &pred, &y);
+            for name in param_names.iter() {
+                st.params
+                    .insert(name.clone(), res.next().expect("new param"));
+            }
+            for name in state_names.iter() {
+                st.opt.insert(name.clone(), res.next().expect("new state"));
+            }
+            st.step += 1;
+            progress.step(tally.scores().loss);
+        }
+        if tally.n == 0 {
+            break;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        st.epoch = epoch;
+        let train = tally.scores();
+        let mut m = Map::new();
+        m.insert("epoch".into(), json!(epoch));
+        m.insert("step".into(), json!(st.step));
+        put_scores(&mut m, "train", &train);
+        if let Some(val) = &data.val {
+            let v = evaluate(&setup.eval_engine, &st.params, val, data, st.seed)?;
+            put_scores(&mut m, "val", &v);
+            if let Some(es) = &cfg.early_stopping {
+                if v.loss < st.best_val_loss - es.min_delta {
+                    st.best_val_loss = v.loss;
+                    st.best = Some(st.params.clone());
+                    st.best_epoch = epoch;
+                    st.patience_left = es.patience;
+                } else {
+                    st.patience_left = st.patience_left.saturating_sub(1);
+                    if st.patience_left == 0 {
+                        st.stopped = true;
+                        m.insert("early_stop".into(), json!(true));
+                    }
+                }
+            }
+        }
+        let test = evaluate(&setup.eval_engine, &st.params, &data.test, data, st.seed)?;
+        put_scores(&mut m, "test", &test);
+        m.insert(
+            "examples_per_s".into(),
+            json!((tally.n as f64 / secs).round()),
+        );
+        progress.end_epoch(&m);
+        sink.write(m)?;
+    }
+    progress.finish();
+    Ok(st)
+}
+
+/// After training: with early stopping, put the best weights back and report the test
+/// metrics of exactly those weights.
+pub fn restore_best(
+    setup: &Setup,
+    data: &Dataset,
+    st: &mut TrainState,
+    sink: &mut MetricsSink,
+) -> Result<(), String> {
+    let Some(best) = st.best.clone() else {
+        return Ok(());
+    };
+    if st.best_epoch == st.epoch {
+        return Ok(());
+    }
+    st.params = best;
+    let test = evaluate(&setup.eval_engine, &st.params, &data.test, data, st.seed)?;
+    let mut m = Map::new();
+    m.insert("epoch".into(), json!(st.epoch));
+    m.insert("step".into(), json!(st.step));
+    m.insert("restored_epoch".into(), json!(st.best_epoch));
+    m.insert("val_loss".into(), json!(st.best_val_loss));
+    put_scores(&mut m, "test", &test);
+    println!(
+        "restored the weights of epoch {} (best validation loss {:.4})",
+        st.best_epoch, st.best_val_loss
+    );
+    sink.write(m)
+}
