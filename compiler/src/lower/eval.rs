@@ -42,6 +42,9 @@ pub struct Lowerer {
     pub(crate) binding_path: Option<String>,
     next_key: u32,
     call_depth: usize,
+    /// Calls already lowered, by (instance path, function, tensor arguments): calling a
+    /// function twice on the same tensors gives the same nodes, dropout mask included.
+    memo: HashMap<(String, String, Vec<NodeId>), Value>,
     reported: HashSet<(usize, usize, String)>,
 }
 
@@ -69,6 +72,7 @@ impl Lowerer {
             binding_path: None,
             next_key: 0,
             call_depth: 0,
+            memo: HashMap::new(),
             reported: HashSet::new(),
         }
     }
@@ -422,6 +426,23 @@ impl Lowerer {
     ) -> Value {
         let what = format!("`{}`", f.name.name);
         let names: Vec<&Ident> = f.params.iter().map(|p| &p.name).collect();
+        let tensors: Option<Vec<NodeId>> = args
+            .iter()
+            .map(|(n, v, _)| match (n, v) {
+                (None, Value::Tensor(t)) => Some(*t),
+                _ => None,
+            })
+            .collect();
+        let memo_key = tensors.map(|t| {
+            (
+                inst.map_or_else(|| "#global".to_string(), |i| i.path.clone()),
+                f.name.name.clone(),
+                t,
+            )
+        });
+        if let Some(v) = memo_key.as_ref().and_then(|k| self.memo.get(k)) {
+            return v.clone();
+        }
         let Some(bound) = self.bind_args(&what, &names, args, span) else {
             return Value::Poison;
         };
@@ -477,6 +498,9 @@ impl Lowerer {
             }
         }
         self.call_depth -= 1;
+        if let Some(k) = memo_key {
+            self.memo.insert(k, result.clone());
+        }
         result
     }
 

@@ -1,0 +1,30 @@
+//! Helpers shared by the cross-crate tests.
+
+use std::path::PathBuf;
+
+/// The repository root (the workspace folder).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Every model file in `models/`, sorted.
+pub fn model_files() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("models"))
+        .expect("models/ exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "dl"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The shared data folder, if present (CI always has it).
+pub fn shared_data() -> Option<PathBuf> {
+    let p = std::env::var_os("DLC_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/data"));
+    p.is_dir().then_some(p)
+}
