@@ -8,7 +8,10 @@ pub mod diag;
 pub mod parser;
 
 pub use diag::{Diagnostic, Source, nearest};
-pub use parser::{MAX_EXPR_DEPTH, MAX_FILE_BYTES, MAX_NESTING, check_text, parse_file};
+pub use parser::{
+    MAX_EXPR_DEPTH, MAX_FILE_BYTES, MAX_NESTING, PRELUDE_BASE, check_text, parse_file,
+    parse_file_at,
+};
 
 /// The standard library of layers and losses, written in the language itself and loaded
 /// before every user file.

@@ -17,6 +17,9 @@ use std::sync::OnceLock;
 #[grammar = "grammar.pest"]
 struct DlParser;
 
+/// Spans at or above this offset belong to the prelude, not to the user's file.
+pub const PRELUDE_BASE: usize = 1 << 40;
+
 /// Files larger than this are refused.
 pub const MAX_FILE_BYTES: usize = 1 << 20;
 /// Deepest bracket nesting — `(`, `[`, `{` — accepted in a file.
@@ -60,6 +63,12 @@ pub fn check_text(bytes: &[u8]) -> Result<&str, Diagnostic> {
 
 /// Parse a whole file. Returns the items that parsed and one diagnostic per item that did not.
 pub fn parse_file(text: &str) -> (File, Vec<Diagnostic>) {
+    parse_file_at(text, 0)
+}
+
+/// Like [`parse_file`], with every span shifted by `base` (the prelude is parsed at
+/// [`PRELUDE_BASE`] so its spans can be told apart from the user's file).
+pub fn parse_file_at(text: &str, base: usize) -> (File, Vec<Diagnostic>) {
     let _ = pest::set_call_limit(std::num::NonZeroUsize::new(50_000_000));
     let mut items = Vec::new();
     let mut diags = Vec::new();
@@ -68,11 +77,11 @@ pub fn parse_file(text: &str) -> (File, Vec<Diagnostic>) {
         if is_blank(chunk) {
             continue;
         }
-        if let Err(d) = check_nesting(chunk, start) {
+        if let Err(d) = check_nesting(chunk, base + start) {
             diags.push(d);
             continue;
         }
-        match parse_item(chunk, start) {
+        match parse_item(chunk, base + start) {
             Ok(item) => items.push(item),
             Err(d) => diags.push(d),
         }
@@ -157,7 +166,13 @@ fn check_nesting(chunk: &str, base: usize) -> Result<(), Diagnostic> {
 }
 
 fn parse_item(chunk: &str, base: usize) -> Result<Item, Diagnostic> {
-    let mut pairs = DlParser::parse(Rule::item, chunk).map_err(|e| syntax_error(e, base))?;
+    let mut pairs = DlParser::parse(Rule::item, chunk).map_err(|e| {
+        let mut d = syntax_error(e, base);
+        if d.span.start - base >= chunk.trim_end().len() {
+            d.message = format!("unexpected end of file; {}", d.message);
+        }
+        d
+    })?;
     let pair = pairs
         .next()
         .ok_or_else(|| Diagnostic::new(Span::new(base, base), "expected an item"))?;

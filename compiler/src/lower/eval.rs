@@ -6,7 +6,7 @@
 use super::value::{Func, Init, Instance, Value};
 use crate::ir::{Graph, NodeId};
 use crate::ops::{F64, Op};
-use crate::types::{DType, Dim, Shape, Type, show_shape};
+use crate::types::{DType, Dim, Shape, Type};
 use dlc_dsl::ast::*;
 use dlc_dsl::{Diagnostic, nearest};
 use std::collections::{HashMap, HashSet};
@@ -45,6 +45,10 @@ pub struct Lowerer {
     /// Calls already lowered, by (instance path, function, tensor arguments): calling a
     /// function twice on the same tensors gives the same nodes, dropout mask included.
     memo: HashMap<(String, String, Vec<NodeId>), Value>,
+    /// Spans in the user's file of the calls being lowered, innermost last.
+    user_sites: Vec<Span>,
+    /// Prelude functions and models being lowered, innermost last.
+    prelude_fns: Vec<String>,
     reported: HashSet<(usize, usize, String)>,
 }
 
@@ -73,13 +77,23 @@ impl Lowerer {
             next_key: 0,
             call_depth: 0,
             memo: HashMap::new(),
+            user_sites: Vec::new(),
+            prelude_fns: Vec::new(),
             reported: HashSet::new(),
         }
     }
 
-    /// Record an error (once per span and message) and return poison.
+    /// Record an error (once per span and message) and return poison. An error inside
+    /// the prelude is reported at the user's call that led there.
     pub fn err(&mut self, span: Span, msg: impl Into<String>) -> Value {
-        let msg = msg.into();
+        let mut msg = msg.into();
+        let mut span = span;
+        if span.start >= dlc_dsl::PRELUDE_BASE {
+            span = self.user_sites.last().copied().unwrap_or_default();
+            if let Some(f) = self.prelude_fns.iter().rev().find(|f| !f.is_empty()) {
+                msg = format!("{msg} (inside `{f}` from the prelude)");
+            }
+        }
         if self.reported.insert((span.start, span.end, msg.clone())) {
             self.diags.push(Diagnostic::new(span, msg));
         }
@@ -286,20 +300,8 @@ impl Lowerer {
             Ok(n) => Value::Tensor(n),
             Err(e) => {
                 let (ta, tb) = (self.graph.ty(na).clone(), self.graph.ty(nb).clone());
-                let msg = if op == BinOp::MatMul {
-                    format!(
-                        "shape mismatch in `@`: {} @ {} ({e})",
-                        show_shape(&ta.shape),
-                        show_shape(&tb.shape)
-                    )
-                } else {
-                    format!(
-                        "shape mismatch in `{}`: {} and {} ({e})",
-                        op.symbol(),
-                        ta,
-                        tb
-                    )
-                };
+                let _ = (ta, tb);
+                let msg = format!("shape mismatch in `{}`: {e}", op.symbol());
                 self.err(span, msg)
             }
         }
@@ -349,7 +351,8 @@ impl Lowerer {
         }
     }
 
-    fn enter(&mut self, span: Span) -> bool {
+    /// Enter a call of `what` (defined at `def`) made at `span`.
+    fn enter(&mut self, span: Span, what: &str, def: Span) -> bool {
         if self.call_depth >= MAX_CALL_DEPTH {
             self.err(
                 span,
@@ -360,7 +363,25 @@ impl Lowerer {
             return false;
         }
         self.call_depth += 1;
+        let site = if span.start >= dlc_dsl::PRELUDE_BASE {
+            self.user_sites.last().copied().unwrap_or(span)
+        } else {
+            span
+        };
+        self.user_sites.push(site);
+        self.prelude_fns
+            .push(if def.start >= dlc_dsl::PRELUDE_BASE {
+                what.to_string()
+            } else {
+                String::new()
+            });
         true
+    }
+
+    fn leave(&mut self) {
+        self.call_depth -= 1;
+        self.user_sites.pop();
+        self.prelude_fns.pop();
     }
 
     /// Bind arguments to parameter names: positional first, then by name.
@@ -446,7 +467,11 @@ impl Lowerer {
         let Some(bound) = self.bind_args(&what, &names, args, span) else {
             return Value::Poison;
         };
-        if !self.enter(span) {
+        let full = inst.map_or_else(
+            || f.name.name.clone(),
+            |i| format!("{}.{}", i.def.name.name, f.name.name),
+        );
+        if !self.enter(span, &full, f.span) {
             return Value::Poison;
         }
         let empty = Scope::new();
@@ -497,7 +522,7 @@ impl Lowerer {
                 }
             }
         }
-        self.call_depth -= 1;
+        self.leave();
         if let Some(k) = memo_key {
             self.memo.insert(k, result.clone());
         }
@@ -608,7 +633,7 @@ impl Lowerer {
         let Some(bound) = self.bind_args(&what, &names, args, span) else {
             return Value::Poison;
         };
-        if !self.enter(span) {
+        if !self.enter(span, &def.name.name, def.span) {
             return Value::Poison;
         }
         let mut inst = Instance {
@@ -652,7 +677,7 @@ impl Lowerer {
             inst = Rc::try_unwrap(rc).expect("instance is not shared during instantiation");
             inst.env.insert(b.name.name.clone(), v);
         }
-        self.call_depth -= 1;
+        self.leave();
         Value::Instance(Rc::new(inst))
     }
 

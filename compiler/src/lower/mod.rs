@@ -6,6 +6,7 @@
 
 mod builtins;
 mod eval;
+mod resolve;
 mod value;
 
 pub use builtins::ALL as BUILTINS;
@@ -82,7 +83,7 @@ impl Program {
         };
         let source = Source::new(name, text);
         let (file, mut diags) = dlc_dsl::parse_file(&source.text);
-        let (prelude, pd) = dlc_dsl::parse_file(dlc_dsl::PRELUDE);
+        let (prelude, pd) = dlc_dsl::parse_file_at(dlc_dsl::PRELUDE, dlc_dsl::PRELUDE_BASE);
         assert!(pd.is_empty(), "the prelude does not parse: {pd:?}");
         if diags.is_empty() && file.items.is_empty() {
             diags.push(Diagnostic::new(
@@ -197,7 +198,8 @@ impl Program {
         let main = self.main_model()?;
         let span = main.name.span;
         match lw.instantiate(&main, String::new(), vec![], dims, span) {
-            Value::Instance(i) if lw.diags.is_empty() => Ok(i),
+            // Keep going after errors in members: later code may have more to report.
+            Value::Instance(i) => Ok(i),
             _ => Err(std::mem::take(&mut lw.diags)),
         }
     }
@@ -205,6 +207,7 @@ impl Program {
     /// The graph of the main model's `forward` with its declared parameter types as inputs.
     pub fn lower_predict(&self, dims: &[(String, usize)], mode: Mode) -> Result<Lowered, Diags> {
         let mut lw = Lowerer::new(self.globals(), mode);
+        lw.diags.extend(resolve::check(&self.file, &self.prelude));
         let dims: HashMap<String, usize> = dims.iter().cloned().collect();
         let inst = self.instantiate_main(&mut lw, &dims)?;
         let Some(fwd) = inst.def.fns.iter().find(|f| f.name.name == "forward") else {
@@ -269,6 +272,7 @@ impl Program {
             )]);
         };
         let mut lw = Lowerer::new(self.globals(), mode);
+        lw.diags.extend(resolve::check(&self.file, &self.prelude));
         let dims: HashMap<String, usize> = data.dims.iter().cloned().collect();
         let inst = self.instantiate_main(&mut lw, &dims)?;
         let x = lw.graph.add_ok(
@@ -547,6 +551,11 @@ fn finish(mut lw: Lowerer, outs: Vec<(&str, Value, Span)>) -> Result<Lowered, Di
         }
     }
     if !lw.diags.is_empty() {
+        // The resolver and the evaluator may both report an unknown name: keep one.
+        let mut seen = std::collections::HashSet::new();
+        lw.diags.retain(|d| {
+            !d.message.starts_with("unknown name") || seen.insert((d.span.start, d.span.end))
+        });
         lw.diags.sort_by_key(|d| d.span.start);
         return Err(lw.diags);
     }

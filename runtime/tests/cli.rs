@@ -1,0 +1,341 @@
+//! The `dlc` binary on good and bad input: every bad input exits non-zero with a message
+//! naming the file (and position), quickly, and never panics.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("root")
+        .to_path_buf()
+}
+
+fn dlc(args: &[&str]) -> Output {
+    let t0 = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_dlc"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("runs dlc");
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "dlc {args:?} took {:?}",
+        t0.elapsed()
+    );
+    out
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs dlc, expects failure without a panic, returns stderr.
+fn fails(args: &[&str]) -> String {
+    let o = dlc(args);
+    let all = text(&o);
+    assert!(!o.status.success(), "dlc {args:?} succeeded:\n{all}");
+    assert!(
+        !all.contains("panicked") && !all.contains("RUST_BACKTRACE"),
+        "dlc {args:?} panicked:\n{all}"
+    );
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn tmp(name: &str, contents: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dlc-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let p = dir.join(name);
+    std::fs::write(&p, contents).expect("write");
+    p
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn perceptron_runs_the_course_example() {
+    let o = dlc(&["run", "models/perceptron.dl", "--input", "x=[[-1,2]]"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json output");
+    let y = v[0][0].as_f64().expect("number");
+    let want = 1.0 / (1.0 + 6f64.exp());
+    assert!((y - want).abs() < 1e-6, "{y} vs {want}");
+}
+
+#[test]
+fn every_model_checks() {
+    for e in std::fs::read_dir(root().join("models")).expect("models") {
+        let p = e.expect("entry").path();
+        let o = dlc(&["check", s(&p)]);
+        assert!(o.status.success(), "{}: {}", p.display(), text(&o));
+    }
+}
+
+#[test]
+fn syntax_errors_one_per_item_with_position() {
+    let p = tmp(
+        "junk.dl",
+        b"model A {\n  x = 1 $$ 2\n}\nmodel B {\n  fn forward(x: f32[B, 2]) { x @@ 3 }\n}\n",
+    );
+    let err = fails(&["check", s(&p)]);
+    assert!(err.contains("junk.dl:2:9: error: syntax error"), "{err}");
+    assert!(err.contains("junk.dl:5:33: error: syntax error"), "{err}");
+    assert!(
+        err.contains("  |         ^"),
+        "caret under the error: {err}"
+    );
+}
+
+#[test]
+fn truncated_file() {
+    let src = std::fs::read(root().join("models/mlp.dl")).expect("read");
+    let cut = src.iter().position(|&b| b == b'{').expect("has a brace") + 40;
+    let p = tmp("trunc.dl", &src[..cut]);
+    let err = fails(&["check", s(&p)]);
+    assert!(
+        err.contains("trunc.dl:") && err.contains("unexpected end of file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_names_all_reported_with_suggestions() {
+    let p = tmp(
+        "names.dl",
+        b"model M(inputs, classes) {\n  d = Dense(inputs, clases)\n  fn forward(x: f32[B, inputs]) { relu(dd(x)) }\n}\nfn unused(a) { a + zzz }\ntrain M on breast_cancer { loss = mse(forward(x), y)  optimizer = sdg(lr: 0.1) }\n",
+    );
+    let err = fails(&["check", s(&p)]);
+    for want in [
+        "names.dl:2:21: error: unknown name `clases`; did you mean `classes`?",
+        "names.dl:3:40: error: unknown name `dd`; did you mean `d`?",
+        "names.dl:5:20: error: unknown name `zzz`",
+        "error: unknown name `sdg`; did you mean `sgd`?",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn shape_mismatch_names_both_shapes_at_the_call() {
+    let p = tmp(
+        "shapes.dl",
+        b"model M(inputs, classes) {\n  d = Dense(inputs + 1, classes)\n  fn forward(x: f32[B, inputs]) { d(x) }\n}\ntrain M on digits { loss = softmax_cross_entropy(forward(flatten(x)), y) }\n",
+    );
+    let err = fails(&["check", s(&p)]);
+    assert!(
+        err.contains("shapes.dl:3:35: error: shape mismatch in `@`: shapes [B, 64] and [65, 10]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn declared_types_are_checked() {
+    let p = tmp("types.dl", b"model M(inputs) {\n  fn forward(x: f32[B, 3]) { x }\n}\ntrain M on diabetes { loss = mse(forward(x), y) }\n");
+    let err = fails(&["check", s(&p)]);
+    assert!(
+        err.contains("argument `x` of `forward` must be f32[B,3], found f32[B,10]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn empty_binary_nested_and_huge_files() {
+    let e = tmp("empty.dl", b"");
+    assert!(fails(&["check", s(&e)]).contains("empty.dl:1:1: error: file defines no model"));
+    let mut bin = b"model ".to_vec();
+    bin.extend([0xff, 0xfe, 0x00, 0x80]);
+    let b = tmp("binary.dl", &bin);
+    assert!(fails(&["check", s(&b)]).contains("not UTF-8"));
+    let nested = format!(
+        "model A {{ fn forward(x: f32[B,2]) {{ {}x{} }} }}\n",
+        "(".repeat(200_000),
+        ")".repeat(200_000)
+    );
+    let n = tmp("nested.dl", nested.as_bytes());
+    assert!(fails(&["check", s(&n)]).contains("nested deeper than 64"));
+    let minus = format!(
+        "model A {{ fn forward(x: f32[B,2]) {{ {}x }} }}\n",
+        "- ".repeat(300_000)
+    );
+    let m = tmp("minus.dl", minus.as_bytes());
+    fails(&["check", s(&m)]);
+    let long = format!(
+        "model A {{ fn forward(x: f32[B,2]) {{ x{} }} }}\n",
+        " + x".repeat(100_000)
+    );
+    let l = tmp("long.dl", long.as_bytes());
+    assert!(fails(&["check", s(&l)]).contains("deeper than 256"));
+    let big = tmp("big.dl", &vec![b'#'; 2 << 20]);
+    assert!(fails(&["check", s(&big)]).contains("limited to 1048576 bytes"));
+}
+
+#[test]
+fn missing_files_and_bad_flags() {
+    assert!(fails(&["check", "no/such/file.dl"]).contains("no/such/file.dl"));
+    fails(&["train", "models/mlp.dl", "--epochs", "0"]);
+    fails(&["train", "models/mlp.dl", "--optimizer", "adamw"]);
+    fails(&["train", "models/mlp.dl", "--lr", "-1"]);
+    fails(&["train", "models/mlp.dl", "--no-such-flag"]);
+    fails(&["train", "models/mlp.dl", "--data", "imagenet=/x"]);
+    assert!(fails(&["train", "models/mlp.dl", "--engine", "jit"]).contains("not built yet"));
+    assert!(fails(&["compile", "models/mlp.dl", "--emit", "opt"]).contains("not available yet"));
+    assert!(
+        fails(&["run", "models/perceptron.dl", "--input", "x=[[1,2,3]]"])
+            .contains("expected shape [B, 2], got [1, 3]")
+    );
+    assert!(fails(&["run", "models/perceptron.dl", "--input", "x=[[1,"]).contains("not JSON"));
+    assert!(fails(&["eval", "models/mlp.dl", "--load", "models/mlp.dl"]).contains("models/mlp.dl"));
+    assert!(fails(&["train", "models/logistic.dl"]).contains("--data breast_cancer=PATH"));
+}
+
+#[test]
+fn broken_data_folders() {
+    let dir = std::env::temp_dir().join(format!("dlc-cli-data-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let err = fails(&[
+        "train",
+        "models/mlp.dl",
+        "--data",
+        &format!("mnist={}", dir.display()),
+    ]);
+    assert!(
+        err.contains("missing file") && err.contains(&dir.display().to_string()),
+        "{err}"
+    );
+    // A truncated image file with a valid header.
+    let mut img = vec![0, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 28, 0, 0, 0, 28];
+    img.extend(vec![0u8; 100]);
+    std::fs::write(dir.join("train-images-idx3-ubyte"), &img).expect("write");
+    std::fs::write(
+        dir.join("train-labels-idx1-ubyte"),
+        [0, 0, 8, 1, 0, 0, 0, 10, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    )
+    .expect("write");
+    std::fs::write(dir.join("t10k-images-idx3-ubyte"), &img).expect("write");
+    std::fs::write(
+        dir.join("t10k-labels-idx1-ubyte"),
+        [0, 0, 8, 1, 0, 0, 0, 10, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    )
+    .expect("write");
+    let err = fails(&[
+        "train",
+        "models/mlp.dl",
+        "--data",
+        &format!("mnist={}", dir.display()),
+    ]);
+    assert!(
+        err.contains("train-images-idx3-ubyte") && err.contains("truncated"),
+        "{err}"
+    );
+}
+
+fn metrics(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .expect("metrics file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+#[test]
+fn digits_mlp_trains_deterministically_and_resumes_exactly() {
+    let dir = std::env::temp_dir().join(format!("dlc-cli-train-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let p = |n: &str| dir.join(n).display().to_string();
+    let ok = |args: &[&str]| {
+        let o = dlc(args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+    };
+    ok(&[
+        "train",
+        "models/mlp.dl",
+        "--seed",
+        "4",
+        "--epochs",
+        "3",
+        "--metrics",
+        &p("a.jsonl"),
+        "--save",
+        &p("a.st"),
+    ]);
+    ok(&[
+        "train",
+        "models/mlp.dl",
+        "--seed",
+        "4",
+        "--epochs",
+        "3",
+        "--metrics",
+        &p("b.jsonl"),
+    ]);
+    let (a, b) = (
+        metrics(Path::new(&p("a.jsonl"))),
+        metrics(Path::new(&p("b.jsonl"))),
+    );
+    assert_eq!(a.len(), 3);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x["train_loss"], y["train_loss"], "same seed, same losses");
+        assert_eq!(x["engine"], "reference");
+        assert!(x["kernels"].as_u64().expect("kernels") > 10);
+    }
+    // Loss falls.
+    assert!(a[2]["train_loss"].as_f64() < a[0]["train_loss"].as_f64());
+    // Two epochs, save, resume to three: the third epoch is the same.
+    ok(&[
+        "train",
+        "models/mlp.dl",
+        "--seed",
+        "4",
+        "--epochs",
+        "2",
+        "--save",
+        &p("c.st"),
+    ]);
+    ok(&[
+        "train",
+        "models/mlp.dl",
+        "--epochs",
+        "3",
+        "--resume",
+        &p("c.st"),
+        "--metrics",
+        &p("c.jsonl"),
+    ]);
+    let c = metrics(Path::new(&p("c.jsonl")));
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0]["epoch"], 3);
+    assert_eq!(c[0]["train_loss"], a[2]["train_loss"]);
+    assert_eq!(c[0]["test_acc"], a[2]["test_acc"]);
+    // The checkpoint evaluates to the accuracy training reported.
+    ok(&[
+        "eval",
+        "models/mlp.dl",
+        "--load",
+        &p("a.st"),
+        "--metrics",
+        &p("e.jsonl"),
+    ]);
+    assert_eq!(
+        metrics(Path::new(&p("e.jsonl")))[0]["test_acc"],
+        a[2]["test_acc"]
+    );
+}
+
+#[test]
+fn digits_mlp_reaches_its_bar() {
+    let dir = std::env::temp_dir().join(format!("dlc-cli-bar-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let m = dir.join("m.jsonl");
+    let o = dlc(&["train", "models/mlp.dl", "--seed", "1", "--metrics", s(&m)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let last = metrics(&m).pop().expect("a line");
+    let acc = last["test_acc"].as_f64().expect("test_acc");
+    assert!(acc >= 0.96, "digits MLP test accuracy {acc} < 0.96");
+}
