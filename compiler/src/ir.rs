@@ -23,6 +23,8 @@ pub struct Graph {
     pub g: DiGraph<Node, u32>,
     /// Named results, in a fixed order (the loss first, then updated parameters, …).
     pub outputs: Vec<(String, NodeId)>,
+    /// Body graphs of `scan` nodes, by index.
+    pub bodies: Vec<Graph>,
     memo: HashMap<(Op, Vec<NodeId>), NodeId>,
 }
 
@@ -187,6 +189,14 @@ impl Graph {
         for (name, id) in &self.outputs {
             if self.g.node_weight(*id).is_none() {
                 return Err(format!("output {name} points at a missing node"));
+            }
+        }
+        for (i, b) in self.bodies.iter().enumerate() {
+            b.verify().map_err(|e| format!("scan body {i}: {e}"))?;
+            for out in ["carry", "y"] {
+                if b.output(out).is_none() {
+                    return Err(format!("scan body {i} has no output `{out}`"));
+                }
             }
         }
         Ok(())

@@ -166,6 +166,13 @@ pub enum Op {
     /// `[.., M, K] @ [.., K, N]`; batch dims equal, or a 2-D right-hand side.
     MatMul,
 
+    // ---- control flow --------------------------------------------------------
+    /// `scan(init, xs)`: run the body graph `body` (in `Graph::bodies`) once per step
+    /// of `xs` along `axis`, threading a carry; the result stacks the body's per-step
+    /// outputs along `axis`. The body has inputs `carry` and `x` and outputs `carry`
+    /// and `y`; `out` is the stacked result's type, fixed when the body is built.
+    Scan { body: u32, axis: usize, out: TypeKey },
+
     // ---- autodiff placeholder ---------------------------------------------
     /// `vjp_i(node, g)`: the gradient flowing to input `i` of `node` given its adjoint
     /// `g`. Only exists inside the `grad` phase; rules rewrite it into primitive ops.
@@ -229,6 +236,7 @@ impl Op {
             ScatterAdd { .. } => "scatter_add",
             OneHot { .. } => "one_hot",
             MatMul => "matmul",
+            Scan { .. } => "scan",
             Vjp(_) => "vjp",
         }
     }
@@ -279,6 +287,7 @@ impl Op {
             } => format!("axis={axis}, {start}:{end}:{step}"),
             ScatterAdd { rows } => format!("rows={rows}"),
             OneHot { depth } => format!("depth={depth}"),
+            Scan { body, axis, .. } => format!("body={body}, axis={axis}"),
             Vjp(i) => format!("{i}"),
             _ => String::new(),
         }
@@ -668,6 +677,13 @@ impl Op {
                 let mut shape = a.shape[..a.rank() - 1].to_vec();
                 shape.push(b.shape[b.rank() - 1].clone());
                 Ok(Type::f32(shape))
+            }
+            Scan { axis, out, .. } => {
+                arity(2)?;
+                if ins[1].rank() <= *axis || out.1.len() <= *axis || ins[1].shape[*axis] != out.1[*axis] {
+                    return Err(format!("scan over axis {axis} of {} cannot give {}", ins[1], Type { dtype: out.0, shape: out.1.clone() }));
+                }
+                Ok(Type { dtype: out.0, shape: out.1.clone() })
             }
             Vjp(i) => {
                 // vjp_i(node, g): the type of the node's input i, which the autodiff

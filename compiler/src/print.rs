@@ -25,5 +25,12 @@ pub fn print_graph(g: &Graph) -> String {
     for (name, id) in &g.outputs {
         let _ = writeln!(out, "out {name} = %{}", num[id]);
     }
+    for (i, b) in g.bodies.iter().enumerate() {
+        let _ = writeln!(out, "body {i} {{");
+        for line in print_graph(b).lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+        let _ = writeln!(out, "}}");
+    }
     out
 }

@@ -155,6 +155,7 @@ pub fn grad(g: &Graph, loss: &str, wrt: &[NodeId]) -> Result<(Graph, GradStats),
     let t1 = Instant::now();
     let ex = Extractor::new(&runner.egraph, NoPlaceholders);
     let mut out = Graph::new();
+    out.bodies = g.bodies.clone();
     let mut built: HashMap<Id, NodeId> = HashMap::new();
     for (name, root) in &roots {
         let n = build(&runner.egraph, &ex, *root, &mut built, &mut out)?;
