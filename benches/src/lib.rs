@@ -16,9 +16,19 @@ pub struct Step {
 
 /// The training step of `models/NAME.dl` on its default data at the given batch size.
 pub fn step(model: &str, batch_size: usize) -> Step {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("root");
-    let ov = Overrides { batch: Some(batch_size), ..Overrides::default() };
-    let (setup, path) = session::compile(&root.join("models").join(format!("{model}.dl")), &ov, EngineKind::Reference).expect("compiles");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("root");
+    let ov = Overrides {
+        batch: Some(batch_size),
+        ..Overrides::default()
+    };
+    let (setup, path) = session::compile(
+        &root.join("models").join(format!("{model}.dl")),
+        &ov,
+        EngineKind::Reference,
+    )
+    .expect("compiles");
     let data = session::load_data(&setup.cfg, path.as_deref(), None).expect("data");
     let st = TrainState::fresh(&setup, 0);
     let rows: Vec<usize> = (0..batch_size.min(data.train.n)).collect();
@@ -28,9 +38,16 @@ pub fn step(model: &str, batch_size: usize) -> Step {
     env.values.extend(st.opt.clone());
     env.values.insert("x".into(), x);
     env.values.insert("y".into(), y);
-    env.values.insert("step".into(), ndarray::ArrayD::from_elem(ndarray::IxDyn(&[]), 1.0));
+    env.values.insert(
+        "step".into(),
+        ndarray::ArrayD::from_elem(ndarray::IxDyn(&[]), 1.0),
+    );
     let mut outputs = vec!["loss".to_string(), "pred".to_string()];
     outputs.extend(st.params.keys().map(|p| format!("new:{p}")));
     outputs.extend(st.opt.keys().map(|s| format!("new:{s}")));
-    Step { setup, env, outputs }
+    Step {
+        setup,
+        env,
+        outputs,
+    }
 }

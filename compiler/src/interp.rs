@@ -101,7 +101,10 @@ pub fn run_nodes<T: Real>(
         let ins: Vec<&ArrayD<T>> = g.inputs(n).iter().map(|i| &vals[i]).collect();
         let v = match &g.node(n).op {
             Op::Scan { body, axis, .. } => {
-                let b = g.bodies.get(*body as usize).ok_or_else(|| format!("scan body {body} is missing"))?;
+                let b = g
+                    .bodies
+                    .get(*body as usize)
+                    .ok_or_else(|| format!("scan body {body} is missing"))?;
                 scan(b, *axis, ins[0], ins[1], env)?
             }
             op => eval_op(op, &ins, &syms, env, g.node(n).ty.dtype)?,
@@ -112,18 +115,32 @@ pub fn run_nodes<T: Real>(
 }
 
 /// Run a scan body once per step along `axis`, threading the carry; stack the outputs.
-fn scan<T: Real>(body: &Graph, axis: usize, init: &ArrayD<T>, xs: &ArrayD<T>, env: &Env<T>) -> Result<ArrayD<T>, String> {
+fn scan<T: Real>(
+    body: &Graph,
+    axis: usize,
+    init: &ArrayD<T>,
+    xs: &ArrayD<T>,
+    env: &Env<T>,
+) -> Result<ArrayD<T>, String> {
     let mut carry = init.clone();
     let mut ys = Vec::new();
     for t in 0..xs.shape()[axis] {
-        let mut e = Env { values: env.values.clone(), seed: env.seed, step: env.step };
+        let mut e = Env {
+            values: env.values.clone(),
+            seed: env.seed,
+            step: env.step,
+        };
         e.values.insert("carry".into(), carry);
-        e.values.insert("x".into(), xs.index_axis(Axis(axis), t).to_owned());
+        e.values
+            .insert("x".into(), xs.index_axis(Axis(axis), t).to_owned());
         let mut out = run(body, &e, &["carry", "y"])?.into_iter();
         carry = out.next().ok_or("scan body gave no carry")?;
         ys.push(out.next().ok_or("scan body gave no y")?);
     }
-    let views: Vec<_> = ys.iter().map(|y| y.view().insert_axis(Axis(axis))).collect();
+    let views: Vec<_> = ys
+        .iter()
+        .map(|y| y.view().insert_axis(Axis(axis)))
+        .collect();
     ndarray::concatenate(Axis(axis), &views).map_err(|e| format!("scan: {e}"))
 }
 
@@ -541,7 +558,9 @@ fn eval_op<T: Real>(
                 reshape(&stacked, shape)?
             }
         }
-        Scan { .. } => return Err("internal: scan is evaluated by run_nodes, which has the bodies".into()),
+        Scan { .. } => {
+            return Err("internal: scan is evaluated by run_nodes, which has the bodies".into());
+        }
         Vjp(_) => {
             return Err(
                 "internal: an unresolved gradient placeholder reached the interpreter".into(),

@@ -171,7 +171,11 @@ pub enum Op {
     /// of `xs` along `axis`, threading a carry; the result stacks the body's per-step
     /// outputs along `axis`. The body has inputs `carry` and `x` and outputs `carry`
     /// and `y`; `out` is the stacked result's type, fixed when the body is built.
-    Scan { body: u32, axis: usize, out: TypeKey },
+    Scan {
+        body: u32,
+        axis: usize,
+        out: TypeKey,
+    },
 
     // ---- autodiff placeholder ---------------------------------------------
     /// `vjp_i(node, g)`: the gradient flowing to input `i` of `node` given its adjoint
@@ -680,10 +684,23 @@ impl Op {
             }
             Scan { axis, out, .. } => {
                 arity(2)?;
-                if ins[1].rank() <= *axis || out.1.len() <= *axis || ins[1].shape[*axis] != out.1[*axis] {
-                    return Err(format!("scan over axis {axis} of {} cannot give {}", ins[1], Type { dtype: out.0, shape: out.1.clone() }));
+                if ins[1].rank() <= *axis
+                    || out.1.len() <= *axis
+                    || ins[1].shape[*axis] != out.1[*axis]
+                {
+                    return Err(format!(
+                        "scan over axis {axis} of {} cannot give {}",
+                        ins[1],
+                        Type {
+                            dtype: out.0,
+                            shape: out.1.clone()
+                        }
+                    ));
                 }
-                Ok(Type { dtype: out.0, shape: out.1.clone() })
+                Ok(Type {
+                    dtype: out.0,
+                    shape: out.1.clone(),
+                })
             }
             Vjp(i) => {
                 // vjp_i(node, g): the type of the node's input i, which the autodiff

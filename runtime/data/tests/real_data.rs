@@ -1,4 +1,4 @@
-//! The reference data sets in /work/shared/data (skipped, with a printed
+//! The reference data sets in ../shared/data beside the repository (skipped, with a printed
 //! reason, when a folder is missing): MNIST, Fashion-MNIST, breast_cancer,
 //! diabetes.
 

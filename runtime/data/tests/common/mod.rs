@@ -39,12 +39,14 @@ impl Drop for TempDir {
     }
 }
 
-/// The shared reference data (override with `DLC_SHARED_DATA`), or `None`
+/// The shared reference data (`../shared/data` beside the repository; override with
+/// `DLC_SHARED_DATA`), or `None`
 /// with a printed skip reason when `sub` does not exist there.
 pub fn shared(sub: &str) -> Option<PathBuf> {
     let root = std::env::var_os("DLC_SHARED_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/shared/data"));
+        // The repository root is two folders above this crate; `shared/` sits beside it.
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
     let path = root.join(sub);
     if path.exists() {
         Some(path)

@@ -1,0 +1,173 @@
+//! The grammar: every construct parses into the expected tree; precedence; recovery;
+//! limits.
+
+use dlc_dsl::ast::*;
+use dlc_dsl::parse_file;
+
+fn one_expr(src: &str) -> Expr {
+    let (f, d) = parse_file(&format!("fn f() {{ {src} }}"));
+    assert!(d.is_empty(), "{src}: {d:?}");
+    let Item::Fn(f) = &f.items[0] else {
+        panic!("a fn")
+    };
+    f.body.result.clone()
+}
+
+/// A compact s-expression of an expression tree.
+fn sexp(e: &Expr) -> String {
+    match &e.kind {
+        ExprKind::Number(v) => format!("{v}"),
+        ExprKind::Str(s) => format!("{s:?}"),
+        ExprKind::Name(n) => n.clone(),
+        ExprKind::List(xs) => format!("[{}]", xs.iter().map(sexp).collect::<Vec<_>>().join(" ")),
+        ExprKind::Tuple(xs) => format!(
+            "(tuple {})",
+            xs.iter().map(sexp).collect::<Vec<_>>().join(" ")
+        ),
+        ExprKind::Neg(x) => format!("(neg {})", sexp(x)),
+        ExprKind::Binary(op, a, b) => format!("({} {} {})", op.symbol(), sexp(a), sexp(b)),
+        ExprKind::Call(f, args) => {
+            let a: Vec<String> = args
+                .iter()
+                .map(|a| match &a.name {
+                    Some(n) => format!("{}:{}", n.name, sexp(&a.value)),
+                    None => sexp(&a.value),
+                })
+                .collect();
+            format!("(call {} {})", sexp(f), a.join(" "))
+        }
+        ExprKind::Index(b, items) => {
+            let its: Vec<String> = items
+                .iter()
+                .map(|i| match i {
+                    IndexItem::Expr(e) => sexp(e),
+                    IndexItem::Slice {
+                        start, end, step, ..
+                    } => format!(
+                        "{}:{}:{}",
+                        start.as_ref().map(sexp).unwrap_or_default(),
+                        end.as_ref().map(sexp).unwrap_or_default(),
+                        step.as_ref().map(sexp).unwrap_or_default()
+                    ),
+                })
+                .collect();
+            format!("(index {} {})", sexp(b), its.join(" "))
+        }
+        ExprKind::Field(b, f) => format!("(. {} {})", sexp(b), f.name),
+    }
+}
+
+#[test]
+fn precedence_and_associativity() {
+    for (src, want) in [
+        ("a + b * c", "(+ a (* b c))"),
+        ("a @ b + c", "(+ (@ a b) c)"),
+        ("a - b - c", "(- (- a b) c)"),
+        ("-x ** 2", "(neg (** x 2))"),
+        ("a ** b ** c", "(** a (** b c))"),
+        ("a < b + 1", "(< a (+ b 1))"),
+        ("(a + b) * c", "(* (+ a b) c)"),
+        ("f(x)(y).z", "(. (call (call f x) y) z)"),
+        ("1 - -2", "(- 1 (neg 2))"),
+        ("2 * -x", "(* 2 (neg x))"),
+    ] {
+        assert_eq!(sexp(&one_expr(src)), want, "{src}");
+    }
+}
+
+#[test]
+fn calls_indexing_literals() {
+    for (src, want) in [
+        (
+            "adam(lr: 1e-3, beta1: 0.9)",
+            "(call adam lr:0.001 beta1:0.9)",
+        ),
+        ("x[:, 1:3, ::2, -1]", "(index x :: 1:3: ::2 (neg 1))"),
+        ("zeros[B, 10]", "(index zeros B 10)"),
+        ("[[1, 2], [3, 4]]", "[[1 2] [3 4]]"),
+        ("(a, b)", "(tuple a b)"),
+        ("songs(path: \"x.abc\")", "(call songs path:\"x.abc\")"),
+        ("1.5e2 + .5", "(+ 150 0.5)"),
+    ] {
+        assert_eq!(sexp(&one_expr(src)), want, "{src}");
+    }
+}
+
+#[test]
+fn items_and_training_sections() {
+    let src = r#"
+# comment
+model G(z_dim: 100) {
+  d = Dense(z_dim, 784)   # trailing comment
+  fn forward(z: f32[B, z_dim]) -> f32[B, 784] {
+    let (h, _c) = split(z)
+    sigmoid(d(h))
+  }
+}
+fn helper(a, b) { a + b }
+train G on mnist(seq: 100) {
+  z = normal[B, 100]
+  minimize bce(D(G(z)), ones) over G, D with adam(2e-4)
+  batch = 64  epochs = 5
+  early_stopping(patience: 2)
+}
+"#;
+    let (f, d) = parse_file(src);
+    assert!(d.is_empty(), "{d:?}");
+    assert_eq!(f.items.len(), 3);
+    let Item::Model(m) = &f.items[0] else {
+        panic!("model")
+    };
+    assert_eq!(m.name.name, "G");
+    assert_eq!(m.params[0].name.name, "z_dim");
+    assert_eq!(m.bindings.len(), 1);
+    assert_eq!(m.fns[0].params[0].ty.as_ref().expect("typed").dims.len(), 2);
+    assert!(matches!(&m.fns[0].body.lets[0].pattern, Pattern::Tuple(ps, _) if ps.len() == 2));
+    let Item::Train(t) = &f.items[2] else {
+        panic!("train")
+    };
+    assert_eq!(
+        (t.model.name.as_str(), t.data.name.as_str()),
+        ("G", "mnist")
+    );
+    assert_eq!(t.data_args.len(), 1);
+    assert_eq!(t.stmts.len(), 5);
+    assert!(
+        matches!(&t.stmts[1], TrainStmt::Minimize { over, with: Some(_), .. } if over.len() == 2)
+    );
+    assert!(matches!(&t.stmts[4], TrainStmt::Call { name, .. } if name.name == "early_stopping"));
+}
+
+#[test]
+fn one_syntax_error_per_item_and_the_rest_still_parses() {
+    let src = "model A {\n  x = 1 +\n}\nmodel B { fn forward(x) { x } }\nmodel C {\n  y = ) \n}\n";
+    let (f, d) = parse_file(src);
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert_eq!(f.items.len(), 1);
+    assert_eq!(f.items[0].name().name, "B");
+    let src = dlc_dsl::Source::new("t.dl", src);
+    assert_eq!(src.line_col(d[0].span.start), (3, 1));
+    assert_eq!(src.line_col(d[1].span.start), (6, 7));
+}
+
+#[test]
+fn limits() {
+    let deep = format!("fn f() {{ {}1{} }}", "(".repeat(100), ")".repeat(100));
+    let (_, d) = parse_file(&deep);
+    assert!(d[0].message.contains("nested deeper than 64"), "{d:?}");
+    let long = format!("fn f() {{ 1{} }}", " + 1".repeat(1000));
+    let (_, d) = parse_file(&long);
+    assert!(d[0].message.contains("deeper than 256"), "{d:?}");
+    let ok = format!("fn f() {{ 1{} }}", " + 1".repeat(200));
+    assert!(parse_file(&ok).1.is_empty());
+    assert!(dlc_dsl::check_text(&vec![b' '; (1 << 20) + 1]).is_err());
+    assert!(dlc_dsl::check_text(b"model \xff").is_err());
+    assert!(dlc_dsl::check_text(b"model \0").is_err());
+}
+
+#[test]
+fn prelude_parses() {
+    let (f, d) = parse_file(dlc_dsl::PRELUDE);
+    assert!(d.is_empty(), "{d:?}");
+    assert!(f.items.iter().any(|i| i.name().name == "Dense"));
+}
