@@ -90,18 +90,28 @@ pub fn parse_file_at(text: &str, base: usize) -> (File, Vec<Diagnostic>) {
 }
 
 /// Cut the text into top-level items: a new item starts at a line whose first word, at
-/// column 0, is `model`, `fn` or `train`. Text before the first such line is its own chunk.
+/// column 0, is `model`, `train` or (outside any brackets) `fn`. Text before the first
+/// such line is its own chunk. `model` and `train` cannot nest, so they start an item
+/// even after unbalanced brackets, which keeps a truncated item from swallowing the rest.
 fn split_items(text: &str) -> Vec<(usize, usize)> {
     let mut starts = vec![0];
     let mut offset = 0;
+    let mut depth = 0usize;
     for line in text.split_inclusive('\n') {
         let word: String = line
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
-        if offset > 0 && matches!(word.as_str(), "model" | "fn" | "train") {
+        let starts_item = match word.as_str() {
+            "model" | "train" => true,
+            "fn" => depth == 0,
+            _ => false,
+        };
+        if offset > 0 && starts_item {
             starts.push(offset);
+            depth = 0;
         }
+        depth = bracket_depth_after(line, depth);
         offset += line.len();
     }
     let mut out = Vec::new();
@@ -110,6 +120,21 @@ fn split_items(text: &str) -> Vec<(usize, usize)> {
         out.push((s, e));
     }
     out
+}
+
+/// Bracket depth after a line, skipping comments and strings.
+fn bracket_depth_after(line: &str, mut depth: usize) -> usize {
+    let mut in_string = false;
+    for c in line.chars() {
+        match c {
+            '"' => in_string = !in_string,
+            '#' if !in_string => break,
+            '(' | '[' | '{' if !in_string => depth += 1,
+            ')' | ']' | '}' if !in_string => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    depth
 }
 
 /// Whether a chunk holds only whitespace and comments.

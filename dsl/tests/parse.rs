@@ -171,3 +171,15 @@ fn prelude_parses() {
     assert!(d.is_empty(), "{d:?}");
     assert!(f.items.iter().any(|i| i.name().name == "Dense"));
 }
+
+#[test]
+fn fn_at_column_zero_inside_a_model_stays_in_it() {
+    let src = "model A {\n  w = 1\nfn forward(x) { x }\n}\nfn g(a) { a }\n";
+    let (f, d) = parse_file(src);
+    assert!(d.is_empty(), "{d:?}");
+    assert_eq!(f.items.len(), 2);
+    let Item::Model(m) = &f.items[0] else {
+        panic!("model")
+    };
+    assert_eq!(m.fns.len(), 1);
+}

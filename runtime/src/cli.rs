@@ -192,7 +192,7 @@ fn check(file: &Path, data: Vec<(String, Option<PathBuf>)>) -> Result<(), String
     } else {
         prog.lower_predict(&[], Mode::Eval).map_err(render)?;
     }
-    println!("{}: ok", file.display());
+    say!("{}: ok", file.display());
     Ok(())
 }
 
@@ -218,7 +218,7 @@ fn compile(
     }
     let prog = session::load_program(file)?;
     if emit == Emit::Ast {
-        println!("{:#?}", prog.file);
+        say!("{:#?}", prog.file);
         return Ok(());
     }
     let render = |d: Vec<dlc_dsl::Diagnostic>| session::render(&prog.source, &d);
@@ -234,9 +234,9 @@ fn compile(
                 file.display()
             ));
         }
-        print!("{}", print_graph(&l.graph));
+        say_raw!("{}", print_graph(&l.graph));
         if stats {
-            println!(
+            say!(
                 "nodes_before: {}\nnodes_after: {}\nkernels: {}",
                 l.graph.g.node_count(),
                 l.graph.g.node_count(),
@@ -251,21 +251,21 @@ fn compile(
     let tg = training_graph(&lowered, &cfg.optimizer, cfg.clip_norm)
         .map_err(|e| format!("{}: {e}", file.display()))?;
     match emit {
-        Emit::Ir => print!("{}", print_graph(&lowered.graph)),
-        _ => print!("{}", print_graph(&tg.grad_graph)),
+        Emit::Ir => say_raw!("{}", print_graph(&lowered.graph)),
+        _ => say_raw!("{}", print_graph(&tg.grad_graph)),
     }
     if stats {
         let s = &tg.grad_stats;
-        println!("nodes_forward: {}", lowered.graph.schedule().len());
-        println!("nodes_before: {}", tg.graph.schedule().len());
-        println!("nodes_after: {}", tg.graph.schedule().len());
-        println!("egraph_nodes: {}", s.egraph_nodes);
-        println!("iterations: {}", s.iterations);
-        println!("stop_reason: {}", s.stop_reason);
-        println!("saturation_ms: {:.3}", s.saturation_ms);
-        println!("extract_ms: {:.3}", s.extract_ms);
-        println!("kernels: {}", tg.graph.op_count());
-        println!("optimizer: none (grad phase only)");
+        say!("nodes_forward: {}", lowered.graph.schedule().len());
+        say!("nodes_before: {}", tg.graph.schedule().len());
+        say!("nodes_after: {}", tg.graph.schedule().len());
+        say!("egraph_nodes: {}", s.egraph_nodes);
+        say!("iterations: {}", s.iterations);
+        say!("stop_reason: {}", s.stop_reason);
+        say!("saturation_ms: {:.3}", s.saturation_ms);
+        say!("extract_ms: {:.3}", s.extract_ms);
+        say!("kernels: {}", tg.graph.op_count());
+        say!("optimizer: none (grad phase only)");
     }
     Ok(())
 }
@@ -398,7 +398,7 @@ fn run_forward(
     let out = engine
         .run(&env, &["pred"])
         .map_err(|e| format!("{}: {e}", file.display()))?;
-    println!("{}", to_json(&out[0]));
+    say!("{}", to_json(&out[0]));
     Ok(())
 }
 
@@ -425,7 +425,16 @@ fn train(a: TrainArgs) -> Result<(), String> {
     };
     let data = session::load_data(&setup.cfg, data_path.as_deref(), scaling.as_ref())?;
     let st = match &resume {
-        Some((ck, p)) => TrainState::from_checkpoint(&setup, ck, p)?,
+        Some((ck, p)) => {
+            let batch: usize = ck.meta_num("batch", p)?;
+            if batch != setup.cfg.batch {
+                return Err(format!(
+                    "{}: checkpoint was trained with batch {batch}; resume with --batch {batch} (the step count and data order depend on it)",
+                    p.display()
+                ));
+            }
+            TrainState::from_checkpoint(&setup, ck, p)?
+        }
         None => TrainState::fresh(&setup, a.seed),
     };
     let mut sink = MetricsSink::open(
@@ -433,7 +442,7 @@ fn train(a: TrainArgs) -> Result<(), String> {
         kind.name(),
         setup.train_engine.kernels,
     )?;
-    println!(
+    say!(
         "training {} on {} ({} train / {} test examples{}), {} (lr {}), batch {}, {} epochs, engine {}",
         setup
             .program
@@ -461,7 +470,7 @@ fn train(a: TrainArgs) -> Result<(), String> {
     trainer::restore_best(&setup, &data, &mut st, &mut sink)?;
     if let Some(p) = &a.save {
         st.to_checkpoint(&setup, &data).save(p)?;
-        println!("saved {}", p.display());
+        say!("saved {}", p.display());
     }
     Ok(())
 }
@@ -502,6 +511,6 @@ fn eval(
     m.insert("step".into(), json!(st.step));
     trainer::put_scores(&mut m, "test", &test);
     let shown: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!("{}", shown.join("  "));
+    say!("{}", shown.join("  "));
     sink.write(m)
 }

@@ -4,6 +4,22 @@
 //! Modules in the order a `dlc train` uses them: `cli` → `session` (compile, data) →
 //! `init` → `trainer` (with `engine`) → `metrics`, `checkpoint`.
 
+/// `println!` that ignores a closed stdout (`dlc train … | head`) instead of panicking.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `print!` with the same care.
+macro_rules! say_raw {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
 pub mod checkpoint;
 pub mod cli;
 pub mod datasig;

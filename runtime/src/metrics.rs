@@ -91,7 +91,14 @@ impl Progress {
         let mut parts = Vec::new();
         for (k, v) in m {
             let shown = match v {
-                Value::Number(n) if n.is_f64() => format!("{:.4}", n.as_f64().unwrap_or(f64::NAN)),
+                Value::Number(n) if n.is_f64() => {
+                    let f = n.as_f64().unwrap_or(f64::NAN);
+                    if f.fract() == 0.0 {
+                        format!("{f:.0}")
+                    } else {
+                        format!("{f:.4}")
+                    }
+                }
                 other => other.to_string(),
             };
             parts.push(format!("{k} {shown}"));
@@ -99,7 +106,7 @@ impl Progress {
         let line = parts.join("  ");
         match &self.bar {
             Some(b) => b.println(line),
-            None => println!("{line}"),
+            None => say!("{line}"),
         }
     }
 

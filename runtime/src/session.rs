@@ -101,6 +101,12 @@ pub fn signature(prog: &Program, name: &str) -> Result<DataSig, String> {
 /// Apply the flags to the file's training configuration (DESIGN §3: `--optimizer` without
 /// `--lr` takes that optimizer's default learning rate).
 pub fn apply(mut cfg: TrainConfig, ov: &Overrides, data_name: &str) -> Result<TrainConfig, String> {
+    if let Some((k, _)) = cfg.data_args.first() {
+        return Err(format!(
+            "data set `{}` takes no arguments (got `{k}`)",
+            cfg.data
+        ));
+    }
     cfg.data = data_name.to_string();
     if let Some(e) = ov.epochs {
         cfg.epochs = e;

@@ -93,6 +93,7 @@ impl TrainState {
         m.insert("optimizer".into(), setup.cfg.optimizer.name().into());
         m.insert("epoch".into(), self.epoch.to_string());
         m.insert("step".into(), self.step.to_string());
+        m.insert("batch".into(), setup.cfg.batch.to_string());
         m.insert("seed".into(), self.seed.to_string());
         m.insert("best_val_loss".into(), format!("{:e}", self.best_val_loss));
         m.insert("best_epoch".into(), self.best_epoch.to_string());
@@ -369,7 +370,9 @@ pub fn train(
         let order = epoch_order(n, st.seed, epoch);
         let mut tally = Tally::new(data.task);
         progress.start_epoch(epoch);
-        for chunk in order.chunks(cfg.batch) {
+        // A run stopped by --steps inside an epoch resumes at the next batch of it.
+        let done_in_epoch = (st.step as usize).saturating_sub(st.epoch * steps_per_epoch);
+        for chunk in order.chunks(cfg.batch).skip(done_in_epoch) {
             if limits.steps.is_some_and(|s| st.step >= s) {
                 budget_hit = true;
                 break;
@@ -412,12 +415,23 @@ pub fn train(
             break;
         }
         let secs = t0.elapsed().as_secs_f64();
-        st.epoch = epoch;
         let train = tally.scores();
         let mut m = Map::new();
         m.insert("epoch".into(), json!(epoch));
         m.insert("step".into(), json!(st.step));
         put_scores(&mut m, "train", &train);
+        if budget_hit {
+            // The epoch is not finished: report what was trained, evaluate nothing.
+            m.insert("partial".into(), json!(true));
+            m.insert(
+                "examples_per_s".into(),
+                json!((tally.n as f64 / secs).round()),
+            );
+            progress.end_epoch(&m);
+            sink.write(m)?;
+            break;
+        }
+        st.epoch = epoch;
         if let Some(val) = &data.val {
             let v = evaluate(&setup.eval_engine, &st.params, val, data, st.seed)?;
             put_scores(&mut m, "val", &v);
@@ -471,9 +485,11 @@ pub fn restore_best(
     m.insert("restored_epoch".into(), json!(st.best_epoch));
     m.insert("val_loss".into(), json!(st.best_val_loss));
     put_scores(&mut m, "test", &test);
-    println!(
-        "restored the weights of epoch {} (best validation loss {:.4})",
-        st.best_epoch, st.best_val_loss
+    let shown: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    say!(
+        "restored the weights of epoch {}: {}",
+        st.best_epoch,
+        shown.join("  ")
     );
     sink.write(m)
 }

@@ -95,8 +95,43 @@ fn to_bytes(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     });
-    safetensors::serialize(views, info)
-        .map_err(|e| DataError::in_file(file, format!("cannot serialise tensors: {e}")))
+    let bytes = safetensors::serialize(views, info)
+        .map_err(|e| DataError::in_file(file, format!("cannot serialise tensors: {e}")))?;
+    canonical_header(file, bytes)
+}
+
+/// Rewrite the JSON header with its keys sorted (the metadata comes from a hash map), so
+/// that the same tensors and metadata always give the same bytes.
+fn canonical_header(file: &str, bytes: Vec<u8>) -> Result<Vec<u8>, DataError> {
+    let bad = || DataError::in_file(file, "internal: unexpected safetensors layout");
+    let n = u64::from_le_bytes(
+        bytes
+            .get(..8)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?,
+    ) as usize;
+    let header = bytes.get(8..8 + n).ok_or_else(bad)?;
+    let parsed: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|_| bad())?;
+    let sorted = |v: serde_json::Value| match v {
+        serde_json::Value::Object(m) => {
+            serde_json::to_value(m.into_iter().collect::<BTreeMap<_, _>>()).unwrap_or_default()
+        }
+        other => other,
+    };
+    let parsed: BTreeMap<String, serde_json::Value> =
+        parsed.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+    let mut text = serde_json::to_vec(&parsed).map_err(|_| bad())?;
+    // safetensors pads the header with spaces to a multiple of 8 bytes.
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
 }
 
 /// The temporary sibling `<path>.tmp-<pid>` used by [`write_atomic`].

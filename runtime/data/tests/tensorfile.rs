@@ -159,3 +159,19 @@ fn read_errors() {
     let f64_file = dir.write("f64.safetensors", &file);
     assert_err(read(&f64_file), &[&s(&f64_file), "'d'", "F64", "only F32"]);
 }
+
+#[test]
+fn same_contents_give_the_same_bytes() {
+    let dir = TempDir::new("tensorfile-bytes");
+    let (tensors, mut metadata) = sample();
+    for i in 0..20 {
+        metadata.insert(format!("key{i}"), i.to_string());
+    }
+    let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    write_atomic(&a, &tensors, &metadata).unwrap();
+    write_atomic(&b, &tensors, &metadata).unwrap();
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let (back, meta) = read(&a).unwrap();
+    assert_eq!(meta, metadata);
+    assert_eq!(back.len(), tensors.len());
+}
