@@ -94,6 +94,7 @@ pub fn run_nodes<T: Real>(
             vals.insert(n, v.clone());
         }
     }
+    let mut kernels: HashMap<u32, Vec<ArrayD<T>>> = HashMap::new();
     for &n in &order {
         if vals.contains_key(&n) {
             continue;
@@ -107,11 +108,44 @@ pub fn run_nodes<T: Real>(
                     .ok_or_else(|| format!("scan body {body} is missing"))?;
                 scan(b, *axis, ins[0], ins[1], env)?
             }
+            Op::Fused { body, output, .. } => {
+                if !kernels.contains_key(body) {
+                    let b = g
+                        .bodies
+                        .get(*body as usize)
+                        .ok_or_else(|| format!("kernel body {body} is missing"))?;
+                    let k = run_kernel(b, &ins, env)?;
+                    kernels.insert(*body, k);
+                }
+                kernels[body]
+                    .get(*output as usize)
+                    .cloned()
+                    .ok_or_else(|| format!("kernel {body} has no output {output}"))?
+            }
             op => eval_op(op, &ins, &syms, env, g.node(n).ty.dtype)?,
         };
         vals.insert(n, v);
     }
     Ok(vals)
+}
+
+/// Run a fused kernel's body: its inputs are `in0…`, its outputs `out0…`.
+fn run_kernel<T: Real>(
+    body: &Graph,
+    ins: &[&ArrayD<T>],
+    env: &Env<T>,
+) -> Result<Vec<ArrayD<T>>, String> {
+    let mut e = Env {
+        values: HashMap::new(),
+        seed: env.seed,
+        step: env.step,
+    };
+    for (i, v) in ins.iter().enumerate() {
+        e.values.insert(format!("in{i}"), (*v).clone());
+    }
+    let names: Vec<String> = (0..body.outputs.len()).map(|i| format!("out{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    run(body, &e, &refs)
 }
 
 /// Run a scan body once per step along `axis`, threading the carry; stack the outputs.
@@ -526,8 +560,20 @@ fn eval_op<T: Real>(
             }
             out
         }
-        MatMul => {
-            let (a, b) = (ins[0], ins[1]);
+        MatMul { ta, tb } => {
+            let swap = |x: &ArrayD<T>, on: bool| {
+                if !on {
+                    return x.clone();
+                }
+                let r = x.ndim();
+                let mut perm: Vec<usize> = (0..r).collect();
+                perm.swap(r - 2, r - 1);
+                x.clone()
+                    .permuted_axes(IxDyn(&perm))
+                    .as_standard_layout()
+                    .to_owned()
+            };
+            let (a, b) = (&swap(ins[0], *ta), &swap(ins[1], *tb));
             if a.ndim() == 2 && b.ndim() == 2 {
                 matmul2(a, b)?
             } else if b.ndim() == 2 {
@@ -558,8 +604,11 @@ fn eval_op<T: Real>(
                 reshape(&stacked, shape)?
             }
         }
-        Scan { .. } => {
-            return Err("internal: scan is evaluated by run_nodes, which has the bodies".into());
+        Scan { .. } | Fused { .. } => {
+            return Err(
+                "internal: scan and kernels are evaluated by run_nodes, which has the bodies"
+                    .into(),
+            );
         }
         Vjp(_) => {
             return Err(

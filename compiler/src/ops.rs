@@ -163,8 +163,12 @@ pub enum Op {
     },
 
     // ---- contraction -------------------------------------------------------
-    /// `[.., M, K] @ [.., K, N]`; batch dims equal, or a 2-D right-hand side.
-    MatMul,
+    /// `[.., M, K] @ [.., K, N]`; batch dims equal, or a 2-D right-hand side. `ta`/`tb`
+    /// read an operand with its last two axes swapped (transposes folded in).
+    MatMul {
+        ta: bool,
+        tb: bool,
+    },
 
     // ---- control flow --------------------------------------------------------
     /// `scan(init, xs)`: run the body graph `body` (in `Graph::bodies`) once per step
@@ -177,10 +181,48 @@ pub enum Op {
         out: TypeKey,
     },
 
+    // ---- kernels (made by the optimizer's fusion phase) -------------------
+    /// Output `output` of fused kernel `body` (in `Graph::bodies`): the body graph has
+    /// inputs `in0…` (this node's operands, in order) and outputs `out0…`. All outputs
+    /// of one kernel share its operands and are computed by one launch.
+    Fused {
+        body: u32,
+        output: u32,
+        kind: KernelKind,
+        out: TypeKey,
+    },
+
     // ---- autodiff placeholder ---------------------------------------------
     /// `vjp_i(node, g)`: the gradient flowing to input `i` of `node` given its adjoint
     /// `g`. Only exists inside the `grad` phase; rules rewrite it into primitive ops.
     Vjp(usize),
+}
+
+/// What a fused kernel does, in XLA's terms; the JIT picks a code template by kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KernelKind {
+    /// Elementwise ops only (loop fusion).
+    Loop,
+    /// A reduction with its elementwise producers (input fusion).
+    Reduce,
+    /// A matmul with its elementwise epilogue (output fusion).
+    MatMul,
+    /// log-softmax, the cross-entropy loss and its gradient.
+    SoftmaxXent,
+    /// The optimizer update of every parameter (multi-output loop).
+    Update,
+}
+
+impl KernelKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelKind::Loop => "loop",
+            KernelKind::Reduce => "reduce",
+            KernelKind::MatMul => "matmul",
+            KernelKind::SoftmaxXent => "softmax_xent",
+            KernelKind::Update => "update",
+        }
+    }
 }
 
 /// A `Type` stored inside an op (inputs and parameters declare theirs).
@@ -239,8 +281,9 @@ impl Op {
             Gather => "gather",
             ScatterAdd { .. } => "scatter_add",
             OneHot { .. } => "one_hot",
-            MatMul => "matmul",
+            MatMul { .. } => "matmul",
             Scan { .. } => "scan",
+            Fused { .. } => "fused",
             Vjp(_) => "vjp",
         }
     }
@@ -292,7 +335,16 @@ impl Op {
             ScatterAdd { rows } => format!("rows={rows}"),
             OneHot { depth } => format!("depth={depth}"),
             Scan { body, axis, .. } => format!("body={body}, axis={axis}"),
+            Fused {
+                body, output, kind, ..
+            } => format!("{}, body={body}, out={output}", kind.name()),
             Vjp(i) => format!("{i}"),
+            MatMul { ta, tb } => match (ta, tb) {
+                (false, false) => String::new(),
+                (true, false) => "ta".into(),
+                (false, true) => "tb".into(),
+                (true, true) => "ta, tb".into(),
+            },
             _ => String::new(),
         }
     }
@@ -326,7 +378,10 @@ impl Op {
             "ne" => Ne,
             "select" => Select,
             "gather" => Gather,
-            "matmul" => MatMul,
+            "matmul" => MatMul {
+                ta: false,
+                tb: false,
+            },
             _ => {
                 let i = name.strip_prefix("vjp")?.parse().ok()?;
                 Vjp(i)
@@ -659,14 +714,25 @@ impl Op {
                 shape.push(Dim::Known(*depth));
                 Ok(Type::f32(shape))
             }
-            MatMul => {
+            MatMul { ta, tb } => {
                 arity(2)?;
-                let (a, b) = (ins[0], ins[1]);
-                float(a)?;
-                float(b)?;
-                if a.rank() < 2 || b.rank() < 2 {
-                    return Err(format!("`@` needs matrices (rank ≥ 2), got {a} @ {b}"));
+                float(ins[0])?;
+                float(ins[1])?;
+                if ins[0].rank() < 2 || ins[1].rank() < 2 {
+                    return Err(format!(
+                        "`@` needs matrices (rank ≥ 2), got {} @ {}",
+                        ins[0], ins[1]
+                    ));
                 }
+                let swap = |t: &Type, on: bool| {
+                    let mut t = t.clone();
+                    if on {
+                        let r = t.rank();
+                        t.shape.swap(r - 2, r - 1);
+                    }
+                    t
+                };
+                let (a, b) = (&swap(ins[0], *ta), &swap(ins[1], *tb));
                 let k1 = &a.shape[a.rank() - 1];
                 let k2 = &b.shape[b.rank() - 2];
                 let batch_ok = b.rank() == 2
@@ -702,6 +768,10 @@ impl Op {
                     shape: out.1.clone(),
                 })
             }
+            Fused { out, .. } => Ok(Type {
+                dtype: out.0,
+                shape: out.1.clone(),
+            }),
             Vjp(i) => {
                 // vjp_i(node, g): the type of the node's input i, which the autodiff
                 // walk records in the e-class analysis; here only the arity is known.

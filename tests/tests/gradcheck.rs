@@ -206,7 +206,7 @@ proptest! {
             1 => (vec![2, m, k], vec![k, n]),
             _ => (vec![2, m, k], vec![2, k, n]),
         };
-        check(&binary(Op::MatMul), &[(arr(&sa, &v), F), (arr(&sb, &w), F)])?;
+        check(&binary(Op::MatMul { ta: false, tb: false }), &[(arr(&sa, &v), F), (arr(&sb, &w), F)])?;
     }
 
     #[test]

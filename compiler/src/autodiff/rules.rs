@@ -34,10 +34,12 @@ pub fn no_gradient(op: &Op, i: usize) -> bool {
         | SumTo { .. }
         | Concat { .. }
         | Slice { .. } => false,
-        MatMul => false,
+        MatMul { .. } => false,
         // Differentiable (backpropagation through time), but its rule, the reverse
         // scan, is not written yet: the grad phase reports the missing rule.
         Scan { .. } => false,
+        // Kernels exist only after optimization, which runs after differentiation.
+        Fused { .. } => true,
         Vjp(_) => true,
     }
 }
@@ -103,7 +105,7 @@ fn add(eg: &mut EGraph, op: Op, args: &[Id]) -> Id {
 }
 
 fn ty(eg: &EGraph, id: Id) -> Option<Type> {
-    eg[id].data.clone()
+    eg[id].data.ty.clone()
 }
 
 /// The reduced shape with reduced axes kept as 1.
@@ -357,6 +359,13 @@ pub fn vjp_rules() -> Vec<Rule> {
         }),
         // -- contraction -----------------------------------------------------------
         custom("vjp-matmul-0", 0, "matmul", |eg, n, _, g| {
+            let Op::MatMul {
+                ta: false,
+                tb: false,
+            } = n.op
+            else {
+                return None;
+            };
             let b = ty(eg, n.args[1])?;
             let bt = add(
                 eg,
@@ -365,9 +374,23 @@ pub fn vjp_rules() -> Vec<Rule> {
                 },
                 &[n.args[1]],
             );
-            Some(add(eg, Op::MatMul, &[g, bt]))
+            Some(add(
+                eg,
+                Op::MatMul {
+                    ta: false,
+                    tb: false,
+                },
+                &[g, bt],
+            ))
         }),
         custom("vjp-matmul-1", 1, "matmul", |eg, n, _, g| {
+            let Op::MatMul {
+                ta: false,
+                tb: false,
+            } = n.op
+            else {
+                return None;
+            };
             let (a, b) = (ty(eg, n.args[0])?, ty(eg, n.args[1])?);
             let at = add(
                 eg,
@@ -376,7 +399,14 @@ pub fn vjp_rules() -> Vec<Rule> {
                 },
                 &[n.args[0]],
             );
-            let prod = add(eg, Op::MatMul, &[at, g]);
+            let prod = add(
+                eg,
+                Op::MatMul {
+                    ta: false,
+                    tb: false,
+                },
+                &[at, g],
+            );
             if a.rank() > 2 && b.rank() == 2 {
                 // [.., M, K] @ [K, N]: the batch axes were shared by one weight matrix.
                 let lead: Vec<usize> = (0..a.rank() - 2).collect();

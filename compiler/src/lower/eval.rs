@@ -288,7 +288,10 @@ impl Lowerer {
             BinOp::Mul => Op::Mul,
             BinOp::Div => Op::Div,
             BinOp::Pow => Op::Pow,
-            BinOp::MatMul => Op::MatMul,
+            BinOp::MatMul => Op::MatMul {
+                ta: false,
+                tb: false,
+            },
             BinOp::Lt => Op::Lt,
             BinOp::Le => Op::Le,
             BinOp::Gt => Op::Gt,
