@@ -192,10 +192,24 @@ impl Graph {
             }
         }
         for (i, b) in self.bodies.iter().enumerate() {
-            b.verify().map_err(|e| format!("scan body {i}: {e}"))?;
-            for out in ["carry", "y"] {
-                if b.output(out).is_none() {
-                    return Err(format!("scan body {i} has no output `{out}`"));
+            b.verify().map_err(|e| format!("body {i}: {e}"))?;
+        }
+        for n in self.g.node_indices() {
+            let (body, wanted) = match &self.g[n].op {
+                Op::Scan { body, .. } => (*body, vec!["carry".to_string(), "y".to_string()]),
+                Op::Fused { body, output, .. } => (*body, vec![format!("out{output}")]),
+                _ => continue,
+            };
+            let b = self
+                .bodies
+                .get(body as usize)
+                .ok_or_else(|| format!("node {} uses missing body {body}", n.index()))?;
+            for out in wanted {
+                if b.output(&out).is_none() {
+                    return Err(format!(
+                        "body {body} of node {} has no output `{out}`",
+                        n.index()
+                    ));
                 }
             }
         }

@@ -10,6 +10,7 @@ pub mod interp;
 pub mod ir;
 pub mod lower;
 pub mod ops;
+pub mod opt;
 pub mod print;
 pub mod rng;
 pub mod train;

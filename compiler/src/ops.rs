@@ -211,6 +211,8 @@ pub enum KernelKind {
     SoftmaxXent,
     /// The optimizer update of every parameter (multi-output loop).
     Update,
+    /// Data movement: transpose, concat, slice, gather, scatter.
+    Copy,
 }
 
 impl KernelKind {
@@ -221,6 +223,7 @@ impl KernelKind {
             KernelKind::MatMul => "matmul",
             KernelKind::SoftmaxXent => "softmax_xent",
             KernelKind::Update => "update",
+            KernelKind::Copy => "copy",
         }
     }
 }

@@ -33,7 +33,7 @@ pub enum Emit {
     Ir,
     /// The unsimplified gradient graph (forward + `grad:PARAM` outputs).
     Grad,
-    /// The optimized training graph (arrives with the e-graph optimizer).
+    /// The optimized training graph: fused kernels and their bodies.
     Opt,
     /// The execution plan (arrives with the JIT).
     Plan,
@@ -63,7 +63,7 @@ pub enum Cmd {
         /// Print `key: value` statistics of the compilation.
         #[arg(long)]
         stats: bool,
-        /// Skip the optimizer (arrives with the e-graph optimizer).
+        /// Skip the optimizer (show and count the unoptimized graph).
         #[arg(long)]
         no_opt: bool,
     },
@@ -130,6 +130,7 @@ pub struct TrainArgs {
     metrics: Option<PathBuf>,
     #[arg(long, default_value = "reference")]
     engine: String,
+    /// Skip the e-graph optimizer: run the unfused graph op by op.
     #[arg(long)]
     no_opt: bool,
 }
@@ -141,8 +142,6 @@ fn positive_f64(s: &str) -> Result<f64, String> {
     }
 }
 
-const NO_OPT: &str = "--no-opt: there is no optimizer to skip yet (the e-graph optimizer is not built); training runs the unoptimized graph";
-
 pub fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
         Cmd::Check { file, data } => check(&file, data),
@@ -153,12 +152,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             batch: _,
             stats,
             no_opt,
-        } => {
-            if no_opt {
-                return Err(NO_OPT.into());
-            }
-            compile(&file, emit, data, stats)
-        }
+        } => compile(&file, emit, data, stats, no_opt),
         Cmd::Run {
             file,
             load,
@@ -201,20 +195,13 @@ fn compile(
     emit: Emit,
     data: Vec<(String, Option<PathBuf>)>,
     stats: bool,
+    no_opt: bool,
 ) -> Result<(), String> {
-    match emit {
-        Emit::Opt | Emit::Plan | Emit::Clif => {
-            return Err(format!(
-                "--emit {}: not available yet; it arrives with the {} (available now: ast, ir, grad)",
-                format!("{emit:?}").to_lowercase(),
-                if emit == Emit::Opt {
-                    "e-graph optimizer"
-                } else {
-                    "Cranelift JIT"
-                }
-            ));
-        }
-        _ => {}
+    if matches!(emit, Emit::Plan | Emit::Clif) {
+        return Err(format!(
+            "--emit {}: not available yet; it arrives with the Cranelift JIT (available now: ast, ir, grad, opt)",
+            format!("{emit:?}").to_lowercase()
+        ));
     }
     let prog = session::load_program(file)?;
     if emit == Emit::Ast {
@@ -226,46 +213,87 @@ fn compile(
         data,
         ..Overrides::default()
     };
-    if prog.train_def().is_none() && ov.data.is_empty() {
-        let l = prog.lower_predict(&[], Mode::Eval).map_err(render)?;
+    // The graph to optimize: the training step, or `forward` for a file without training.
+    let (ir, grad, step, grad_stats) = if prog.train_def().is_none() && ov.data.is_empty() {
         if emit == Emit::Grad {
             return Err(format!(
                 "{}: --emit grad needs a training section with a loss",
                 file.display()
             ));
         }
-        say_raw!("{}", print_graph(&l.graph));
-        if stats {
-            say!(
-                "nodes_before: {}\nnodes_after: {}\nkernels: {}",
-                l.graph.g.node_count(),
-                l.graph.g.node_count(),
-                l.graph.op_count()
-            );
-        }
-        return Ok(());
-    }
-    let (name, _) = session::choose_data(&prog, &ov)?;
-    let sig = session::signature(&prog, &name)?;
-    let (lowered, cfg) = prog.lower_training(&sig, Mode::Train).map_err(render)?;
-    let tg = training_graph(&lowered, &cfg.optimizer, cfg.clip_norm)
-        .map_err(|e| format!("{}: {e}", file.display()))?;
+        let l = prog.lower_predict(&[], Mode::Eval).map_err(render)?;
+        (l.graph.clone(), None, l.graph, None)
+    } else {
+        let (name, _) = session::choose_data(&prog, &ov)?;
+        let sig = session::signature(&prog, &name)?;
+        let (lowered, cfg) = prog.lower_training(&sig, Mode::Train).map_err(render)?;
+        let tg = training_graph(&lowered, &cfg.optimizer, cfg.clip_norm)
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        (
+            lowered.graph,
+            Some(tg.grad_graph),
+            tg.graph,
+            Some(tg.grad_stats),
+        )
+    };
+    let opt = (!no_opt).then(|| dlc_compiler::opt::optimize(&step));
     match emit {
-        Emit::Ir => say_raw!("{}", print_graph(&lowered.graph)),
-        _ => say_raw!("{}", print_graph(&tg.grad_graph)),
+        Emit::Ir => say_raw!("{}", print_graph(&ir)),
+        Emit::Grad => say_raw!("{}", print_graph(grad.as_ref().expect("training graph"))),
+        _ => say_raw!("{}", print_graph(opt.as_ref().map_or(&step, |o| &o.graph))),
     }
     if stats {
-        let s = &tg.grad_stats;
-        say!("nodes_forward: {}", lowered.graph.schedule().len());
-        say!("nodes_before: {}", tg.graph.schedule().len());
-        say!("nodes_after: {}", tg.graph.schedule().len());
-        say!("egraph_nodes: {}", s.egraph_nodes);
-        say!("iterations: {}", s.iterations);
-        say!("stop_reason: {}", s.stop_reason);
-        say!("saturation_ms: {:.3}", s.saturation_ms);
-        say!("extract_ms: {:.3}", s.extract_ms);
-        say!("kernels: {}", tg.graph.op_count());
-        say!("optimizer: none (grad phase only)");
+        let before = step.schedule().len();
+        if let Some(s) = &grad_stats {
+            say!("grad_egraph_nodes: {}", s.egraph_nodes);
+            say!("grad_stop_reason: {}", s.stop_reason);
+        }
+        say!("nodes_before: {before}");
+        match &opt {
+            None => {
+                say!("nodes_after: {before}");
+                say!("optimizer: off (--no-opt)");
+                say!("kernels: {}", dlc_compiler::opt::fuse::kernel_count(&step));
+            }
+            Some(o) => {
+                let egg: Vec<&dlc_compiler::opt::PhaseReport> =
+                    o.reports.iter().filter(|r| r.egraph_nodes > 0).collect();
+                say!("nodes_after: {}", o.graph.schedule().len());
+                say!(
+                    "egraph_nodes: {}",
+                    egg.iter().map(|r| r.egraph_nodes).max().unwrap_or(0)
+                );
+                say!(
+                    "iterations: {}",
+                    egg.iter().map(|r| r.iterations).sum::<usize>()
+                );
+                let reasons: Vec<String> = egg
+                    .iter()
+                    .map(|r| format!("{} {}", r.name, r.stop_reason))
+                    .collect();
+                let all_saturated = egg.iter().all(|r| r.stop_reason == "saturated");
+                say!(
+                    "stop_reason: {}",
+                    if all_saturated {
+                        "saturated".to_string()
+                    } else {
+                        reasons.join(", ")
+                    }
+                );
+                say!(
+                    "saturation_ms: {:.3}",
+                    egg.iter().map(|r| r.saturation_ms).sum::<f64>()
+                );
+                say!(
+                    "extract_ms: {:.3}",
+                    egg.iter().map(|r| r.extract_ms).sum::<f64>()
+                );
+                say!("kernels: {}", o.kernels);
+                for r in &o.reports {
+                    say!("{}", r.render());
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -404,15 +432,13 @@ fn run_forward(
 
 fn train(a: TrainArgs) -> Result<(), String> {
     let kind = EngineKind::parse(&a.engine)?;
-    if a.no_opt {
-        return Err(NO_OPT.into());
-    }
     let ov = Overrides {
         data: a.data,
         epochs: a.epochs.map(|e| e as usize),
         batch: a.batch.map(|b| b as usize),
         optimizer: a.optimizer,
         lr: a.lr,
+        no_opt: a.no_opt,
     };
     let (setup, data_path) = session::compile(&a.file, &ov, kind)?;
     let resume = match &a.resume {

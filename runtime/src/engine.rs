@@ -36,7 +36,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(kind: EngineKind, graph: Graph) -> Engine {
-        let kernels = graph.op_count();
+        let kernels = dlc_compiler::opt::fuse::kernel_count(&graph);
         Engine {
             kind,
             graph,

@@ -65,6 +65,8 @@ pub struct Overrides {
     pub batch: Option<usize>,
     pub optimizer: Option<String>,
     pub lr: Option<f64>,
+    /// Skip the e-graph optimizer (`--no-opt`).
+    pub no_opt: bool,
 }
 
 /// Which data set a command uses: the one named on `--data`, else the file's.
@@ -158,8 +160,16 @@ pub fn compile(
     let cfg = apply(cfg, ov, &data_name)?;
     let train = training_graph(&lowered, &cfg.optimizer, cfg.clip_norm)
         .map_err(|e| format!("{}: {e}", program.source.name))?;
-    let train_engine = Engine::new(engine, train.graph.clone());
-    let eval_engine = Engine::new(engine, eval.graph.clone());
+    let (train_graph, eval_graph) = if ov.no_opt {
+        (train.graph.clone(), eval.graph.clone())
+    } else {
+        (
+            dlc_compiler::opt::optimize(&train.graph).graph,
+            dlc_compiler::opt::optimize(&eval.graph).graph,
+        )
+    };
+    let train_engine = Engine::new(engine, train_graph);
+    let eval_engine = Engine::new(engine, eval_graph);
     Ok((
         Setup {
             program,
