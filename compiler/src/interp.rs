@@ -78,8 +78,17 @@ pub fn run_nodes<T: Real>(
     env: &Env<T>,
     roots: &[NodeId],
 ) -> Result<HashMap<NodeId, ArrayD<T>>, String> {
+    run_nodes_in(g, env, roots, HashMap::new())
+}
+
+/// `run_nodes` with symbolic sizes already known (a kernel body sees its graph's `B`).
+fn run_nodes_in<T: Real>(
+    g: &Graph,
+    env: &Env<T>,
+    roots: &[NodeId],
+    mut syms: HashMap<String, usize>,
+) -> Result<HashMap<NodeId, ArrayD<T>>, String> {
     let order = schedule_for(g, roots);
-    let mut syms: HashMap<String, usize> = HashMap::new();
     let mut vals: HashMap<NodeId, ArrayD<T>> = HashMap::new();
     // Bind symbolic dimensions from the leaves first.
     for &n in &order {
@@ -114,7 +123,7 @@ pub fn run_nodes<T: Real>(
                         .bodies
                         .get(*body as usize)
                         .ok_or_else(|| format!("kernel body {body} is missing"))?;
-                    let k = run_kernel(b, &ins, env)?;
+                    let k = run_kernel(b, &ins, env, &syms)?;
                     kernels.insert(*body, k);
                 }
                 kernels[body]
@@ -134,6 +143,7 @@ fn run_kernel<T: Real>(
     body: &Graph,
     ins: &[&ArrayD<T>],
     env: &Env<T>,
+    syms: &HashMap<String, usize>,
 ) -> Result<Vec<ArrayD<T>>, String> {
     let mut e = Env {
         values: HashMap::new(),
@@ -143,9 +153,14 @@ fn run_kernel<T: Real>(
     for (i, v) in ins.iter().enumerate() {
         e.values.insert(format!("in{i}"), (*v).clone());
     }
-    let names: Vec<String> = (0..body.outputs.len()).map(|i| format!("out{i}")).collect();
-    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-    run(body, &e, &refs)
+    let roots: Vec<NodeId> = (0..body.outputs.len())
+        .map(|i| {
+            body.output(&format!("out{i}"))
+                .ok_or_else(|| format!("kernel body has no output out{i}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let vals = run_nodes_in(body, &e, &roots, syms.clone())?;
+    Ok(roots.iter().map(|r| vals[r].clone()).collect())
 }
 
 /// Run a scan body once per step along `axis`, threading the carry; stack the outputs.

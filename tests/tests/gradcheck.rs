@@ -139,7 +139,7 @@ fn binary(op: Op) -> impl Fn(&mut Graph, &[NodeId]) -> NodeId {
 const F: DType = DType::F32;
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn smooth_unary(s in shape(), v in values(-2.0, 2.0), which in 0usize..6) {

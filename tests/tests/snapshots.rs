@@ -2,11 +2,13 @@
 //! every graph passes the verifier.
 
 use dlc_compiler::lower::{Mode, Program};
+use dlc_compiler::opt::optimize;
 use dlc_compiler::print::print_graph;
 use dlc_compiler::train::training_graph;
 use dlc_runtime::datasig;
 
-fn lower(path: &std::path::Path) -> (String, String) {
+/// Forward IR, gradient graph, and the optimized step (training step, or `forward`).
+fn lower(path: &std::path::Path) -> (String, String, String) {
     let bytes = std::fs::read(path).expect("model file");
     let prog = Program::parse(&path.display().to_string(), &bytes)
         .unwrap_or_else(|(src, d)| panic!("{}", dlc_runtime::session::render(&src, &d)));
@@ -14,7 +16,9 @@ fn lower(path: &std::path::Path) -> (String, String) {
         None => {
             let l = prog.lower_predict(&[], Mode::Eval).expect("lowers");
             l.graph.verify().expect("forward graph verifies");
-            (print_graph(&l.graph), String::new())
+            let o = optimize(&l.graph);
+            o.graph.verify().expect("optimized graph verifies");
+            (print_graph(&l.graph), String::new(), print_graph(&o.graph))
         }
         Some(t) => {
             let sig = datasig::by_name(&t.data.name).expect("known data set");
@@ -23,7 +27,13 @@ fn lower(path: &std::path::Path) -> (String, String) {
             let tg = training_graph(&l, &cfg.optimizer, cfg.clip_norm).expect("differentiates");
             tg.grad_graph.verify().expect("gradient graph verifies");
             tg.graph.verify().expect("training graph verifies");
-            (print_graph(&l.graph), print_graph(&tg.grad_graph))
+            let o = optimize(&tg.graph);
+            o.graph.verify().expect("optimized graph verifies");
+            (
+                print_graph(&l.graph),
+                print_graph(&tg.grad_graph),
+                print_graph(&o.graph),
+            )
         }
     }
 }
@@ -36,11 +46,12 @@ fn model_graphs() {
             .expect("stem")
             .to_string_lossy()
             .to_string();
-        let (ir, grad) = lower(&path);
+        let (ir, grad, opt) = lower(&path);
         insta::assert_snapshot!(format!("{name}.ir"), ir);
         if !grad.is_empty() {
             insta::assert_snapshot!(format!("{name}.grad"), grad);
         }
+        insta::assert_snapshot!(format!("{name}.opt"), opt);
     }
 }
 

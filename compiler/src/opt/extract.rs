@@ -16,6 +16,7 @@ use crate::types::Type;
 use egg::Id;
 use std::collections::HashMap;
 
+#[derive(Clone)]
 pub struct Choice {
     best: HashMap<Id, ENode>,
 }
@@ -89,6 +90,16 @@ impl Choice {
             }
         }
         Choice { best }
+    }
+
+    /// The e-node chosen for a class.
+    pub fn chosen(&self, class: Id) -> Option<&ENode> {
+        self.best.get(&class)
+    }
+
+    /// Choose `node` for `class` instead (tests use this to evaluate every alternative).
+    pub fn force(&mut self, class: Id, node: ENode) {
+        self.best.insert(class, node);
     }
 
     /// Rebuild the chosen terms of `roots` as an IR graph (shared classes built once).

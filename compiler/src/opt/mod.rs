@@ -123,18 +123,8 @@ fn live_nodes(g: &Graph) -> usize {
     g.schedule().len()
 }
 
-/// Run one egg phase on a graph.
-pub fn run_egg(
-    g: &Graph,
-    name: &str,
-    rule_set: &[rules::NamedRule],
-    budget: Budget,
-) -> (Graph, PhaseReport) {
-    let mut rep = PhaseReport {
-        name: name.to_string(),
-        nodes_before: live_nodes(g),
-        ..PhaseReport::default()
-    };
+/// The graph as an e-graph (constant folding on), with its outputs as named roots.
+pub fn to_egraph(g: &Graph) -> (EGraph, Vec<(String, Id)>) {
     let mut eg = EGraph::new(Types { fold: true });
     let mut id: HashMap<_, Id> = HashMap::new();
     for n in g.schedule() {
@@ -147,15 +137,41 @@ pub fn run_egg(
             }),
         );
     }
-    let roots: Vec<(String, Id)> = g.outputs.iter().map(|(k, n)| (k.clone(), id[n])).collect();
+    let roots = g.outputs.iter().map(|(k, n)| (k.clone(), id[n])).collect();
+    (eg, roots)
+}
+
+/// Saturate a graph's e-graph with a rule set within a budget.
+pub fn saturate(
+    g: &Graph,
+    rule_set: &[rules::NamedRule],
+    budget: Budget,
+) -> (Runner<ENode, Types>, Vec<(String, Id)>) {
+    let (eg, roots) = to_egraph(g);
     let rewrites: Vec<_> = rule_set.iter().map(|r| r.rewrite.clone()).collect();
-    let t0 = Instant::now();
     let runner = Runner::default()
         .with_egraph(eg)
         .with_node_limit(budget.node_limit)
         .with_iter_limit(budget.iter_limit)
         .with_time_limit(budget.time_limit)
         .run(&rewrites);
+    (runner, roots)
+}
+
+/// Run one egg phase on a graph.
+pub fn run_egg(
+    g: &Graph,
+    name: &str,
+    rule_set: &[rules::NamedRule],
+    budget: Budget,
+) -> (Graph, PhaseReport) {
+    let mut rep = PhaseReport {
+        name: name.to_string(),
+        nodes_before: live_nodes(g),
+        ..PhaseReport::default()
+    };
+    let t0 = Instant::now();
+    let (runner, roots) = saturate(g, rule_set, budget);
     rep.saturation_ms = t0.elapsed().as_secs_f64() * 1e3;
     rep.iterations = runner.iterations.len();
     rep.egraph_nodes = runner.egraph.total_number_of_nodes();
