@@ -148,7 +148,13 @@ fn scan_matches_the_unrolled_loop() {
         },
         &[],
     );
-    let hw = body.add_ok(Op::MatMul, &[carry, w]);
+    let hw = body.add_ok(
+        Op::MatMul {
+            ta: false,
+            tb: false,
+        },
+        &[carry, w],
+    );
     let pre = body.add_ok(Op::Add, &[hw, x]);
     let h = body.add_ok(Op::Tanh, &[pre]);
     body.set_output("carry", h);

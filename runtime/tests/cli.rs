@@ -185,7 +185,7 @@ fn missing_files_and_bad_flags() {
     fails(&["train", "models/mlp.dl", "--no-such-flag"]);
     fails(&["train", "models/mlp.dl", "--data", "imagenet=/x"]);
     assert!(fails(&["train", "models/mlp.dl", "--engine", "jit"]).contains("not built yet"));
-    assert!(fails(&["compile", "models/mlp.dl", "--emit", "opt"]).contains("not available yet"));
+    assert!(fails(&["compile", "models/mlp.dl", "--emit", "plan"]).contains("not available yet"));
     assert!(
         fails(&["run", "models/perceptron.dl", "--input", "x=[[1,2,3]]"])
             .contains("expected shape [B, 2], got [1, 3]")
@@ -283,7 +283,11 @@ fn digits_mlp_trains_deterministically_and_resumes_exactly() {
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x["train_loss"], y["train_loss"], "same seed, same losses");
         assert_eq!(x["engine"], "reference");
-        assert!(x["kernels"].as_u64().expect("kernels") > 10);
+        let k = x["kernels"].as_u64().expect("kernels");
+        assert!(
+            (1..=10).contains(&k),
+            "the MLP step is a handful of fused kernels, not {k}"
+        );
     }
     // Loss falls.
     assert!(a[2]["train_loss"].as_f64() < a[0]["train_loss"].as_f64());
@@ -338,4 +342,52 @@ fn digits_mlp_reaches_its_bar() {
     let last = metrics(&m).pop().expect("a line");
     let acc = last["test_acc"].as_f64().expect("test_acc");
     assert!(acc >= 0.96, "digits MLP test accuracy {acc} < 0.96");
+}
+
+#[test]
+fn optimized_and_unoptimized_training_agree() {
+    let dir = std::env::temp_dir().join(format!("dlc-cli-opt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (a, b) = (dir.join("a.jsonl"), dir.join("b.jsonl"));
+    for (m, extra) in [(&a, None), (&b, Some("--no-opt"))] {
+        let mut args = vec![
+            "train",
+            "models/mlp.dl",
+            "--epochs",
+            "2",
+            "--seed",
+            "5",
+            "--metrics",
+            s(m),
+        ];
+        args.extend(extra);
+        let o = dlc(&args);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let (ma, mb) = (metrics(&a), metrics(&b));
+    for (x, y) in ma.iter().zip(&mb) {
+        let (lx, ly) = (
+            x["train_loss"].as_f64().expect("loss"),
+            y["train_loss"].as_f64().expect("loss"),
+        );
+        assert!((lx - ly).abs() <= 1e-4 * lx.abs(), "{lx} vs {ly}");
+        assert!(
+            x["kernels"].as_u64() < y["kernels"].as_u64(),
+            "fusion launches fewer kernels"
+        );
+    }
+    let stats = dlc(&["compile", "models/mlp.dl", "--emit", "opt", "--stats"]);
+    let t = text(&stats);
+    for key in [
+        "nodes_before:",
+        "nodes_after:",
+        "egraph_nodes:",
+        "iterations:",
+        "stop_reason: saturated",
+        "saturation_ms:",
+        "extract_ms:",
+        "kernels:",
+    ] {
+        assert!(t.contains(key), "missing {key} in --stats:\n{t}");
+    }
 }
