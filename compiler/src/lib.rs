@@ -8,6 +8,7 @@
 pub mod autodiff;
 pub mod interp;
 pub mod ir;
+pub mod jit;
 pub mod lower;
 pub mod ops;
 pub mod opt;

@@ -119,7 +119,7 @@ pub struct TrainArgs {
     optimizer: Option<String>,
     #[arg(long, value_parser = positive_f64)]
     lr: Option<f64>,
-    /// Threads (the reference engine runs on one).
+    /// Threads for the JIT engine's matmuls (default: all cores; the reference engine runs on one).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     threads: Option<u64>,
     #[arg(long)]
@@ -422,7 +422,7 @@ fn run_forward(
             return Err(format!("missing --input {n}=JSON"));
         }
     }
-    let engine = Engine::new(kind, lowered.graph);
+    let engine = Engine::new(kind, lowered.graph, 1)?;
     let out = engine
         .run(&env, &["pred"])
         .map_err(|e| format!("{}: {e}", file.display()))?;
@@ -439,6 +439,7 @@ fn train(a: TrainArgs) -> Result<(), String> {
         optimizer: a.optimizer,
         lr: a.lr,
         no_opt: a.no_opt,
+        threads: a.threads.map_or(0, |t| t as usize),
     };
     let (setup, data_path) = session::compile(&a.file, &ov, kind)?;
     let resume = match &a.resume {

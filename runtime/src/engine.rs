@@ -1,19 +1,23 @@
-//! Engines execute a graph. The reference engine runs the interpreter op by op; the JIT
-//! engine (Cranelift) will slot in beside it behind the same interface.
+//! Engines execute a graph: the reference interpreter op by op, or the Cranelift JIT
+//! (native kernels; see `dlc_compiler::jit`).
 
 use dlc_compiler::interp::{self, Env};
 use dlc_compiler::ir::Graph;
+use dlc_compiler::jit::exec::JitGraph;
 use ndarray::ArrayD;
+use std::cell::RefCell;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineKind {
     Reference,
+    Jit,
 }
 
 impl EngineKind {
     pub fn name(self) -> &'static str {
         match self {
             EngineKind::Reference => "reference",
+            EngineKind::Jit => "jit",
         }
     }
 
@@ -21,36 +25,46 @@ impl EngineKind {
     pub fn parse(s: &str) -> Result<EngineKind, String> {
         match s {
             "reference" => Ok(EngineKind::Reference),
-            "jit" => Err("--engine jit: the Cranelift JIT engine is not built yet; use --engine reference (the default)".into()),
-            other => Err(format!("--engine {other}: unknown engine; expected `reference` or `jit`")),
+            "jit" => Ok(EngineKind::Jit),
+            other => Err(format!("--engine {other}: unknown engine; expected `jit` or `reference`")),
         }
     }
+}
+
+enum Exec {
+    Reference(Graph),
+    Jit(RefCell<JitGraph>),
 }
 
 pub struct Engine {
     pub kind: EngineKind,
-    graph: Graph,
-    /// Kernels one run launches: for the reference engine, the ops it evaluates.
+    exec: Exec,
+    /// Kernels one run launches.
     pub kernels: usize,
 }
 
 impl Engine {
-    pub fn new(kind: EngineKind, graph: Graph) -> Engine {
+    pub fn new(kind: EngineKind, graph: Graph, threads: usize) -> Result<Engine, String> {
         let kernels = dlc_compiler::opt::fuse::kernel_count(&graph);
-        Engine {
-            kind,
-            graph,
-            kernels,
-        }
-    }
-
-    pub fn graph(&self) -> &Graph {
-        &self.graph
+        let exec = match kind {
+            EngineKind::Reference => Exec::Reference(graph),
+            EngineKind::Jit => Exec::Jit(RefCell::new(JitGraph::new(graph, threads)?)),
+        };
+        Ok(Engine { kind, exec, kernels })
     }
 
     pub fn run(&self, env: &Env<f32>, outputs: &[&str]) -> Result<Vec<ArrayD<f32>>, String> {
-        match self.kind {
-            EngineKind::Reference => interp::run(&self.graph, env, outputs),
+        match &self.exec {
+            Exec::Reference(g) => interp::run(g, env, outputs),
+            Exec::Jit(j) => j.borrow_mut().run(env, outputs),
+        }
+    }
+
+    /// (native, planned) kernels of the JIT engine; None for the reference engine.
+    pub fn native_kernels(&self) -> Option<(usize, usize)> {
+        match &self.exec {
+            Exec::Reference(_) => None,
+            Exec::Jit(j) => Some(j.borrow().native_kernels()),
         }
     }
 }

@@ -67,6 +67,8 @@ pub struct Overrides {
     pub lr: Option<f64>,
     /// Skip the e-graph optimizer (`--no-opt`).
     pub no_opt: bool,
+    /// Threads for the JIT engine's kernels (0: all cores).
+    pub threads: usize,
 }
 
 /// Which data set a command uses: the one named on `--data`, else the file's.
@@ -168,8 +170,9 @@ pub fn compile(
             dlc_compiler::opt::optimize(&eval.graph).graph,
         )
     };
-    let train_engine = Engine::new(engine, train_graph);
-    let eval_engine = Engine::new(engine, eval_graph);
+    let threads = if ov.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { ov.threads };
+    let train_engine = Engine::new(engine, train_graph, threads)?;
+    let eval_engine = Engine::new(engine, eval_graph, threads)?;
     Ok((
         Setup {
             program,

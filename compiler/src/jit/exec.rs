@@ -1,0 +1,195 @@
+//! Running an optimized graph natively. Per kernel body and batch size, a plan is made
+//! once and cached:
+//!
+//! - loop kernels (elementwise bodies, the optimizer update) run as one Cranelift
+//!   function;
+//! - matmul kernels run the `gemm` crate (transposed operands read through strides, no
+//!   copies), then their elementwise epilogue as a Cranelift loop kernel;
+//! - other kernels (reductions, softmax-xent, data movement) run through the reference
+//!   interpreter until their code generators exist; [`JitGraph::native_kernels`] says
+//!   how many kernels are native.
+
+use super::Jit;
+use super::loops::{self, LoopKernel};
+use crate::interp::{self, Env};
+use crate::ir::{Graph, NodeId};
+use crate::ops::Op;
+use ndarray::{ArrayD, IxDyn};
+use std::collections::HashMap;
+
+enum Plan {
+    Loop(LoopKernel),
+    MatMul { a: usize, b: usize, ta: bool, tb: bool, epilogue: Option<LoopKernel> },
+    Interpret,
+}
+
+pub struct JitGraph {
+    graph: Graph,
+    jit: Jit,
+    plans: HashMap<(u32, Vec<(String, usize)>), Plan>,
+    threads: usize,
+}
+
+/// The matmul of a matmul kernel whose operands are kernel inputs, and the body with the
+/// matmul replaced by one more input (`in{K}`): the epilogue.
+fn split_matmul(body: &Graph) -> Option<(usize, usize, bool, bool, Graph)> {
+    let order = body.schedule();
+    let mms: Vec<NodeId> = order.iter().copied().filter(|&n| matches!(body.node(n).op, Op::MatMul { .. })).collect();
+    let [m] = mms[..] else { return None };
+    let Op::MatMul { ta, tb } = body.node(m).op else { return None };
+    let input_index = |n: NodeId| match &body.node(n).op {
+        Op::Input { name, .. } => name.strip_prefix("in").and_then(|s| s.parse::<usize>().ok()),
+        _ => None,
+    };
+    let ops = body.inputs(m);
+    let (a, b) = (input_index(ops[0])?, input_index(ops[1])?);
+    if body.ty(ops[0]).rank() != 2 || body.ty(ops[1]).rank() != 2 {
+        return None;
+    }
+    let k = order.iter().filter(|&&n| matches!(body.node(n).op, Op::Input { .. })).count();
+    let mut epi = Graph::new();
+    let mut map: HashMap<NodeId, NodeId> = HashMap::new();
+    for &n in &order {
+        let node = body.node(n);
+        let id = if n == m {
+            epi.add_ok(Op::Input { name: format!("in{k}"), ty: (node.ty.dtype, node.ty.shape.clone()) }, &[])
+        } else {
+            let ins: Vec<NodeId> = body.inputs(n).iter().map(|i| map[i]).collect();
+            epi.add_ok(node.op.clone(), &ins)
+        };
+        map.insert(n, id);
+    }
+    for (name, n) in &body.outputs {
+        epi.set_output(name.clone(), map[n]);
+    }
+    Some((a, b, ta, tb, epi))
+}
+
+impl JitGraph {
+    pub fn new(graph: Graph, threads: usize) -> Result<JitGraph, String> {
+        Ok(JitGraph { graph, jit: Jit::new()?, plans: HashMap::new(), threads: threads.max(1) })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The CLIF of every kernel compiled so far.
+    pub fn clif(&self) -> &[(String, String)] {
+        &self.jit.clif
+    }
+
+    /// (native, total) kernels among those planned so far.
+    pub fn native_kernels(&self) -> (usize, usize) {
+        let native = self.plans.values().filter(|p| !matches!(p, Plan::Interpret)).count();
+        (native, self.plans.len())
+    }
+
+    fn plan(&mut self, body_id: u32, syms: &HashMap<String, usize>) -> Result<&Plan, String> {
+        let mut key_syms: Vec<(String, usize)> = syms.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        key_syms.sort();
+        let key = (body_id, key_syms);
+        if !self.plans.contains_key(&key) {
+            let body = &self.graph.bodies[body_id as usize];
+            let plan = if loops::supported(body) {
+                Plan::Loop(loops::compile(&mut self.jit, body, syms)?)
+            } else if let Some((a, b, ta, tb, epi)) = split_matmul(body) {
+                let trivial = body.outputs.len() == 1 && matches!(body.node(body.outputs[0].1).op, Op::MatMul { .. });
+                if trivial {
+                    Plan::MatMul { a, b, ta, tb, epilogue: None }
+                } else if loops::supported(&epi) {
+                    Plan::MatMul { a, b, ta, tb, epilogue: Some(loops::compile(&mut self.jit, &epi, syms)?) }
+                } else {
+                    Plan::Interpret
+                }
+            } else {
+                Plan::Interpret
+            };
+            self.plans.insert(key.clone(), plan);
+        }
+        Ok(&self.plans[&key])
+    }
+
+    fn call_loop(k: &LoopKernel, ins: &[&ArrayD<f32>], env: &Env<f32>) -> Vec<ArrayD<f32>> {
+        let owned: Vec<ArrayD<f32>> = ins.iter().map(|a| a.as_standard_layout().to_owned()).collect();
+        let mut outs: Vec<ArrayD<f32>> = k.outputs.iter().map(|s| ArrayD::zeros(IxDyn(s))).collect();
+        let mut ptrs: Vec<*mut f32> = owned.iter().map(|a| a.as_ptr() as *mut f32).collect();
+        ptrs.extend(outs.iter_mut().map(|a| a.as_mut_ptr()));
+        // SAFETY: the kernel reads `k.inputs` buffers and writes its outputs, each of the
+        // shape it was compiled for (checked by the caller's shape binding).
+        unsafe { (k.f)(ptrs.as_ptr(), env.seed, env.step) };
+        outs
+    }
+
+    fn gemm(&self, a: &ArrayD<f32>, b: &ArrayD<f32>, ta: bool, tb: bool) -> ArrayD<f32> {
+        let (a, b) = (a.as_standard_layout(), b.as_standard_layout());
+        let (ar, ac) = (a.shape()[0], a.shape()[1]);
+        let (br, bc) = (b.shape()[0], b.shape()[1]);
+        let (m, k) = if ta { (ac, ar) } else { (ar, ac) };
+        let n = if tb { br } else { bc };
+        // Row-major storage; a transposed operand swaps its strides.
+        let (a_rs, a_cs) = if ta { (1, ac as isize) } else { (ac as isize, 1) };
+        let (b_rs, b_cs) = if tb { (1, bc as isize) } else { (bc as isize, 1) };
+        let mut c = ArrayD::<f32>::zeros(IxDyn(&[m, n]));
+        let par = if self.threads > 1 { gemm::Parallelism::Rayon(self.threads) } else { gemm::Parallelism::None };
+        // SAFETY: pointers and strides describe the buffers above; dst is not read.
+        unsafe {
+            gemm::gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), a_cs, a_rs, b.as_ptr(), b_cs, b_rs, 0.0, 1.0, false, false, false, par);
+        }
+        c
+    }
+
+    fn run_kernel(&mut self, body_id: u32, ins: &[&ArrayD<f32>], env: &Env<f32>, syms: &HashMap<String, usize>) -> Result<Vec<ArrayD<f32>>, String> {
+        self.plan(body_id, syms)?;
+        let mut key_syms: Vec<(String, usize)> = syms.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        key_syms.sort();
+        let plan = &self.plans[&(body_id, key_syms)];
+        Ok(match plan {
+            Plan::Loop(k) => Self::call_loop(k, ins, env),
+            Plan::MatMul { a, b, ta, tb, epilogue } => {
+                let c = self.gemm(ins[*a], ins[*b], *ta, *tb);
+                match epilogue {
+                    None => vec![c],
+                    Some(k) => {
+                        let mut all: Vec<&ArrayD<f32>> = ins.to_vec();
+                        all.push(&c);
+                        Self::call_loop(k, &all, env)
+                    }
+                }
+            }
+            Plan::Interpret => interp::run_kernel(&self.graph.bodies[body_id as usize], ins, env, syms)?,
+        })
+    }
+
+    /// Run the graph and return the named outputs.
+    pub fn run(&mut self, env: &Env<f32>, outputs: &[&str]) -> Result<Vec<ArrayD<f32>>, String> {
+        let roots: Vec<NodeId> =
+            outputs.iter().map(|o| self.graph.output(o).ok_or_else(|| format!("the graph has no output `{o}`"))).collect::<Result<_, _>>()?;
+        let order = interp::schedule_for(&self.graph, &roots);
+        let syms = interp::bind_symbols(&self.graph, env, &order)?;
+        let mut vals: HashMap<NodeId, ArrayD<f32>> = HashMap::new();
+        let mut kernels: HashMap<u32, Vec<ArrayD<f32>>> = HashMap::new();
+        for &n in &order {
+            let op = self.graph.node(n).op.clone();
+            let v = match &op {
+                Op::Input { name, .. } | Op::Param { name, .. } | Op::State { name, .. } => env.values[name].clone(),
+                Op::Fused { body, output, .. } => {
+                    if !kernels.contains_key(body) {
+                        let ins_ids = self.graph.inputs(n);
+                        let ins: Vec<ArrayD<f32>> = ins_ids.iter().map(|i| vals[i].clone()).collect();
+                        let refs: Vec<&ArrayD<f32>> = ins.iter().collect();
+                        let out = self.run_kernel(*body, &refs, env, &syms)?;
+                        kernels.insert(*body, out);
+                    }
+                    kernels[body].get(*output as usize).cloned().ok_or_else(|| format!("kernel {body} has no output {output}"))?
+                }
+                _ => {
+                    let ins: Vec<&ArrayD<f32>> = self.graph.inputs(n).iter().map(|i| &vals[i]).collect();
+                    interp::eval_node(&self.graph, n, &ins, &syms, env)?
+                }
+            };
+            vals.insert(n, v);
+        }
+        Ok(roots.iter().map(|r| vals[r].clone()).collect())
+    }
+}

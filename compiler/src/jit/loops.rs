@@ -1,0 +1,413 @@
+//! Loop kernels: an elementwise kernel body (any broadcasting pattern, several outputs of
+//! several shapes) compiled by Cranelift into one function
+//! `fn(ptrs: *const *mut f32, seed: u64, step: u64)`, where `ptrs` holds the kernel's
+//! input buffers then its output buffers, all contiguous row-major f32.
+//!
+//! Outputs of the same shape are computed in one loop, sharing subexpressions (the Adam
+//! update of a parameter reads the gradient once and writes p, m and v in one pass).
+//! Scalar subexpressions are computed once before the loop. Operands of another shape
+//! are read through their broadcast index.
+
+use super::Jit;
+use crate::ir::{Graph, NodeId};
+use crate::ops::{Dist, Op};
+use crate::types::{DType, Dim};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{AbiParam, FuncRef, InstBuilder, MemFlagsData, Signature, UserFuncName, Value, types};
+use cranelift_frontend::FunctionBuilder;
+use cranelift_module::{Linkage, Module};
+use std::collections::{BTreeMap, HashMap};
+
+pub type KernelFn = unsafe extern "C" fn(*const *mut f32, u64, u64);
+
+/// A compiled loop kernel.
+pub struct LoopKernel {
+    pub f: KernelFn,
+    pub inputs: usize,
+    /// Shape of every output, in order.
+    pub outputs: Vec<Vec<usize>>,
+}
+
+/// Whether every op of a body can be compiled into a loop kernel.
+pub fn supported(body: &Graph) -> bool {
+    body.schedule().into_iter().all(|n| {
+        use Op::*;
+        match &body.node(n).op {
+            Input { .. } | Neg | Exp | Log | Sqrt | Tanh | Sigmoid | Relu | Abs | Sign | StopGradient | Cast(_) => true,
+            Add | Sub | Mul | Div | Pow | Maximum | Minimum | Lt | Le | Gt | Ge | Eq | Ne | Select => true,
+            Broadcast { .. } | Reshape { .. } | OneHot { .. } => true,
+            Const { shape, .. } => shape.iter().product::<usize>() == 1,
+            Random { dist: Dist::Uniform, .. } => true,
+            _ => false,
+        }
+    })
+}
+
+fn concrete(shape: &[Dim], syms: &HashMap<String, usize>) -> Result<Vec<usize>, String> {
+    shape
+        .iter()
+        .map(|d| match d {
+            Dim::Known(k) => Ok(*k),
+            Dim::Sym(s) => syms.get(s).copied().ok_or_else(|| format!("size of {s} unknown")),
+        })
+        .collect()
+}
+
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+struct Gen<'a> {
+    body: &'a Graph,
+    shapes: HashMap<NodeId, Vec<usize>>,
+    input_of: HashMap<NodeId, usize>,
+    in_ptr: Vec<Value>,
+    seed: Value,
+    step: Value,
+    exp: FuncRef,
+    log: FuncRef,
+    tanh: FuncRef,
+    pow: FuncRef,
+    /// Values computed once before the loops (scalars).
+    hoisted: HashMap<NodeId, Value>,
+    /// Values at the loop index, for nodes of the loop's shape.
+    memo: HashMap<NodeId, Value>,
+    loop_shape: Vec<usize>,
+}
+
+fn numel(s: &[usize]) -> usize {
+    s.iter().product()
+}
+
+impl Gen<'_> {
+    /// Index into `to` (broadcast into `from`) of flat index `idx` of `from`.
+    fn map_idx(&self, b: &mut FunctionBuilder, idx: Value, from: &[usize], to: &[usize]) -> Value {
+        if from == to || numel(from) == numel(to) && to.iter().filter(|&&d| d != 1).eq(from.iter().filter(|&&d| d != 1)) {
+            return idx;
+        }
+        if numel(to) == 1 {
+            return b.ins().iconst(types::I64, 0);
+        }
+        // A suffix of the shape (a bias along the last axes): idx mod its size.
+        if to.len() <= from.len() && from[from.len() - to.len()..] == *to {
+            return b.ins().urem_imm_u(idx, numel(to) as i64);
+        }
+        let (sf, st) = (strides(from), strides(to));
+        let off = from.len() - to.len();
+        let mut acc = b.ins().iconst(types::I64, 0);
+        for (d, &t) in to.iter().enumerate() {
+            if t == 1 {
+                continue;
+            }
+            let q = b.ins().udiv_imm_u(idx, sf[d + off] as i64);
+            let c = b.ins().urem_imm_u(q, from[d + off] as i64);
+            let term = b.ins().imul_imm_s(c, st[d] as i64);
+            acc = b.ins().iadd(acc, term);
+        }
+        acc
+    }
+
+    fn call1(b: &mut FunctionBuilder, f: FuncRef, x: Value) -> Value {
+        let c = b.ins().call(f, &[x]);
+        b.inst_results(c)[0]
+    }
+
+    fn bool_f32(b: &mut FunctionBuilder, c: Value) -> Value {
+        let one = b.ins().f32const(1.0);
+        let zero = b.ins().f32const(0.0);
+        b.ins().select(c, one, zero)
+    }
+
+    /// SplitMix64 finaliser, as in `rng.rs`.
+    fn mix(b: &mut FunctionBuilder, z: Value) -> Value {
+        let s = b.ins().ushr_imm_u(z, 30);
+        let z = b.ins().bxor(z, s);
+        let z = b.ins().imul_imm_s(z, 0xbf58_476d_1ce4_e5b9_u64 as i64);
+        let s = b.ins().ushr_imm_u(z, 27);
+        let z = b.ins().bxor(z, s);
+        let z = b.ins().imul_imm_s(z, 0x94d0_49bb_1331_11eb_u64 as i64);
+        let s = b.ins().ushr_imm_u(z, 31);
+        b.ins().bxor(z, s)
+    }
+
+    fn uniform(&self, b: &mut FunctionBuilder, key: u32, idx: Value) -> Value {
+        let c1 = b.ins().bxor_imm_s(self.seed, 0x9e37_79b9_7f4a_7c15_u64 as i64);
+        let a = Self::mix(b, c1);
+        let k = b.ins().iconst(types::I64, (key as u64).wrapping_mul(0xd1b5_4a32_d192_ed03) as i64);
+        let x = b.ins().bxor(a, k);
+        let bb = Self::mix(b, x);
+        let st = b.ins().imul_imm_s(self.step, 0x8cb9_2ba7_2f3d_8dd7_u64 as i64);
+        let x = b.ins().bxor(bb, st);
+        let c = Self::mix(b, x);
+        let ix = b.ins().imul_imm_s(idx, 0x9e37_79b9_7f4a_7c15_u64 as i64);
+        let x = b.ins().bxor(c, ix);
+        let h = Self::mix(b, x);
+        let top = b.ins().ushr_imm_u(h, 40);
+        let f = b.ins().fcvt_from_uint(types::F32, top);
+        let scale = b.ins().f32const(1.0 / (1u64 << 24) as f32);
+        b.ins().fmul(f, scale)
+    }
+
+    fn emit(&mut self, b: &mut FunctionBuilder, n: NodeId, idx: Value) -> Result<Value, String> {
+        if let Some(&v) = self.hoisted.get(&n) {
+            return Ok(v);
+        }
+        let shape = self.shapes[&n].clone();
+        let at_loop = shape == self.loop_shape;
+        if at_loop {
+            if let Some(&v) = self.memo.get(&n) {
+                return Ok(v);
+            }
+        }
+        let ins = self.body.inputs(n);
+        let arg = |s: &mut Self, b: &mut FunctionBuilder, k: usize| -> Result<Value, String> {
+            let c = ins[k];
+            let cs = s.shapes[&c].clone();
+            let ci = s.map_idx(b, idx, &shape, &cs);
+            s.emit(b, c, ci)
+        };
+        use Op::*;
+        let v = match &self.body.node(n).op {
+            Input { .. } => {
+                let k = self.input_of[&n];
+                let off = b.ins().imul_imm_s(idx, 4);
+                let addr = b.ins().iadd(self.in_ptr[k], off);
+                b.ins().load(types::F32, MemFlagsData::trusted(), addr, 0)
+            }
+            Const { data, .. } => b.ins().f32const(data[0].get() as f32),
+            Random { key, .. } => self.uniform(b, *key, idx),
+            Neg => {
+                let x = arg(self, b, 0)?;
+                b.ins().fneg(x)
+            }
+            Abs => {
+                let x = arg(self, b, 0)?;
+                b.ins().fabs(x)
+            }
+            Sqrt => {
+                let x = arg(self, b, 0)?;
+                b.ins().sqrt(x)
+            }
+            Relu => {
+                let x = arg(self, b, 0)?;
+                let z = b.ins().f32const(0.0);
+                b.ins().fmax(x, z)
+            }
+            Sign => {
+                let x = arg(self, b, 0)?;
+                let z = b.ins().f32const(0.0);
+                let one = b.ins().f32const(1.0);
+                let m1 = b.ins().f32const(-1.0);
+                let pos = b.ins().fcmp(FloatCC::GreaterThan, x, z);
+                let neg = b.ins().fcmp(FloatCC::LessThan, x, z);
+                let t = b.ins().select(neg, m1, x);
+                let t = b.ins().select(pos, one, t);
+                // x = ±0 stays as is; NaN stays NaN.
+                let is_zero = b.ins().fcmp(FloatCC::Equal, x, z);
+                b.ins().select(is_zero, z, t)
+            }
+            Exp => {
+                let x = arg(self, b, 0)?;
+                Self::call1(b, self.exp, x)
+            }
+            Log => {
+                let x = arg(self, b, 0)?;
+                Self::call1(b, self.log, x)
+            }
+            Tanh => {
+                let x = arg(self, b, 0)?;
+                Self::call1(b, self.tanh, x)
+            }
+            Sigmoid => {
+                let x = arg(self, b, 0)?;
+                let nx = b.ins().fneg(x);
+                let e = Self::call1(b, self.exp, nx);
+                let one = b.ins().f32const(1.0);
+                let d = b.ins().fadd(one, e);
+                b.ins().fdiv(one, d)
+            }
+            StopGradient | Reshape { .. } => {
+                let c = ins[0];
+                self.emit(b, c, idx)?
+            }
+            Broadcast { .. } => arg(self, b, 0)?,
+            Cast(DType::F32) => arg(self, b, 0)?,
+            Cast(DType::I32) => {
+                let x = arg(self, b, 0)?;
+                b.ins().trunc(x)
+            }
+            Add | Sub | Mul | Div | Pow | Maximum | Minimum | Lt | Le | Gt | Ge | Eq | Ne => {
+                let x = arg(self, b, 0)?;
+                let y = arg(self, b, 1)?;
+                let cmp = |b: &mut FunctionBuilder, cc: FloatCC| {
+                    let c = b.ins().fcmp(cc, x, y);
+                    Self::bool_f32(b, c)
+                };
+                match &self.body.node(n).op {
+                    Add => b.ins().fadd(x, y),
+                    Sub => b.ins().fsub(x, y),
+                    Mul => b.ins().fmul(x, y),
+                    Div => b.ins().fdiv(x, y),
+                    Maximum => b.ins().fmax(x, y),
+                    Minimum => b.ins().fmin(x, y),
+                    Pow => {
+                        let c = b.ins().call(self.pow, &[x, y]);
+                        b.inst_results(c)[0]
+                    }
+                    Lt => cmp(b, FloatCC::LessThan),
+                    Le => cmp(b, FloatCC::LessThanOrEqual),
+                    Gt => cmp(b, FloatCC::GreaterThan),
+                    Ge => cmp(b, FloatCC::GreaterThanOrEqual),
+                    Eq => cmp(b, FloatCC::Equal),
+                    _ => cmp(b, FloatCC::NotEqual),
+                }
+            }
+            Select => {
+                let c = arg(self, b, 0)?;
+                let x = arg(self, b, 1)?;
+                let y = arg(self, b, 2)?;
+                let z = b.ins().f32const(0.0);
+                let t = b.ins().fcmp(FloatCC::NotEqual, c, z);
+                b.ins().select(t, x, y)
+            }
+            OneHot { depth } => {
+                let d = *depth as i64;
+                let li = b.ins().udiv_imm_u(idx, d);
+                let cls = b.ins().urem_imm_u(idx, d);
+                let l = self.emit(b, ins[0], li)?;
+                let cf = b.ins().fcvt_from_uint(types::F32, cls);
+                let c = b.ins().fcmp(FloatCC::Equal, l, cf);
+                Self::bool_f32(b, c)
+            }
+            op => return Err(format!("`{}` is not a loop op", op.name())),
+        };
+        if at_loop {
+            self.memo.insert(n, v);
+        }
+        Ok(v)
+    }
+}
+
+/// Compile a body whose ops all pass [`supported`], at the given symbolic sizes.
+pub fn compile(jit: &mut Jit, body: &Graph, syms: &HashMap<String, usize>) -> Result<LoopKernel, String> {
+    let order = body.schedule();
+    let mut shapes = HashMap::new();
+    for &n in &order {
+        shapes.insert(n, concrete(&body.ty(n).shape, syms)?);
+    }
+    let mut input_of = HashMap::new();
+    let mut n_inputs = 0;
+    for &n in &order {
+        if let Op::Input { name, .. } = &body.node(n).op {
+            let k: usize = name.strip_prefix("in").and_then(|s| s.parse().ok()).ok_or_else(|| format!("kernel input `{name}`"))?;
+            input_of.insert(n, k);
+            n_inputs = n_inputs.max(k + 1);
+        }
+    }
+    let outs: Vec<NodeId> = (0..body.outputs.len())
+        .map(|j| body.output(&format!("out{j}")).ok_or_else(|| format!("kernel has no out{j}")))
+        .collect::<Result<_, _>>()?;
+
+    let ptr = types::I64;
+    let mut sig = Signature::new(jit.module.isa().default_call_conv());
+    sig.params.extend([AbiParam::new(ptr), AbiParam::new(types::I64), AbiParam::new(types::I64)]);
+    let mut unary = Signature::new(jit.module.isa().default_call_conv());
+    unary.params.push(AbiParam::new(types::F32));
+    unary.returns.push(AbiParam::new(types::F32));
+    let mut binary = unary.clone();
+    binary.params.push(AbiParam::new(types::F32));
+    let declare = |jit: &mut Jit, name: &str, s: &Signature| jit.module.declare_function(name, Linkage::Import, s).map_err(|e| e.to_string());
+    let (fexp, flog, ftanh, fpow) =
+        (declare(jit, "dlc_expf", &unary)?, declare(jit, "dlc_logf", &unary)?, declare(jit, "dlc_tanhf", &unary)?, declare(jit, "dlc_powf", &binary)?);
+    jit.next_id += 1;
+    let name = format!("kernel{}", jit.next_id);
+    let fid = jit.module.declare_function(&name, Linkage::Local, &sig).map_err(|e| e.to_string())?;
+    jit.ctx.func.signature = sig;
+    jit.ctx.func.name = UserFuncName::user(0, fid.as_u32());
+    {
+        let mut b = FunctionBuilder::new(&mut jit.ctx.func, &mut jit.fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let (ptrs, seed, step) = (b.block_params(entry)[0], b.block_params(entry)[1], b.block_params(entry)[2]);
+        let load_ptr = |b: &mut FunctionBuilder, k: usize| b.ins().load(ptr, MemFlagsData::trusted(), ptrs, (8 * k) as i32);
+        let in_ptr: Vec<Value> = (0..n_inputs).map(|k| load_ptr(&mut b, k)).collect();
+        let out_ptr: Vec<Value> = (0..outs.len()).map(|j| load_ptr(&mut b, n_inputs + j)).collect();
+        let mut g = Gen {
+            body,
+            shapes,
+            input_of,
+            in_ptr,
+            seed,
+            step,
+            exp: jit.module.declare_func_in_func(fexp, b.func),
+            log: jit.module.declare_func_in_func(flog, b.func),
+            tanh: jit.module.declare_func_in_func(ftanh, b.func),
+            pow: jit.module.declare_func_in_func(fpow, b.func),
+            hoisted: HashMap::new(),
+            memo: HashMap::new(),
+            loop_shape: vec![],
+        };
+        // Scalars (and everything computed only from scalars) once, up front.
+        let zero = b.ins().iconst(types::I64, 0);
+        for &n in &order {
+            let scalar_cone = numel(&g.shapes[&n]) == 1 && body.inputs(n).iter().all(|i| g.hoisted.contains_key(i));
+            if scalar_cone && !matches!(body.node(n).op, Op::Random { .. }) {
+                g.loop_shape = g.shapes[&n].clone();
+                let v = g.emit(&mut b, n, zero)?;
+                g.memo.clear();
+                g.hoisted.insert(n, v);
+            }
+        }
+        // One loop per output shape.
+        let mut by_shape: BTreeMap<Vec<usize>, Vec<usize>> = BTreeMap::new();
+        for (j, &o) in outs.iter().enumerate() {
+            by_shape.entry(g.shapes[&o].clone()).or_default().push(j);
+        }
+        for (shape, js) in by_shape {
+            let n = numel(&shape) as i64;
+            let header = b.create_block();
+            let body_b = b.create_block();
+            let exit = b.create_block();
+            b.append_block_param(header, types::I64);
+            let z = b.ins().iconst(types::I64, 0);
+            b.ins().jump(header, &[z.into()]);
+            b.switch_to_block(header);
+            let i = b.block_params(header)[0];
+            let more = b.ins().icmp_imm_s(IntCC::UnsignedLessThan, i, n);
+            b.ins().brif(more, body_b, &[], exit, &[]);
+            b.switch_to_block(body_b);
+            g.loop_shape = shape.clone();
+            g.memo.clear();
+            for j in js {
+                let v = g.emit(&mut b, outs[j], i)?;
+                let off = b.ins().imul_imm_s(i, 4);
+                let addr = b.ins().iadd(out_ptr[j], off);
+                b.ins().store(MemFlagsData::trusted(), v, addr, 0);
+            }
+            let next = b.ins().iadd_imm_s(i, 1);
+            b.ins().jump(header, &[next.into()]);
+            b.switch_to_block(exit);
+        }
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+        b.finalize(jit.module.target_config());
+    }
+    jit.clif.push((name.clone(), jit.ctx.func.display().to_string()));
+    jit.module.define_function(fid, &mut jit.ctx).map_err(|e| format!("cranelift: {e:?}"))?;
+    jit.module.clear_context(&mut jit.ctx);
+    jit.module.finalize_definitions().map_err(|e| e.to_string())?;
+    let code = jit.module.get_finalized_function(fid);
+    // SAFETY: the function was just defined with exactly this signature.
+    let f = unsafe { std::mem::transmute::<*const u8, KernelFn>(code) };
+    let out_shapes = outs.iter().map(|o| g_shape(body, *o, syms)).collect::<Result<_, _>>()?;
+    Ok(LoopKernel { f, inputs: n_inputs, outputs: out_shapes })
+}
+
+fn g_shape(body: &Graph, n: NodeId, syms: &HashMap<String, usize>) -> Result<Vec<usize>, String> {
+    concrete(&body.ty(n).shape, syms)
+}

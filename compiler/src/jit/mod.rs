@@ -1,0 +1,63 @@
+//! The Cranelift JIT: native code for fused kernels.
+//!
+//! - `loops.rs` compiles elementwise kernel bodies (loop fusion, the optimizer update,
+//!   matmul epilogues) into one native function each;
+//! - `exec.rs` runs an optimized graph: loop kernels natively, matmuls through the `gemm`
+//!   crate followed by their JIT epilogue, and (for now) reductions, the softmax-xent
+//!   kernel and data movement through the reference interpreter.
+//!
+//! A `Jit` owns its `JITModule`: Cranelift cannot free single functions, so a compiled
+//! model drops its module whole.
+
+pub mod exec;
+pub mod loops;
+
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::FunctionBuilderContext;
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{Module, default_libcall_names};
+
+/// Scalar math the loops call (until inline polynomials replace them).
+extern "C" fn dlc_expf(x: f32) -> f32 {
+    x.exp()
+}
+extern "C" fn dlc_logf(x: f32) -> f32 {
+    x.ln()
+}
+extern "C" fn dlc_tanhf(x: f32) -> f32 {
+    x.tanh()
+}
+extern "C" fn dlc_powf(x: f32, y: f32) -> f32 {
+    x.powf(y)
+}
+
+pub struct Jit {
+    pub(crate) module: JITModule,
+    pub(crate) ctx: cranelift_codegen::Context,
+    pub(crate) fctx: FunctionBuilderContext,
+    pub(crate) next_id: u32,
+    /// The CLIF text of every compiled function (for `--emit clif`).
+    pub clif: Vec<(String, String)>,
+}
+
+impl Jit {
+    pub fn new() -> Result<Jit, String> {
+        let mut flags = settings::builder();
+        let set = |f: &mut settings::Builder, k: &str, v: &str| f.set(k, v).map_err(|e| format!("cranelift flag {k}: {e}"));
+        set(&mut flags, "opt_level", "speed")?;
+        set(&mut flags, "use_colocated_libcalls", "false")?;
+        set(&mut flags, "is_pic", "false")?;
+        let isa = cranelift_native::builder()
+            .map_err(|e| format!("this machine is not supported by Cranelift: {e}"))?
+            .finish(settings::Flags::new(flags))
+            .map_err(|e| format!("cranelift: {e}"))?;
+        let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
+        builder.symbol("dlc_expf", dlc_expf as *const u8);
+        builder.symbol("dlc_logf", dlc_logf as *const u8);
+        builder.symbol("dlc_tanhf", dlc_tanhf as *const u8);
+        builder.symbol("dlc_powf", dlc_powf as *const u8);
+        let module = JITModule::new(builder);
+        let ctx = module.make_context();
+        Ok(Jit { module, ctx, fctx: FunctionBuilderContext::new(), next_id: 0, clif: Vec::new() })
+    }
+}
