@@ -111,7 +111,7 @@ impl JitGraph {
     }
 
     fn call_loop(k: &LoopKernel, ins: &[&ArrayD<f32>], env: &Env<f32>) -> Vec<ArrayD<f32>> {
-        let owned: Vec<ArrayD<f32>> = ins.iter().map(|a| a.as_standard_layout().to_owned()).collect();
+        let owned: Vec<ndarray::CowArray<f32, IxDyn>> = ins.iter().map(|a| a.as_standard_layout()).collect();
         let mut outs: Vec<ArrayD<f32>> = k.outputs.iter().map(|s| ArrayD::zeros(IxDyn(s))).collect();
         let mut ptrs: Vec<*mut f32> = owned.iter().map(|a| a.as_ptr() as *mut f32).collect();
         ptrs.extend(outs.iter_mut().map(|a| a.as_mut_ptr()));
@@ -161,35 +161,36 @@ impl JitGraph {
         })
     }
 
-    /// Run the graph and return the named outputs.
+    /// Run the graph and return the named outputs. Leaves are read in place; kernel
+    /// outputs are moved, not copied, into the values of their nodes.
     pub fn run(&mut self, env: &Env<f32>, outputs: &[&str]) -> Result<Vec<ArrayD<f32>>, String> {
         let roots: Vec<NodeId> =
             outputs.iter().map(|o| self.graph.output(o).ok_or_else(|| format!("the graph has no output `{o}`"))).collect::<Result<_, _>>()?;
         let order = interp::schedule_for(&self.graph, &roots);
         let syms = interp::bind_symbols(&self.graph, env, &order)?;
-        let mut vals: HashMap<NodeId, ArrayD<f32>> = HashMap::new();
-        let mut kernels: HashMap<u32, Vec<ArrayD<f32>>> = HashMap::new();
+        let mut vals: HashMap<NodeId, std::borrow::Cow<ArrayD<f32>>> = HashMap::new();
+        let mut kernels: HashMap<u32, Vec<Option<ArrayD<f32>>>> = HashMap::new();
         for &n in &order {
             let op = self.graph.node(n).op.clone();
             let v = match &op {
-                Op::Input { name, .. } | Op::Param { name, .. } | Op::State { name, .. } => env.values[name].clone(),
+                Op::Input { name, .. } | Op::Param { name, .. } | Op::State { name, .. } => std::borrow::Cow::Borrowed(&env.values[name]),
                 Op::Fused { body, output, .. } => {
                     if !kernels.contains_key(body) {
                         let ins_ids = self.graph.inputs(n);
-                        let ins: Vec<ArrayD<f32>> = ins_ids.iter().map(|i| vals[i].clone()).collect();
-                        let refs: Vec<&ArrayD<f32>> = ins.iter().collect();
+                        let refs: Vec<&ArrayD<f32>> = ins_ids.iter().map(|i| vals[i].as_ref()).collect();
                         let out = self.run_kernel(*body, &refs, env, &syms)?;
-                        kernels.insert(*body, out);
+                        kernels.insert(*body, out.into_iter().map(Some).collect());
                     }
-                    kernels[body].get(*output as usize).cloned().ok_or_else(|| format!("kernel {body} has no output {output}"))?
+                    let slot = kernels.get_mut(body).and_then(|k| k.get_mut(*output as usize)).ok_or_else(|| format!("kernel {body} has no output {output}"))?;
+                    std::borrow::Cow::Owned(slot.take().ok_or_else(|| format!("kernel {body} output {output} used twice"))?)
                 }
                 _ => {
-                    let ins: Vec<&ArrayD<f32>> = self.graph.inputs(n).iter().map(|i| &vals[i]).collect();
-                    interp::eval_node(&self.graph, n, &ins, &syms, env)?
+                    let ins: Vec<&ArrayD<f32>> = self.graph.inputs(n).iter().map(|i| vals[i].as_ref()).collect();
+                    std::borrow::Cow::Owned(interp::eval_node(&self.graph, n, &ins, &syms, env)?)
                 }
             };
             vals.insert(n, v);
         }
-        Ok(roots.iter().map(|r| vals[r].clone()).collect())
+        Ok(roots.iter().map(|r| vals[r].as_ref().clone()).collect())
     }
 }
