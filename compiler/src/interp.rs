@@ -139,11 +139,20 @@ fn run_nodes_in<T: Real>(
 }
 
 /// Bind the symbolic sizes the leaves among `order` give, checking their shapes.
-pub fn bind_symbols<T: Real>(g: &Graph, env: &Env<T>, order: &[NodeId]) -> Result<HashMap<String, usize>, String> {
+pub fn bind_symbols<T: Real>(
+    g: &Graph,
+    env: &Env<T>,
+    order: &[NodeId],
+) -> Result<HashMap<String, usize>, String> {
     let mut syms = HashMap::new();
     for &n in order {
-        if let Op::Input { name, ty } | Op::Param { name, ty } | Op::State { name, ty } = &g.node(n).op {
-            let v = env.values.get(name).ok_or_else(|| format!("no value given for `{name}`"))?;
+        if let Op::Input { name, ty } | Op::Param { name, ty } | Op::State { name, ty } =
+            &g.node(n).op
+        {
+            let v = env
+                .values
+                .get(name)
+                .ok_or_else(|| format!("no value given for `{name}`"))?;
             bind(&ty.1, v.shape(), &mut syms).map_err(|e| format!("`{name}`: {e}"))?;
         }
     }
@@ -151,10 +160,19 @@ pub fn bind_symbols<T: Real>(g: &Graph, env: &Env<T>, order: &[NodeId]) -> Resul
 }
 
 /// Evaluate one node that is neither a leaf nor a fused kernel.
-pub fn eval_node<T: Real>(g: &Graph, n: NodeId, ins: &[&ArrayD<T>], syms: &HashMap<String, usize>, env: &Env<T>) -> Result<ArrayD<T>, String> {
+pub fn eval_node<T: Real>(
+    g: &Graph,
+    n: NodeId,
+    ins: &[&ArrayD<T>],
+    syms: &HashMap<String, usize>,
+    env: &Env<T>,
+) -> Result<ArrayD<T>, String> {
     match &g.node(n).op {
         Op::Scan { body, axis, .. } => {
-            let b = g.bodies.get(*body as usize).ok_or_else(|| format!("scan body {body} is missing"))?;
+            let b = g
+                .bodies
+                .get(*body as usize)
+                .ok_or_else(|| format!("scan body {body} is missing"))?;
             scan(b, *axis, ins[0], ins[1], env)
         }
         op => eval_op(op, ins, syms, env, g.node(n).ty.dtype),

@@ -85,6 +85,26 @@ pub enum Cmd {
     },
     /// Train a model.
     Train(TrainArgs),
+    /// Time whole training steps (forward, backward, update) on batches in memory.
+    Bench {
+        file: PathBuf,
+        #[arg(long, value_parser = session::parse_data_flag)]
+        data: Vec<(String, Option<PathBuf>)>,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        batch: Option<u64>,
+        /// Steps per timed repeat.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+        steps: u64,
+        /// Timed repeats; the median is reported.
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u64).range(1..))]
+        repeats: u64,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        threads: Option<u64>,
+        #[arg(long, default_value = "jit")]
+        engine: String,
+        #[arg(long)]
+        no_opt: bool,
+    },
     /// Evaluate a checkpoint on the test split.
     Eval {
         file: PathBuf,
@@ -162,6 +182,25 @@ pub fn run(cli: Cli) -> Result<(), String> {
             seed,
         } => run_forward(&file, load.as_deref(), &inputs, data, &engine, seed),
         Cmd::Train(a) => train(a),
+        Cmd::Bench {
+            file,
+            data,
+            batch,
+            steps,
+            repeats,
+            threads,
+            engine,
+            no_opt,
+        } => {
+            let ov = Overrides {
+                data,
+                batch: batch.map(|b| b as usize),
+                no_opt,
+                threads: threads.map_or(0, |t| t as usize),
+                ..Overrides::default()
+            };
+            bench(&file, &ov, steps as usize, repeats as usize, &engine)
+        }
         Cmd::Eval {
             file,
             load,
@@ -499,6 +538,83 @@ fn train(a: TrainArgs) -> Result<(), String> {
         st.to_checkpoint(&setup, &data).save(p)?;
         say!("saved {}", p.display());
     }
+    Ok(())
+}
+
+/// DESIGN §3: four batches from the data set, cycled; warm-up; the median of repeats.
+fn bench(
+    file: &Path,
+    ov: &Overrides,
+    steps: usize,
+    repeats: usize,
+    engine: &str,
+) -> Result<(), String> {
+    let kind = EngineKind::parse(engine)?;
+    let (setup, data_path) = session::compile(file, ov, kind)?;
+    let data = session::load_data(&setup.cfg, data_path.as_deref(), None)?;
+    let b = setup.cfg.batch;
+    if data.train.n < b {
+        return Err(format!(
+            "batch {b} is larger than the {} training examples",
+            data.train.n
+        ));
+    }
+    let batches: Vec<(ArrayD<f32>, ArrayD<f32>)> = (0..4)
+        .map(|i| {
+            let rows: Vec<usize> = (0..b).map(|r| (i * b + r) % data.train.n).collect();
+            trainer::batch(&data.train, &rows, &data.x_shape, data.task)
+        })
+        .collect();
+    let mut st = TrainState::fresh(&setup, 0);
+    let runner = trainer::StepRunner::new(&st);
+    let mut k = 0;
+    let mut one = |st: &mut TrainState| -> Result<(), String> {
+        let (x, y) = &batches[k % 4];
+        k += 1;
+        runner
+            .run(&setup.train_engine, st, x.clone(), y)
+            .map(|_| ())
+    };
+    for _ in 0..steps.max(10) {
+        one(&mut st)?;
+    }
+    let mut times = Vec::new();
+    for _ in 0..repeats {
+        let t0 = std::time::Instant::now();
+        for _ in 0..steps {
+            one(&mut st)?;
+        }
+        times.push(t0.elapsed().as_secs_f64() * 1e3 / steps as f64);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let ms = times[times.len() / 2];
+    let threads = if ov.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        ov.threads
+    };
+    let mut m = Map::new();
+    m.insert("model".into(), json!(file.display().to_string()));
+    m.insert("ms_per_step".into(), json!(ms));
+    m.insert("steps_per_s".into(), json!(1e3 / ms));
+    m.insert("examples_per_s".into(), json!(b as f64 * 1e3 / ms));
+    m.insert("batch".into(), json!(b));
+    m.insert(
+        "threads".into(),
+        json!(if kind == EngineKind::Reference {
+            1
+        } else {
+            threads
+        }),
+    );
+    m.insert("engine".into(), json!(kind.name()));
+    m.insert("kernels".into(), json!(setup.train_engine.kernels));
+    if let Some((native, total)) = setup.train_engine.native_kernels() {
+        m.insert("native_kernels".into(), json!(format!("{native}/{total}")));
+    }
+    m.insert("min_ms".into(), json!(times[0]));
+    m.insert("max_ms".into(), json!(times[times.len() - 1]));
+    say!("{}", Value::Object(m));
     Ok(())
 }
 

@@ -26,7 +26,9 @@ impl EngineKind {
         match s {
             "reference" => Ok(EngineKind::Reference),
             "jit" => Ok(EngineKind::Jit),
-            other => Err(format!("--engine {other}: unknown engine; expected `jit` or `reference`")),
+            other => Err(format!(
+                "--engine {other}: unknown engine; expected `jit` or `reference`"
+            )),
         }
     }
 }
@@ -50,7 +52,11 @@ impl Engine {
             EngineKind::Reference => Exec::Reference(graph),
             EngineKind::Jit => Exec::Jit(RefCell::new(JitGraph::new(graph, threads)?)),
         };
-        Ok(Engine { kind, exec, kernels })
+        Ok(Engine {
+            kind,
+            exec,
+            kernels,
+        })
     }
 
     pub fn run(&self, env: &Env<f32>, outputs: &[&str]) -> Result<Vec<ArrayD<f32>>, String> {

@@ -170,7 +170,11 @@ pub fn compile(
             dlc_compiler::opt::optimize(&eval.graph).graph,
         )
     };
-    let threads = if ov.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { ov.threads };
+    let threads = if ov.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        ov.threads
+    };
     let train_engine = Engine::new(engine, train_graph, threads)?;
     let eval_engine = Engine::new(engine, eval_graph, threads)?;
     Ok((

@@ -204,6 +204,81 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     idx
 }
 
+/// One training step: the state's tensors move into the engine's inputs and the
+/// updated ones move back, so a step copies no parameters.
+pub struct StepRunner {
+    params: Vec<String>,
+    states: Vec<String>,
+    outputs: Vec<String>,
+}
+
+impl StepRunner {
+    pub fn new(st: &TrainState) -> StepRunner {
+        let params: Vec<String> = st.params.keys().cloned().collect();
+        let states: Vec<String> = st.opt.keys().cloned().collect();
+        let mut outputs = vec!["loss".to_string(), "pred".to_string()];
+        outputs.extend(params.iter().map(|p| format!("new:{p}")));
+        outputs.extend(states.iter().map(|s| format!("new:{s}")));
+        StepRunner {
+            params,
+            states,
+            outputs,
+        }
+    }
+
+    /// Run one step on a batch; returns the loss and the predictions.
+    pub fn run(
+        &self,
+        engine: &Engine,
+        st: &mut TrainState,
+        x: ArrayD<f32>,
+        y: &ArrayD<f32>,
+    ) -> Result<(f32, ArrayD<f32>), String> {
+        let mut env = Env::new(st.seed, st.step);
+        env.values.extend(std::mem::take(&mut st.params));
+        env.values.extend(std::mem::take(&mut st.opt));
+        env.values.insert("x".into(), x);
+        env.values.insert("y".into(), y.clone());
+        env.values.insert(
+            "step".into(),
+            ArrayD::from_elem(IxDyn(&[]), (st.step + 1) as f32),
+        );
+        let refs: Vec<&str> = self.outputs.iter().map(|s| s.as_str()).collect();
+        let result = engine.run(&env, &refs);
+        // Whatever happens, the state gets its tensors back.
+        for p in &self.params {
+            if let Some(v) = env.values.remove(p) {
+                st.params.insert(p.clone(), v);
+            }
+        }
+        for s in &self.states {
+            if let Some(v) = env.values.remove(s) {
+                st.opt.insert(s.clone(), v);
+            }
+        }
+        let mut res = result?.into_iter();
+        let loss = res
+            .next()
+            .and_then(|l| l.iter().next().copied())
+            .unwrap_or(f32::NAN);
+        let pred = res.next().ok_or("the step gave no prediction")?;
+        for p in &self.params {
+            st.params.insert(
+                p.clone(),
+                res.next().ok_or("the step gave too few outputs")?,
+            );
+        }
+        for s in &self.states {
+            st.opt.insert(
+                s.clone(),
+                res.next().ok_or("the step gave too few outputs")?,
+            );
+        }
+        st.step += 1;
+        Ok((loss, pred))
+    }
+}
+
 /// Loss and task metrics of a set of predictions.
 #[derive(Clone, Debug, Default)]
 pub struct Scores {
@@ -351,12 +426,7 @@ pub fn train(
 ) -> Result<TrainState, String> {
     let cfg = &setup.cfg;
     let engine = &setup.train_engine;
-    let param_names: Vec<String> = st.params.keys().cloned().collect();
-    let state_names: Vec<String> = st.opt.keys().cloned().collect();
-    let mut outs: Vec<String> = vec!["loss".into(), "pred".into()];
-    outs.extend(param_names.iter().map(|p| format!("new:{p}")));
-    outs.extend(state_names.iter().map(|s| format!("new:{s}")));
-    let out_refs: Vec<&str> = outs.iter().map(|s| s.as_str()).collect();
+    let step = StepRunner::new(&st);
     let n = data.train.n;
     if n == 0 {
         return Err(format!("data set {} has no training examples", data.name));
@@ -378,22 +448,7 @@ pub fn train(
                 break;
             }
             let (x, y) = batch(&data.train, chunk, &data.x_shape, data.task);
-            let mut env = leaf_env(&st.params, st.seed, st.step);
-            for (k, v) in &st.opt {
-                env.values.insert(k.clone(), v.clone());
-            }
-            env.values.insert("x".into(), x);
-            env.values.insert("y".into(), y.clone());
-            env.values.insert(
-                "step".into(),
-                ArrayD::from_elem(IxDyn(&[]), (st.step + 1) as f32),
-            );
-            let mut res = engine.run(&env, &out_refs)?.into_iter();
-            let loss = res
-                .next()
-                .and_then(|l| l.iter().next().copied())
-                .unwrap_or(f32::NAN);
-            let pred = res.next().expect("pred output");
+            let (loss, pred) = step.run(engine, &mut st, x, &y)?;
             if !loss.is_finite() {
                 return Err(format!(
                     "epoch {epoch}, step {}: the loss is {loss}; try a smaller learning rate (--lr)",
@@ -401,14 +456,6 @@ pub fn train(
                 ));
             }
             tally.add(loss, &pred, &y);
-            for name in param_names.iter() {
-                st.params
-                    .insert(name.clone(), res.next().expect("new param"));
-            }
-            for name in state_names.iter() {
-                st.opt.insert(name.clone(), res.next().expect("new state"));
-            }
-            st.step += 1;
             progress.step(tally.scores().loss);
         }
         if tally.n == 0 {

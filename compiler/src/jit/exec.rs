@@ -19,7 +19,13 @@ use std::collections::HashMap;
 
 enum Plan {
     Loop(LoopKernel),
-    MatMul { a: usize, b: usize, ta: bool, tb: bool, epilogue: Option<LoopKernel> },
+    MatMul {
+        a: usize,
+        b: usize,
+        ta: bool,
+        tb: bool,
+        epilogue: Option<LoopKernel>,
+    },
     Interpret,
 }
 
@@ -34,11 +40,19 @@ pub struct JitGraph {
 /// matmul replaced by one more input (`in{K}`): the epilogue.
 fn split_matmul(body: &Graph) -> Option<(usize, usize, bool, bool, Graph)> {
     let order = body.schedule();
-    let mms: Vec<NodeId> = order.iter().copied().filter(|&n| matches!(body.node(n).op, Op::MatMul { .. })).collect();
+    let mms: Vec<NodeId> = order
+        .iter()
+        .copied()
+        .filter(|&n| matches!(body.node(n).op, Op::MatMul { .. }))
+        .collect();
     let [m] = mms[..] else { return None };
-    let Op::MatMul { ta, tb } = body.node(m).op else { return None };
+    let Op::MatMul { ta, tb } = body.node(m).op else {
+        return None;
+    };
     let input_index = |n: NodeId| match &body.node(n).op {
-        Op::Input { name, .. } => name.strip_prefix("in").and_then(|s| s.parse::<usize>().ok()),
+        Op::Input { name, .. } => name
+            .strip_prefix("in")
+            .and_then(|s| s.parse::<usize>().ok()),
         _ => None,
     };
     let ops = body.inputs(m);
@@ -46,13 +60,22 @@ fn split_matmul(body: &Graph) -> Option<(usize, usize, bool, bool, Graph)> {
     if body.ty(ops[0]).rank() != 2 || body.ty(ops[1]).rank() != 2 {
         return None;
     }
-    let k = order.iter().filter(|&&n| matches!(body.node(n).op, Op::Input { .. })).count();
+    let k = order
+        .iter()
+        .filter(|&&n| matches!(body.node(n).op, Op::Input { .. }))
+        .count();
     let mut epi = Graph::new();
     let mut map: HashMap<NodeId, NodeId> = HashMap::new();
     for &n in &order {
         let node = body.node(n);
         let id = if n == m {
-            epi.add_ok(Op::Input { name: format!("in{k}"), ty: (node.ty.dtype, node.ty.shape.clone()) }, &[])
+            epi.add_ok(
+                Op::Input {
+                    name: format!("in{k}"),
+                    ty: (node.ty.dtype, node.ty.shape.clone()),
+                },
+                &[],
+            )
         } else {
             let ins: Vec<NodeId> = body.inputs(n).iter().map(|i| map[i]).collect();
             epi.add_ok(node.op.clone(), &ins)
@@ -67,7 +90,12 @@ fn split_matmul(body: &Graph) -> Option<(usize, usize, bool, bool, Graph)> {
 
 impl JitGraph {
     pub fn new(graph: Graph, threads: usize) -> Result<JitGraph, String> {
-        Ok(JitGraph { graph, jit: Jit::new()?, plans: HashMap::new(), threads: threads.max(1) })
+        Ok(JitGraph {
+            graph,
+            jit: Jit::new()?,
+            plans: HashMap::new(),
+            threads: threads.max(1),
+        })
     }
 
     pub fn graph(&self) -> &Graph {
@@ -81,12 +109,17 @@ impl JitGraph {
 
     /// (native, total) kernels among those planned so far.
     pub fn native_kernels(&self) -> (usize, usize) {
-        let native = self.plans.values().filter(|p| !matches!(p, Plan::Interpret)).count();
+        let native = self
+            .plans
+            .values()
+            .filter(|p| !matches!(p, Plan::Interpret))
+            .count();
         (native, self.plans.len())
     }
 
     fn plan(&mut self, body_id: u32, syms: &HashMap<String, usize>) -> Result<&Plan, String> {
-        let mut key_syms: Vec<(String, usize)> = syms.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let mut key_syms: Vec<(String, usize)> =
+            syms.iter().map(|(k, v)| (k.clone(), *v)).collect();
         key_syms.sort();
         let key = (body_id, key_syms);
         if !self.plans.contains_key(&key) {
@@ -94,11 +127,24 @@ impl JitGraph {
             let plan = if loops::supported(body) {
                 Plan::Loop(loops::compile(&mut self.jit, body, syms)?)
             } else if let Some((a, b, ta, tb, epi)) = split_matmul(body) {
-                let trivial = body.outputs.len() == 1 && matches!(body.node(body.outputs[0].1).op, Op::MatMul { .. });
+                let trivial = body.outputs.len() == 1
+                    && matches!(body.node(body.outputs[0].1).op, Op::MatMul { .. });
                 if trivial {
-                    Plan::MatMul { a, b, ta, tb, epilogue: None }
+                    Plan::MatMul {
+                        a,
+                        b,
+                        ta,
+                        tb,
+                        epilogue: None,
+                    }
                 } else if loops::supported(&epi) {
-                    Plan::MatMul { a, b, ta, tb, epilogue: Some(loops::compile(&mut self.jit, &epi, syms)?) }
+                    Plan::MatMul {
+                        a,
+                        b,
+                        ta,
+                        tb,
+                        epilogue: Some(loops::compile(&mut self.jit, &epi, syms)?),
+                    }
                 } else {
                     Plan::Interpret
                 }
@@ -111,8 +157,10 @@ impl JitGraph {
     }
 
     fn call_loop(k: &LoopKernel, ins: &[&ArrayD<f32>], env: &Env<f32>) -> Vec<ArrayD<f32>> {
-        let owned: Vec<ndarray::CowArray<f32, IxDyn>> = ins.iter().map(|a| a.as_standard_layout()).collect();
-        let mut outs: Vec<ArrayD<f32>> = k.outputs.iter().map(|s| ArrayD::zeros(IxDyn(s))).collect();
+        let owned: Vec<ndarray::CowArray<f32, IxDyn>> =
+            ins.iter().map(|a| a.as_standard_layout()).collect();
+        let mut outs: Vec<ArrayD<f32>> =
+            k.outputs.iter().map(|s| ArrayD::zeros(IxDyn(s))).collect();
         let mut ptrs: Vec<*mut f32> = owned.iter().map(|a| a.as_ptr() as *mut f32).collect();
         ptrs.extend(outs.iter_mut().map(|a| a.as_mut_ptr()));
         // SAFETY: the kernel reads `k.inputs` buffers and writes its outputs, each of the
@@ -128,25 +176,70 @@ impl JitGraph {
         let (m, k) = if ta { (ac, ar) } else { (ar, ac) };
         let n = if tb { br } else { bc };
         // Row-major storage; a transposed operand swaps its strides.
-        let (a_rs, a_cs) = if ta { (1, ac as isize) } else { (ac as isize, 1) };
-        let (b_rs, b_cs) = if tb { (1, bc as isize) } else { (bc as isize, 1) };
+        let (a_rs, a_cs) = if ta {
+            (1, ac as isize)
+        } else {
+            (ac as isize, 1)
+        };
+        let (b_rs, b_cs) = if tb {
+            (1, bc as isize)
+        } else {
+            (bc as isize, 1)
+        };
         let mut c = ArrayD::<f32>::zeros(IxDyn(&[m, n]));
-        let par = if self.threads > 1 { gemm::Parallelism::Rayon(self.threads) } else { gemm::Parallelism::None };
+        let par = if self.threads > 1 {
+            gemm::Parallelism::Rayon(self.threads)
+        } else {
+            gemm::Parallelism::None
+        };
         // SAFETY: pointers and strides describe the buffers above; dst is not read.
         unsafe {
-            gemm::gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), a_cs, a_rs, b.as_ptr(), b_cs, b_rs, 0.0, 1.0, false, false, false, par);
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                a_cs,
+                a_rs,
+                b.as_ptr(),
+                b_cs,
+                b_rs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
         }
         c
     }
 
-    fn run_kernel(&mut self, body_id: u32, ins: &[&ArrayD<f32>], env: &Env<f32>, syms: &HashMap<String, usize>) -> Result<Vec<ArrayD<f32>>, String> {
+    fn run_kernel(
+        &mut self,
+        body_id: u32,
+        ins: &[&ArrayD<f32>],
+        env: &Env<f32>,
+        syms: &HashMap<String, usize>,
+    ) -> Result<Vec<ArrayD<f32>>, String> {
         self.plan(body_id, syms)?;
-        let mut key_syms: Vec<(String, usize)> = syms.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let mut key_syms: Vec<(String, usize)> =
+            syms.iter().map(|(k, v)| (k.clone(), *v)).collect();
         key_syms.sort();
         let plan = &self.plans[&(body_id, key_syms)];
         Ok(match plan {
             Plan::Loop(k) => Self::call_loop(k, ins, env),
-            Plan::MatMul { a, b, ta, tb, epilogue } => {
+            Plan::MatMul {
+                a,
+                b,
+                ta,
+                tb,
+                epilogue,
+            } => {
                 let c = self.gemm(ins[*a], ins[*b], *ta, *tb);
                 match epilogue {
                     None => vec![c],
@@ -157,15 +250,23 @@ impl JitGraph {
                     }
                 }
             }
-            Plan::Interpret => interp::run_kernel(&self.graph.bodies[body_id as usize], ins, env, syms)?,
+            Plan::Interpret => {
+                interp::run_kernel(&self.graph.bodies[body_id as usize], ins, env, syms)?
+            }
         })
     }
 
     /// Run the graph and return the named outputs. Leaves are read in place; kernel
     /// outputs are moved, not copied, into the values of their nodes.
     pub fn run(&mut self, env: &Env<f32>, outputs: &[&str]) -> Result<Vec<ArrayD<f32>>, String> {
-        let roots: Vec<NodeId> =
-            outputs.iter().map(|o| self.graph.output(o).ok_or_else(|| format!("the graph has no output `{o}`"))).collect::<Result<_, _>>()?;
+        let roots: Vec<NodeId> = outputs
+            .iter()
+            .map(|o| {
+                self.graph
+                    .output(o)
+                    .ok_or_else(|| format!("the graph has no output `{o}`"))
+            })
+            .collect::<Result<_, _>>()?;
         let order = interp::schedule_for(&self.graph, &roots);
         let syms = interp::bind_symbols(&self.graph, env, &order)?;
         let mut vals: HashMap<NodeId, std::borrow::Cow<ArrayD<f32>>> = HashMap::new();
@@ -173,24 +274,51 @@ impl JitGraph {
         for &n in &order {
             let op = self.graph.node(n).op.clone();
             let v = match &op {
-                Op::Input { name, .. } | Op::Param { name, .. } | Op::State { name, .. } => std::borrow::Cow::Borrowed(&env.values[name]),
+                Op::Input { name, .. } | Op::Param { name, .. } | Op::State { name, .. } => {
+                    std::borrow::Cow::Borrowed(&env.values[name])
+                }
                 Op::Fused { body, output, .. } => {
                     if !kernels.contains_key(body) {
                         let ins_ids = self.graph.inputs(n);
-                        let refs: Vec<&ArrayD<f32>> = ins_ids.iter().map(|i| vals[i].as_ref()).collect();
+                        let refs: Vec<&ArrayD<f32>> =
+                            ins_ids.iter().map(|i| vals[i].as_ref()).collect();
                         let out = self.run_kernel(*body, &refs, env, &syms)?;
                         kernels.insert(*body, out.into_iter().map(Some).collect());
                     }
-                    let slot = kernels.get_mut(body).and_then(|k| k.get_mut(*output as usize)).ok_or_else(|| format!("kernel {body} has no output {output}"))?;
-                    std::borrow::Cow::Owned(slot.take().ok_or_else(|| format!("kernel {body} output {output} used twice"))?)
+                    let slot = kernels
+                        .get_mut(body)
+                        .and_then(|k| k.get_mut(*output as usize))
+                        .ok_or_else(|| format!("kernel {body} has no output {output}"))?;
+                    std::borrow::Cow::Owned(
+                        slot.take()
+                            .ok_or_else(|| format!("kernel {body} output {output} used twice"))?,
+                    )
                 }
                 _ => {
-                    let ins: Vec<&ArrayD<f32>> = self.graph.inputs(n).iter().map(|i| vals[i].as_ref()).collect();
+                    let ins: Vec<&ArrayD<f32>> = self
+                        .graph
+                        .inputs(n)
+                        .iter()
+                        .map(|i| vals[i].as_ref())
+                        .collect();
                     std::borrow::Cow::Owned(interp::eval_node(&self.graph, n, &ins, &syms, env)?)
                 }
             };
             vals.insert(n, v);
         }
-        Ok(roots.iter().map(|r| vals[r].as_ref().clone()).collect())
+        let mut out: Vec<ArrayD<f32>> = Vec::with_capacity(roots.len());
+        for (i, r) in roots.iter().enumerate() {
+            match vals.remove(r) {
+                Some(v) => out.push(v.into_owned()),
+                None => {
+                    let j = roots[..i]
+                        .iter()
+                        .position(|q| q == r)
+                        .expect("an earlier output took it");
+                    out.push(out[j].clone());
+                }
+            }
+        }
+        Ok(out)
     }
 }

@@ -13,7 +13,9 @@ use crate::ir::{Graph, NodeId};
 use crate::ops::{Dist, Op};
 use crate::types::{DType, Dim};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{AbiParam, FuncRef, InstBuilder, MemFlagsData, Signature, UserFuncName, Value, types};
+use cranelift_codegen::ir::{
+    AbiParam, FuncRef, InstBuilder, MemFlagsData, Signature, UserFuncName, Value, types,
+};
 use cranelift_frontend::FunctionBuilder;
 use cranelift_module::{Linkage, Module};
 use std::collections::{BTreeMap, HashMap};
@@ -33,11 +35,26 @@ pub fn supported(body: &Graph) -> bool {
     body.schedule().into_iter().all(|n| {
         use Op::*;
         match &body.node(n).op {
-            Input { .. } | Neg | Exp | Log | Sqrt | Tanh | Sigmoid | Relu | Abs | Sign | StopGradient | Cast(_) => true,
-            Add | Sub | Mul | Div | Pow | Maximum | Minimum | Lt | Le | Gt | Ge | Eq | Ne | Select => true,
+            Input { .. }
+            | Neg
+            | Exp
+            | Log
+            | Sqrt
+            | Tanh
+            | Sigmoid
+            | Relu
+            | Abs
+            | Sign
+            | StopGradient
+            | Cast(_) => true,
+            Add | Sub | Mul | Div | Pow | Maximum | Minimum | Lt | Le | Gt | Ge | Eq | Ne
+            | Select => true,
             Broadcast { .. } | Reshape { .. } | OneHot { .. } => true,
             Const { shape, .. } => shape.iter().product::<usize>() == 1,
-            Random { dist: Dist::Uniform, .. } => true,
+            Random {
+                dist: Dist::Uniform,
+                ..
+            } => true,
             _ => false,
         }
     })
@@ -48,7 +65,10 @@ fn concrete(shape: &[Dim], syms: &HashMap<String, usize>) -> Result<Vec<usize>, 
         .iter()
         .map(|d| match d {
             Dim::Known(k) => Ok(*k),
-            Dim::Sym(s) => syms.get(s).copied().ok_or_else(|| format!("size of {s} unknown")),
+            Dim::Sym(s) => syms
+                .get(s)
+                .copied()
+                .ok_or_else(|| format!("size of {s} unknown")),
         })
         .collect()
 }
@@ -77,7 +97,14 @@ struct Gen<'a> {
     /// Values at the loop index, for nodes of the loop's shape.
     memo: HashMap<NodeId, Value>,
     loop_shape: Vec<usize>,
+    /// Emitting the F32X4 loop (four elements per iteration) rather than the scalar one.
+    vec: bool,
+    /// Hoisted scalars splatted to vectors in the current loop.
+    splats: HashMap<NodeId, Value>,
 }
+
+/// Lanes of the vector loops: Cranelift's x64 backend has 128-bit vectors (DESIGN §6).
+const LANES: usize = 4;
 
 fn numel(s: &[usize]) -> usize {
     s.iter().product()
@@ -86,7 +113,13 @@ fn numel(s: &[usize]) -> usize {
 impl Gen<'_> {
     /// Index into `to` (broadcast into `from`) of flat index `idx` of `from`.
     fn map_idx(&self, b: &mut FunctionBuilder, idx: Value, from: &[usize], to: &[usize]) -> Value {
-        if from == to || numel(from) == numel(to) && to.iter().filter(|&&d| d != 1).eq(from.iter().filter(|&&d| d != 1)) {
+        if from == to
+            || numel(from) == numel(to)
+                && to
+                    .iter()
+                    .filter(|&&d| d != 1)
+                    .eq(from.iter().filter(|&&d| d != 1))
+        {
             return idx;
         }
         if numel(to) == 1 {
@@ -111,9 +144,117 @@ impl Gen<'_> {
         acc
     }
 
-    fn call1(b: &mut FunctionBuilder, f: FuncRef, x: Value) -> Value {
-        let c = b.ins().call(f, &[x]);
-        b.inst_results(c)[0]
+    /// Whether `n`'s cone can run four elements at a time: every operand read at the
+    /// same index, as a hoisted scalar, or as a suffix whose length is a multiple of 4.
+    fn vectorizable(&self, n: NodeId) -> bool {
+        let mut stack = vec![n];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(m) = stack.pop() {
+            if self.hoisted.contains_key(&m) || !seen.insert(m) {
+                continue;
+            }
+            use Op::*;
+            let ok = matches!(
+                self.body.node(m).op,
+                Input { .. }
+                    | Const { .. }
+                    | Neg
+                    | Exp
+                    | Log
+                    | Sqrt
+                    | Tanh
+                    | Sigmoid
+                    | Relu
+                    | Abs
+                    | StopGradient
+                    | Cast(DType::F32)
+                    | Add
+                    | Sub
+                    | Mul
+                    | Div
+                    | Pow
+                    | Maximum
+                    | Minimum
+                    | Lt
+                    | Le
+                    | Gt
+                    | Ge
+                    | Eq
+                    | Ne
+                    | Select
+                    | Broadcast { .. }
+                    | Reshape { .. }
+            );
+            if !ok {
+                return false;
+            }
+            let from = &self.shapes[&m];
+            for c in self.body.inputs(m) {
+                let to = &self.shapes[&c];
+                let same = numel(from) == numel(to)
+                    && to
+                        .iter()
+                        .filter(|&&d| d != 1)
+                        .eq(from.iter().filter(|&&d| d != 1));
+                let suffix = to.len() <= from.len()
+                    && from[from.len() - to.len()..] == **to
+                    && numel(to) % LANES == 0;
+                if numel(to) == 1 {
+                    if !self.hoisted.contains_key(&c) {
+                        return false;
+                    }
+                } else if !same && !suffix {
+                    return false;
+                }
+                stack.push(c);
+            }
+        }
+        true
+    }
+
+    fn ty(&self) -> types::Type {
+        if self.vec { types::F32X4 } else { types::F32 }
+    }
+
+    fn fconst(&self, b: &mut FunctionBuilder, v: f32) -> Value {
+        let c = b.ins().f32const(v);
+        if self.vec {
+            b.ins().splat(types::F32X4, c)
+        } else {
+            c
+        }
+    }
+
+    /// A float condition as 1.0 / 0.0 in the current width.
+    fn cond_f32(&self, b: &mut FunctionBuilder, c: Value) -> Value {
+        if self.vec {
+            let one = b.ins().iconst(types::I32, 1.0f32.to_bits() as i64);
+            let ones = b.ins().splat(types::I32X4, one);
+            let m = b.ins().band(c, ones);
+            b.ins().bitcast(
+                types::F32X4,
+                MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little),
+                m,
+            )
+        } else {
+            Self::bool_f32(b, c)
+        }
+    }
+
+    /// Call a scalar function, lane by lane in the vector loop.
+    fn call_lanes(&self, b: &mut FunctionBuilder, f: FuncRef, args: &[Value]) -> Value {
+        if !self.vec {
+            let c = b.ins().call(f, args);
+            return b.inst_results(c)[0];
+        }
+        let mut out = args[0];
+        for lane in 0..LANES as u8 {
+            let lanes: Vec<Value> = args.iter().map(|&a| b.ins().extractlane(a, lane)).collect();
+            let c = b.ins().call(f, &lanes);
+            let r = b.inst_results(c)[0];
+            out = b.ins().insertlane(out, r, lane);
+        }
+        out
     }
 
     fn bool_f32(b: &mut FunctionBuilder, c: Value) -> Value {
@@ -135,12 +276,19 @@ impl Gen<'_> {
     }
 
     fn uniform(&self, b: &mut FunctionBuilder, key: u32, idx: Value) -> Value {
-        let c1 = b.ins().bxor_imm_s(self.seed, 0x9e37_79b9_7f4a_7c15_u64 as i64);
+        let c1 = b
+            .ins()
+            .bxor_imm_s(self.seed, 0x9e37_79b9_7f4a_7c15_u64 as i64);
         let a = Self::mix(b, c1);
-        let k = b.ins().iconst(types::I64, (key as u64).wrapping_mul(0xd1b5_4a32_d192_ed03) as i64);
+        let k = b.ins().iconst(
+            types::I64,
+            (key as u64).wrapping_mul(0xd1b5_4a32_d192_ed03) as i64,
+        );
         let x = b.ins().bxor(a, k);
         let bb = Self::mix(b, x);
-        let st = b.ins().imul_imm_s(self.step, 0x8cb9_2ba7_2f3d_8dd7_u64 as i64);
+        let st = b
+            .ins()
+            .imul_imm_s(self.step, 0x8cb9_2ba7_2f3d_8dd7_u64 as i64);
         let x = b.ins().bxor(bb, st);
         let c = Self::mix(b, x);
         let ix = b.ins().imul_imm_s(idx, 0x9e37_79b9_7f4a_7c15_u64 as i64);
@@ -154,7 +302,15 @@ impl Gen<'_> {
 
     fn emit(&mut self, b: &mut FunctionBuilder, n: NodeId, idx: Value) -> Result<Value, String> {
         if let Some(&v) = self.hoisted.get(&n) {
-            return Ok(v);
+            if !self.vec {
+                return Ok(v);
+            }
+            if let Some(&s) = self.splats.get(&n) {
+                return Ok(s);
+            }
+            let s = b.ins().splat(types::F32X4, v);
+            self.splats.insert(n, s);
+            return Ok(s);
         }
         let shape = self.shapes[&n].clone();
         let at_loop = shape == self.loop_shape;
@@ -176,9 +332,10 @@ impl Gen<'_> {
                 let k = self.input_of[&n];
                 let off = b.ins().imul_imm_s(idx, 4);
                 let addr = b.ins().iadd(self.in_ptr[k], off);
-                b.ins().load(types::F32, MemFlagsData::trusted(), addr, 0)
+                let t = self.ty();
+                b.ins().load(t, MemFlagsData::trusted(), addr, 0)
             }
-            Const { data, .. } => b.ins().f32const(data[0].get() as f32),
+            Const { data, .. } => self.fconst(b, data[0].get() as f32),
             Random { key, .. } => self.uniform(b, *key, idx),
             Neg => {
                 let x = arg(self, b, 0)?;
@@ -194,7 +351,7 @@ impl Gen<'_> {
             }
             Relu => {
                 let x = arg(self, b, 0)?;
-                let z = b.ins().f32const(0.0);
+                let z = self.fconst(b, 0.0);
                 b.ins().fmax(x, z)
             }
             Sign => {
@@ -212,21 +369,21 @@ impl Gen<'_> {
             }
             Exp => {
                 let x = arg(self, b, 0)?;
-                Self::call1(b, self.exp, x)
+                self.call_lanes(b, self.exp, &[x])
             }
             Log => {
                 let x = arg(self, b, 0)?;
-                Self::call1(b, self.log, x)
+                self.call_lanes(b, self.log, &[x])
             }
             Tanh => {
                 let x = arg(self, b, 0)?;
-                Self::call1(b, self.tanh, x)
+                self.call_lanes(b, self.tanh, &[x])
             }
             Sigmoid => {
                 let x = arg(self, b, 0)?;
                 let nx = b.ins().fneg(x);
-                let e = Self::call1(b, self.exp, nx);
-                let one = b.ins().f32const(1.0);
+                let e = self.call_lanes(b, self.exp, &[nx]);
+                let one = self.fconst(b, 1.0);
                 let d = b.ins().fadd(one, e);
                 b.ins().fdiv(one, d)
             }
@@ -243,9 +400,9 @@ impl Gen<'_> {
             Add | Sub | Mul | Div | Pow | Maximum | Minimum | Lt | Le | Gt | Ge | Eq | Ne => {
                 let x = arg(self, b, 0)?;
                 let y = arg(self, b, 1)?;
-                let cmp = |b: &mut FunctionBuilder, cc: FloatCC| {
+                let cmp = |s: &Self, b: &mut FunctionBuilder, cc: FloatCC| {
                     let c = b.ins().fcmp(cc, x, y);
-                    Self::bool_f32(b, c)
+                    s.cond_f32(b, c)
                 };
                 match &self.body.node(n).op {
                     Add => b.ins().fadd(x, y),
@@ -254,25 +411,32 @@ impl Gen<'_> {
                     Div => b.ins().fdiv(x, y),
                     Maximum => b.ins().fmax(x, y),
                     Minimum => b.ins().fmin(x, y),
-                    Pow => {
-                        let c = b.ins().call(self.pow, &[x, y]);
-                        b.inst_results(c)[0]
-                    }
-                    Lt => cmp(b, FloatCC::LessThan),
-                    Le => cmp(b, FloatCC::LessThanOrEqual),
-                    Gt => cmp(b, FloatCC::GreaterThan),
-                    Ge => cmp(b, FloatCC::GreaterThanOrEqual),
-                    Eq => cmp(b, FloatCC::Equal),
-                    _ => cmp(b, FloatCC::NotEqual),
+                    Pow => self.call_lanes(b, self.pow, &[x, y]),
+                    Lt => cmp(self, b, FloatCC::LessThan),
+                    Le => cmp(self, b, FloatCC::LessThanOrEqual),
+                    Gt => cmp(self, b, FloatCC::GreaterThan),
+                    Ge => cmp(self, b, FloatCC::GreaterThanOrEqual),
+                    Eq => cmp(self, b, FloatCC::Equal),
+                    _ => cmp(self, b, FloatCC::NotEqual),
                 }
             }
             Select => {
                 let c = arg(self, b, 0)?;
                 let x = arg(self, b, 1)?;
                 let y = arg(self, b, 2)?;
-                let z = b.ins().f32const(0.0);
+                let z = self.fconst(b, 0.0);
                 let t = b.ins().fcmp(FloatCC::NotEqual, c, z);
-                b.ins().select(t, x, y)
+                if self.vec {
+                    let m = b.ins().bitcast(
+                        types::F32X4,
+                        MemFlagsData::new()
+                            .with_endianness(cranelift_codegen::ir::Endianness::Little),
+                        t,
+                    );
+                    b.ins().bitselect(m, x, y)
+                } else {
+                    b.ins().select(t, x, y)
+                }
             }
             OneHot { depth } => {
                 let d = *depth as i64;
@@ -293,7 +457,11 @@ impl Gen<'_> {
 }
 
 /// Compile a body whose ops all pass [`supported`], at the given symbolic sizes.
-pub fn compile(jit: &mut Jit, body: &Graph, syms: &HashMap<String, usize>) -> Result<LoopKernel, String> {
+pub fn compile(
+    jit: &mut Jit,
+    body: &Graph,
+    syms: &HashMap<String, usize>,
+) -> Result<LoopKernel, String> {
     let order = body.schedule();
     let mut shapes = HashMap::new();
     for &n in &order {
@@ -303,29 +471,50 @@ pub fn compile(jit: &mut Jit, body: &Graph, syms: &HashMap<String, usize>) -> Re
     let mut n_inputs = 0;
     for &n in &order {
         if let Op::Input { name, .. } = &body.node(n).op {
-            let k: usize = name.strip_prefix("in").and_then(|s| s.parse().ok()).ok_or_else(|| format!("kernel input `{name}`"))?;
+            let k: usize = name
+                .strip_prefix("in")
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("kernel input `{name}`"))?;
             input_of.insert(n, k);
             n_inputs = n_inputs.max(k + 1);
         }
     }
     let outs: Vec<NodeId> = (0..body.outputs.len())
-        .map(|j| body.output(&format!("out{j}")).ok_or_else(|| format!("kernel has no out{j}")))
+        .map(|j| {
+            body.output(&format!("out{j}"))
+                .ok_or_else(|| format!("kernel has no out{j}"))
+        })
         .collect::<Result<_, _>>()?;
 
     let ptr = types::I64;
     let mut sig = Signature::new(jit.module.isa().default_call_conv());
-    sig.params.extend([AbiParam::new(ptr), AbiParam::new(types::I64), AbiParam::new(types::I64)]);
+    sig.params.extend([
+        AbiParam::new(ptr),
+        AbiParam::new(types::I64),
+        AbiParam::new(types::I64),
+    ]);
     let mut unary = Signature::new(jit.module.isa().default_call_conv());
     unary.params.push(AbiParam::new(types::F32));
     unary.returns.push(AbiParam::new(types::F32));
     let mut binary = unary.clone();
     binary.params.push(AbiParam::new(types::F32));
-    let declare = |jit: &mut Jit, name: &str, s: &Signature| jit.module.declare_function(name, Linkage::Import, s).map_err(|e| e.to_string());
-    let (fexp, flog, ftanh, fpow) =
-        (declare(jit, "dlc_expf", &unary)?, declare(jit, "dlc_logf", &unary)?, declare(jit, "dlc_tanhf", &unary)?, declare(jit, "dlc_powf", &binary)?);
+    let declare = |jit: &mut Jit, name: &str, s: &Signature| {
+        jit.module
+            .declare_function(name, Linkage::Import, s)
+            .map_err(|e| e.to_string())
+    };
+    let (fexp, flog, ftanh, fpow) = (
+        declare(jit, "dlc_expf", &unary)?,
+        declare(jit, "dlc_logf", &unary)?,
+        declare(jit, "dlc_tanhf", &unary)?,
+        declare(jit, "dlc_powf", &binary)?,
+    );
     jit.next_id += 1;
     let name = format!("kernel{}", jit.next_id);
-    let fid = jit.module.declare_function(&name, Linkage::Local, &sig).map_err(|e| e.to_string())?;
+    let fid = jit
+        .module
+        .declare_function(&name, Linkage::Local, &sig)
+        .map_err(|e| e.to_string())?;
     jit.ctx.func.signature = sig;
     jit.ctx.func.name = UserFuncName::user(0, fid.as_u32());
     {
@@ -333,10 +522,19 @@ pub fn compile(jit: &mut Jit, body: &Graph, syms: &HashMap<String, usize>) -> Re
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
-        let (ptrs, seed, step) = (b.block_params(entry)[0], b.block_params(entry)[1], b.block_params(entry)[2]);
-        let load_ptr = |b: &mut FunctionBuilder, k: usize| b.ins().load(ptr, MemFlagsData::trusted(), ptrs, (8 * k) as i32);
+        let (ptrs, seed, step) = (
+            b.block_params(entry)[0],
+            b.block_params(entry)[1],
+            b.block_params(entry)[2],
+        );
+        let load_ptr = |b: &mut FunctionBuilder, k: usize| {
+            b.ins()
+                .load(ptr, MemFlagsData::trusted(), ptrs, (8 * k) as i32)
+        };
         let in_ptr: Vec<Value> = (0..n_inputs).map(|k| load_ptr(&mut b, k)).collect();
-        let out_ptr: Vec<Value> = (0..outs.len()).map(|j| load_ptr(&mut b, n_inputs + j)).collect();
+        let out_ptr: Vec<Value> = (0..outs.len())
+            .map(|j| load_ptr(&mut b, n_inputs + j))
+            .collect();
         let mut g = Gen {
             body,
             shapes,
@@ -351,11 +549,14 @@ pub fn compile(jit: &mut Jit, body: &Graph, syms: &HashMap<String, usize>) -> Re
             hoisted: HashMap::new(),
             memo: HashMap::new(),
             loop_shape: vec![],
+            vec: false,
+            splats: HashMap::new(),
         };
         // Scalars (and everything computed only from scalars) once, up front.
         let zero = b.ins().iconst(types::I64, 0);
         for &n in &order {
-            let scalar_cone = numel(&g.shapes[&n]) == 1 && body.inputs(n).iter().all(|i| g.hoisted.contains_key(i));
+            let scalar_cone = numel(&g.shapes[&n]) == 1
+                && body.inputs(n).iter().all(|i| g.hoisted.contains_key(i));
             if scalar_cone && !matches!(body.node(n).op, Op::Random { .. }) {
                 g.loop_shape = g.shapes[&n].clone();
                 let v = g.emit(&mut b, n, zero)?;
@@ -369,43 +570,80 @@ pub fn compile(jit: &mut Jit, body: &Graph, syms: &HashMap<String, usize>) -> Re
             by_shape.entry(g.shapes[&o].clone()).or_default().push(j);
         }
         for (shape, js) in by_shape {
-            let n = numel(&shape) as i64;
-            let header = b.create_block();
-            let body_b = b.create_block();
-            let exit = b.create_block();
-            b.append_block_param(header, types::I64);
-            let z = b.ins().iconst(types::I64, 0);
-            b.ins().jump(header, &[z.into()]);
-            b.switch_to_block(header);
-            let i = b.block_params(header)[0];
-            let more = b.ins().icmp_imm_s(IntCC::UnsignedLessThan, i, n);
-            b.ins().brif(more, body_b, &[], exit, &[]);
-            b.switch_to_block(body_b);
+            let n = numel(&shape);
             g.loop_shape = shape.clone();
-            g.memo.clear();
-            for j in js {
-                let v = g.emit(&mut b, outs[j], i)?;
-                let off = b.ins().imul_imm_s(i, 4);
-                let addr = b.ins().iadd(out_ptr[j], off);
-                b.ins().store(MemFlagsData::trusted(), v, addr, 0);
+            let vec_ok = n >= LANES && js.iter().all(|&j| g.vectorizable(outs[j]));
+            let split = if vec_ok { n - n % LANES } else { 0 };
+            if split > 0 {
+                g.vec = true;
+                emit_loop(&mut b, &mut g, 0, split, &js, &outs, &out_ptr)?;
+                g.vec = false;
             }
-            let next = b.ins().iadd_imm_s(i, 1);
-            b.ins().jump(header, &[next.into()]);
-            b.switch_to_block(exit);
+            if split < n {
+                emit_loop(&mut b, &mut g, split, n, &js, &outs, &out_ptr)?;
+            }
         }
         b.ins().return_(&[]);
         b.seal_all_blocks();
         b.finalize(jit.module.target_config());
     }
-    jit.clif.push((name.clone(), jit.ctx.func.display().to_string()));
-    jit.module.define_function(fid, &mut jit.ctx).map_err(|e| format!("cranelift: {e:?}"))?;
+    jit.clif
+        .push((name.clone(), jit.ctx.func.display().to_string()));
+    jit.module
+        .define_function(fid, &mut jit.ctx)
+        .map_err(|e| format!("cranelift: {e:?}"))?;
     jit.module.clear_context(&mut jit.ctx);
-    jit.module.finalize_definitions().map_err(|e| e.to_string())?;
+    jit.module
+        .finalize_definitions()
+        .map_err(|e| e.to_string())?;
     let code = jit.module.get_finalized_function(fid);
     // SAFETY: the function was just defined with exactly this signature.
     let f = unsafe { std::mem::transmute::<*const u8, KernelFn>(code) };
-    let out_shapes = outs.iter().map(|o| g_shape(body, *o, syms)).collect::<Result<_, _>>()?;
-    Ok(LoopKernel { f, inputs: n_inputs, outputs: out_shapes })
+    let out_shapes = outs
+        .iter()
+        .map(|o| g_shape(body, *o, syms))
+        .collect::<Result<_, _>>()?;
+    Ok(LoopKernel {
+        f,
+        inputs: n_inputs,
+        outputs: out_shapes,
+    })
+}
+
+/// `for i in (start..end).step_by(lanes)`: compute and store the outputs `js`.
+fn emit_loop(
+    b: &mut FunctionBuilder,
+    g: &mut Gen,
+    start: usize,
+    end: usize,
+    js: &[usize],
+    outs: &[NodeId],
+    out_ptr: &[Value],
+) -> Result<(), String> {
+    let step = if g.vec { LANES } else { 1 };
+    let header = b.create_block();
+    let body_b = b.create_block();
+    let exit = b.create_block();
+    b.append_block_param(header, types::I64);
+    let z = b.ins().iconst(types::I64, start as i64);
+    b.ins().jump(header, &[z.into()]);
+    b.switch_to_block(header);
+    let i = b.block_params(header)[0];
+    let more = b.ins().icmp_imm_s(IntCC::UnsignedLessThan, i, end as i64);
+    b.ins().brif(more, body_b, &[], exit, &[]);
+    b.switch_to_block(body_b);
+    g.memo.clear();
+    g.splats.clear();
+    for &j in js {
+        let v = g.emit(b, outs[j], i)?;
+        let off = b.ins().imul_imm_s(i, 4);
+        let addr = b.ins().iadd(out_ptr[j], off);
+        b.ins().store(MemFlagsData::trusted(), v, addr, 0);
+    }
+    let next = b.ins().iadd_imm_s(i, step as i64);
+    b.ins().jump(header, &[next.into()]);
+    b.switch_to_block(exit);
+    Ok(())
 }
 
 fn g_shape(body: &Graph, n: NodeId, syms: &HashMap<String, usize>) -> Result<Vec<usize>, String> {

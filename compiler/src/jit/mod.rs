@@ -43,7 +43,9 @@ pub struct Jit {
 impl Jit {
     pub fn new() -> Result<Jit, String> {
         let mut flags = settings::builder();
-        let set = |f: &mut settings::Builder, k: &str, v: &str| f.set(k, v).map_err(|e| format!("cranelift flag {k}: {e}"));
+        let set = |f: &mut settings::Builder, k: &str, v: &str| {
+            f.set(k, v).map_err(|e| format!("cranelift flag {k}: {e}"))
+        };
         set(&mut flags, "opt_level", "speed")?;
         set(&mut flags, "use_colocated_libcalls", "false")?;
         set(&mut flags, "is_pic", "false")?;
@@ -58,6 +60,12 @@ impl Jit {
         builder.symbol("dlc_powf", dlc_powf as *const u8);
         let module = JITModule::new(builder);
         let ctx = module.make_context();
-        Ok(Jit { module, ctx, fctx: FunctionBuilderContext::new(), next_id: 0, clif: Vec::new() })
+        Ok(Jit {
+            module,
+            ctx,
+            fctx: FunctionBuilderContext::new(),
+            next_id: 0,
+            clif: Vec::new(),
+        })
     }
 }
