@@ -159,14 +159,16 @@ impl JitGraph {
     fn call_loop(k: &LoopKernel, ins: &[&ArrayD<f32>], env: &Env<f32>) -> Vec<ArrayD<f32>> {
         let owned: Vec<ndarray::CowArray<f32, IxDyn>> =
             ins.iter().map(|a| a.as_standard_layout()).collect();
-        let mut outs: Vec<ArrayD<f32>> =
-            k.outputs.iter().map(|s| ArrayD::zeros(IxDyn(s))).collect();
+        let mut outs: Vec<ndarray::ArrayD<std::mem::MaybeUninit<f32>>> =
+            k.outputs.iter().map(|s| ArrayD::uninit(IxDyn(s))).collect();
         let mut ptrs: Vec<*mut f32> = owned.iter().map(|a| a.as_ptr() as *mut f32).collect();
-        ptrs.extend(outs.iter_mut().map(|a| a.as_mut_ptr()));
-        // SAFETY: the kernel reads `k.inputs` buffers and writes its outputs, each of the
-        // shape it was compiled for (checked by the caller's shape binding).
-        unsafe { (k.f)(ptrs.as_ptr(), env.seed, env.step) };
-        outs
+        ptrs.extend(outs.iter_mut().map(|a| a.as_mut_ptr() as *mut f32));
+        // SAFETY: the kernel reads `k.inputs` buffers and writes every element of its
+        // outputs, each of the shape it was compiled for (checked by the shape binding).
+        unsafe {
+            (k.f)(ptrs.as_ptr(), env.seed, env.step);
+            outs.into_iter().map(|o| o.assume_init()).collect()
+        }
     }
 
     fn gemm(&self, a: &ArrayD<f32>, b: &ArrayD<f32>, ta: bool, tb: bool) -> ArrayD<f32> {
@@ -186,7 +188,10 @@ impl JitGraph {
         } else {
             (bc as isize, 1)
         };
-        let mut c = ArrayD::<f32>::zeros(IxDyn(&[m, n]));
+        if k == 0 {
+            return ArrayD::zeros(IxDyn(&[m, n]));
+        }
+        let mut c = ArrayD::<f32>::uninit(IxDyn(&[m, n]));
         let par = if self.threads > 1 {
             gemm::Parallelism::Rayon(self.threads)
         } else {
@@ -198,7 +203,7 @@ impl JitGraph {
                 m,
                 n,
                 k,
-                c.as_mut_ptr(),
+                c.as_mut_ptr() as *mut f32,
                 1,
                 n as isize,
                 false,
@@ -215,8 +220,9 @@ impl JitGraph {
                 false,
                 par,
             );
+            // SAFETY: gemm wrote every element of the m×n destination (k ≥ 1).
+            c.assume_init()
         }
-        c
     }
 
     fn run_kernel(
