@@ -35,9 +35,9 @@ pub enum Emit {
     Grad,
     /// The optimized training graph: fused kernels and their bodies.
     Opt,
-    /// The execution plan (arrives with the JIT).
+    /// How the JIT runs each kernel (native loop, gemm + epilogue, interpreted).
     Plan,
-    /// Cranelift IR of every kernel (arrives with the JIT).
+    /// Cranelift IR of every compiled kernel.
     Clif,
 }
 
@@ -57,7 +57,7 @@ pub enum Cmd {
         emit: Emit,
         #[arg(long, value_parser = session::parse_data_flag)]
         data: Vec<(String, Option<PathBuf>)>,
-        /// Batch size (shapes are printed with the symbolic batch B; accepted for scripts).
+        /// Batch size B for --emit plan|clif (default 64; other stages print the symbolic B).
         #[arg(long)]
         batch: Option<usize>,
         /// Print `key: value` statistics of the compilation.
@@ -78,7 +78,7 @@ pub enum Cmd {
         inputs: Vec<String>,
         #[arg(long, value_parser = session::parse_data_flag)]
         data: Vec<(String, Option<PathBuf>)>,
-        #[arg(long, default_value = "reference")]
+        #[arg(long, default_value = "jit")]
         engine: String,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -114,7 +114,7 @@ pub enum Cmd {
         data: Vec<(String, Option<PathBuf>)>,
         #[arg(long)]
         metrics: Option<PathBuf>,
-        #[arg(long, default_value = "reference")]
+        #[arg(long, default_value = "jit")]
         engine: String,
     },
 }
@@ -148,7 +148,7 @@ pub struct TrainArgs {
     resume: Option<PathBuf>,
     #[arg(long)]
     metrics: Option<PathBuf>,
-    #[arg(long, default_value = "reference")]
+    #[arg(long, default_value = "jit")]
     engine: String,
     /// Skip the e-graph optimizer: run the unfused graph op by op.
     #[arg(long)]
@@ -169,10 +169,10 @@ pub fn run(cli: Cli) -> Result<(), String> {
             file,
             emit,
             data,
-            batch: _,
+            batch,
             stats,
             no_opt,
-        } => compile(&file, emit, data, stats, no_opt),
+        } => compile(&file, emit, data, batch, stats, no_opt),
         Cmd::Run {
             file,
             load,
@@ -233,15 +233,10 @@ fn compile(
     file: &Path,
     emit: Emit,
     data: Vec<(String, Option<PathBuf>)>,
+    batch: Option<usize>,
     stats: bool,
     no_opt: bool,
 ) -> Result<(), String> {
-    if matches!(emit, Emit::Plan | Emit::Clif) {
-        return Err(format!(
-            "--emit {}: not available yet; it arrives with the Cranelift JIT (available now: ast, ir, grad, opt)",
-            format!("{emit:?}").to_lowercase()
-        ));
-    }
     let prog = session::load_program(file)?;
     if emit == Emit::Ast {
         say!("{:#?}", prog.file);
@@ -279,6 +274,25 @@ fn compile(
     match emit {
         Emit::Ir => say_raw!("{}", print_graph(&ir)),
         Emit::Grad => say_raw!("{}", print_graph(grad.as_ref().expect("training graph"))),
+        Emit::Plan | Emit::Clif => {
+            let g = opt.as_ref().map_or(&step, |o| &o.graph).clone();
+            let mut jit = dlc_compiler::jit::exec::JitGraph::new(g, 1)?;
+            let syms: std::collections::HashMap<String, usize> =
+                [("B".to_string(), batch.unwrap_or(64))]
+                    .into_iter()
+                    .collect();
+            let lines = jit.plan_all(&syms)?;
+            if emit == Emit::Plan {
+                say!("# plan at B = {}", syms["B"]);
+                for l in lines {
+                    say!("{l}");
+                }
+            } else {
+                for (name, text) in jit.clif() {
+                    say!("; {name}\n{text}");
+                }
+            }
+        }
         _ => say_raw!("{}", print_graph(opt.as_ref().map_or(&step, |o| &o.graph))),
     }
     if stats {

@@ -184,8 +184,8 @@ fn missing_files_and_bad_flags() {
     fails(&["train", "models/mlp.dl", "--lr", "-1"]);
     fails(&["train", "models/mlp.dl", "--no-such-flag"]);
     fails(&["train", "models/mlp.dl", "--data", "imagenet=/x"]);
-    assert!(fails(&["train", "models/mlp.dl", "--engine", "jit"]).contains("not built yet"));
-    assert!(fails(&["compile", "models/mlp.dl", "--emit", "plan"]).contains("not available yet"));
+    assert!(fails(&["train", "models/mlp.dl", "--engine", "fast"]).contains("unknown engine"));
+    fails(&["compile", "models/mlp.dl", "--emit", "bytecode"]);
     assert!(
         fails(&["run", "models/perceptron.dl", "--input", "x=[[1,2,3]]"])
             .contains("expected shape [B, 2], got [1, 3]")
@@ -282,7 +282,7 @@ fn digits_mlp_trains_deterministically_and_resumes_exactly() {
     assert_eq!(a.len(), 3);
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x["train_loss"], y["train_loss"], "same seed, same losses");
-        assert_eq!(x["engine"], "reference");
+        assert_eq!(x["engine"], "jit", "the JIT is the default engine");
         let k = x["kernels"].as_u64().expect("kernels");
         assert!(
             (1..=10).contains(&k),
@@ -389,5 +389,48 @@ fn optimized_and_unoptimized_training_agree() {
         "kernels:",
     ] {
         assert!(t.contains(key), "missing {key} in --stats:\n{t}");
+    }
+}
+
+#[test]
+fn jit_and_reference_engines_agree() {
+    let dir = std::env::temp_dir().join(format!("dlc-cli-engines-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (a, b) = (dir.join("jit.jsonl"), dir.join("ref.jsonl"));
+    for (m, engine) in [(&a, "jit"), (&b, "reference")] {
+        let o = dlc(&[
+            "train",
+            "models/mlp.dl",
+            "--epochs",
+            "2",
+            "--seed",
+            "9",
+            "--engine",
+            engine,
+            "--metrics",
+            s(m),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let (ma, mb) = (metrics(&a), metrics(&b));
+    assert_eq!(ma.len(), 2);
+    for (x, y) in ma.iter().zip(&mb) {
+        assert_eq!(
+            (x["engine"].as_str(), y["engine"].as_str()),
+            (Some("jit"), Some("reference"))
+        );
+        let (lx, ly) = (
+            x["train_loss"].as_f64().expect("loss"),
+            y["train_loss"].as_f64().expect("loss"),
+        );
+        assert!((lx - ly).abs() <= 1e-3 * ly.abs(), "{lx} vs {ly}");
+        let (ax, ay) = (
+            x["test_acc"].as_f64().expect("acc"),
+            y["test_acc"].as_f64().expect("acc"),
+        );
+        assert!(
+            (ax - ay).abs() * 359.0 <= 2.0 + 1e-9,
+            "test accuracy differs by more than 2 examples: {ax} vs {ay}"
+        );
     }
 }

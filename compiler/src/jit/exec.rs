@@ -34,6 +34,23 @@ pub struct JitGraph {
     jit: Jit,
     plans: HashMap<(u32, Vec<(String, usize)>), Plan>,
     threads: usize,
+    /// Seconds spent per kernel body, when `DLC_PROFILE` is set (printed on drop).
+    profile: Option<HashMap<u32, (f64, usize)>>,
+}
+
+impl Drop for JitGraph {
+    fn drop(&mut self) {
+        if let Some(p) = &self.profile {
+            let mut rows: Vec<(&u32, &(f64, usize))> = p.iter().collect();
+            rows.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+            for (body, (secs, calls)) in rows {
+                eprintln!(
+                    "profile: kernel body={body}: {:.3} ms/call over {calls} calls",
+                    secs * 1e3 / *calls as f64
+                );
+            }
+        }
+    }
 }
 
 /// The matmul of a matmul kernel whose operands are kernel inputs, and the body with the
@@ -90,7 +107,9 @@ fn split_matmul(body: &Graph) -> Option<(usize, usize, bool, bool, Graph)> {
 
 impl JitGraph {
     pub fn new(graph: Graph, threads: usize) -> Result<JitGraph, String> {
+        let profile = std::env::var_os("DLC_PROFILE").map(|_| HashMap::new());
         Ok(JitGraph {
+            profile,
             graph,
             jit: Jit::new()?,
             plans: HashMap::new(),
@@ -105,6 +124,42 @@ impl JitGraph {
     /// The CLIF of every kernel compiled so far.
     pub fn clif(&self) -> &[(String, String)] {
         &self.jit.clif
+    }
+
+    /// Plan (and compile) every kernel at the given sizes; one line per kernel saying how
+    /// it runs. This is `dlc compile --emit plan`.
+    pub fn plan_all(&mut self, syms: &HashMap<String, usize>) -> Result<Vec<String>, String> {
+        let mut kernels: Vec<(u32, crate::ops::KernelKind)> = Vec::new();
+        for n in self.graph.schedule() {
+            if let Op::Fused { body, kind, .. } = self.graph.node(n).op {
+                if !kernels.iter().any(|(b, _)| *b == body) {
+                    kernels.push((body, kind));
+                }
+            }
+        }
+        let mut lines = Vec::new();
+        for (body, kind) in kernels {
+            let how = match self.plan(body, syms)? {
+                Plan::Loop(k) => {
+                    format!("native loop, {} inputs, outputs {:?}", k.inputs, k.outputs)
+                }
+                Plan::MatMul {
+                    ta, tb, epilogue, ..
+                } => format!(
+                    "gemm (ta={ta}, tb={tb}){}",
+                    if epilogue.is_some() {
+                        " + native epilogue loop"
+                    } else {
+                        ""
+                    }
+                ),
+                Plan::Interpret => {
+                    "reference interpreter (no code generator for this kernel yet)".to_string()
+                }
+            };
+            lines.push(format!("kernel body={body} kind={}: {how}", kind.name()));
+        }
+        Ok(lines)
     }
 
     /// (native, total) kernels among those planned so far.
@@ -288,7 +343,13 @@ impl JitGraph {
                         let ins_ids = self.graph.inputs(n);
                         let refs: Vec<&ArrayD<f32>> =
                             ins_ids.iter().map(|i| vals[i].as_ref()).collect();
+                        let t0 = std::time::Instant::now();
                         let out = self.run_kernel(*body, &refs, env, &syms)?;
+                        if let Some(p) = &mut self.profile {
+                            let e = p.entry(*body).or_default();
+                            e.0 += t0.elapsed().as_secs_f64();
+                            e.1 += 1;
+                        }
                         kernels.insert(*body, out.into_iter().map(Some).collect());
                     }
                     let slot = kernels

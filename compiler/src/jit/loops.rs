@@ -469,7 +469,8 @@ pub fn compile(
     }
     let mut input_of = HashMap::new();
     let mut n_inputs = 0;
-    for &n in &order {
+    // Every input counts, used or not: the caller passes one buffer per kernel operand.
+    for n in body.g.node_indices() {
         if let Op::Input { name, .. } = &body.node(n).op {
             let k: usize = name
                 .strip_prefix("in")

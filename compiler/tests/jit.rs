@@ -1,0 +1,198 @@
+//! JIT kernels against the reference interpreter: random elementwise bodies over random
+//! shapes (sizes that are not multiples of 4, size 1, every broadcasting pattern), and
+//! matmuls with folded transposes through gemm, on 1 and 2 threads.
+
+use dlc_compiler::interp::{self, Env};
+use dlc_compiler::ir::{Graph, NodeId};
+use dlc_compiler::jit::exec::JitGraph;
+use dlc_compiler::ops::{Dist, F64, KernelKind, Op};
+use dlc_compiler::types::{DType, Dim, shape_of};
+use ndarray::{ArrayD, IxDyn};
+use proptest::prelude::*;
+use std::collections::HashMap;
+
+/// A graph of one fused kernel whose body is `body`, fed by inputs `x{i}`.
+fn wrap(body: Graph, kind: KernelKind) -> Graph {
+    let mut g = Graph::new();
+    let mut ins = Vec::new();
+    for n in body.g.node_indices() {
+        let Op::Input { name, .. } = &body.node(n).op else {
+            continue;
+        };
+        let t = body.ty(n).clone();
+        let k: usize = name[2..].parse().expect("in<k>");
+        ins.push((
+            k,
+            g.add_ok(
+                Op::Input {
+                    name: format!("x{k}"),
+                    ty: (t.dtype, t.shape),
+                },
+                &[],
+            ),
+        ));
+    }
+    ins.sort();
+    let operands: Vec<NodeId> = ins.iter().map(|(_, n)| *n).collect();
+    let outs: Vec<(String, NodeId)> = body.outputs.clone();
+    g.bodies.push(body.clone());
+    for (j, (_, o)) in outs.iter().enumerate() {
+        let t = body.ty(*o).clone();
+        let n = g.add_ok(
+            Op::Fused {
+                body: 0,
+                output: j as u32,
+                kind,
+                out: (t.dtype, t.shape),
+            },
+            &operands,
+        );
+        g.set_output(format!("r{j}"), n);
+    }
+    g.verify().expect("verifies");
+    g
+}
+
+fn values(shape: &[usize], seed: u64) -> ArrayD<f32> {
+    let n: usize = shape.iter().product();
+    ArrayD::from_shape_vec(
+        IxDyn(shape),
+        (0..n)
+            .map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 250.0) - 2.0)
+            .collect(),
+    )
+    .expect("shape")
+}
+
+fn compare(g: &Graph, env: &Env<f32>, threads: usize) -> Result<(), String> {
+    let names: Vec<String> = g.outputs.iter().map(|(n, _)| n.clone()).collect();
+    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    let want = interp::run(g, env, &refs)?;
+    let mut jit = JitGraph::new(g.clone(), threads)?;
+    let got = jit.run(env, &refs)?;
+    for ((w, g2), name) in want.iter().zip(&got).zip(&names) {
+        if w.shape() != g2.shape() {
+            return Err(format!("{name}: shape {:?} vs {:?}", w.shape(), g2.shape()));
+        }
+        for (a, b) in w.iter().zip(g2.iter()) {
+            let ok =
+                a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-5 * a.abs().max(1.0);
+            if !ok {
+                return Err(format!("{name}: interpreter {a} vs jit {b}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Ops for random bodies: (op, arity).
+fn ops() -> Vec<(Op, usize)> {
+    vec![
+        (Op::Add, 2),
+        (Op::Sub, 2),
+        (Op::Mul, 2),
+        (Op::Div, 2),
+        (Op::Maximum, 2),
+        (Op::Minimum, 2),
+        (Op::Gt, 2),
+        (Op::Le, 2),
+        (Op::Ne, 2),
+        (Op::Neg, 1),
+        (Op::Abs, 1),
+        (Op::Relu, 1),
+        (Op::Exp, 1),
+        (Op::Tanh, 1),
+        (Op::Sigmoid, 1),
+        (Op::Sign, 1),
+        (Op::Sqrt, 1),
+        (Op::Log, 1),
+        (Op::Select, 3),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// A random elementwise body over inputs of a full shape, a suffix, a column, and a
+    /// scalar, with several outputs.
+    #[test]
+    fn loop_kernels_match_the_interpreter(rows in 1usize..7, cols in 1usize..11, picks in prop::collection::vec((0usize..19, 0usize..8, 0usize..8, 0usize..8), 1..12), seed in 0u64..100, sym: bool) {
+        let full: Vec<Dim> = vec![if sym { Dim::Sym("B".into()) } else { Dim::Known(rows) }, Dim::Known(cols)];
+        let shapes: Vec<Vec<Dim>> = vec![full.clone(), vec![Dim::Known(cols)], vec![full[0].clone(), Dim::Known(1)], vec![]];
+        let mut body = Graph::new();
+        let mut pool: Vec<NodeId> = shapes.iter().enumerate().map(|(i, s)| body.add_ok(Op::Input { name: format!("in{i}"), ty: (DType::F32, s.clone()) }, &[])).collect();
+        let c = body.scalar(0.5);
+        pool.push(c);
+        let r = body.add_ok(Op::Random { key: 3, dist: Dist::Uniform, shape: full.clone() }, &[]);
+        pool.push(r);
+        let table = ops();
+        for (k, a, b2, c2) in picks {
+            let (op, arity) = table[k].clone();
+            let args: Vec<NodeId> = [a, b2, c2][..arity].iter().map(|&i| pool[i % pool.len()]).collect();
+            if let Ok(n) = body.add(op, &args) {
+                pool.push(n);
+            }
+        }
+        let outs: Vec<NodeId> = pool.iter().rev().take(3).copied().collect();
+        for (j, o) in outs.iter().enumerate() {
+            body.set_output(format!("out{j}"), *o);
+        }
+        let g = wrap(body, KernelKind::Loop);
+        let mut env = Env::new(seed, 2);
+        let concrete = |s: &Vec<Dim>| -> Vec<usize> { s.iter().map(|d| d.known().unwrap_or(rows)).collect() };
+        for (i, s) in shapes.iter().enumerate() {
+            env.values.insert(format!("x{i}"), values(&concrete(s), seed + i as u64));
+        }
+        compare(&g, &env, 1).map_err(TestCaseError::fail)?;
+    }
+
+    /// Matmuls with every transpose combination and an epilogue, on 1 and 2 threads.
+    #[test]
+    fn matmul_kernels_match_the_interpreter(m in 1usize..40, k in 1usize..40, n in 1usize..40, ta: bool, tb: bool, epilogue: bool, threads in 1usize..3) {
+        let a_shape = if ta { vec![k, m] } else { vec![m, k] };
+        let b_shape = if tb { vec![n, k] } else { vec![k, n] };
+        let mut body = Graph::new();
+        let a = body.add_ok(Op::Input { name: "in0".into(), ty: (DType::F32, shape_of(&a_shape)) }, &[]);
+        let b = body.add_ok(Op::Input { name: "in1".into(), ty: (DType::F32, shape_of(&b_shape)) }, &[]);
+        let bias = body.add_ok(Op::Input { name: "in2".into(), ty: (DType::F32, shape_of(&[n])) }, &[]);
+        let mm = body.add_ok(Op::MatMul { ta, tb }, &[a, b]);
+        let out = if epilogue {
+            let s = body.add_ok(Op::Add, &[mm, bias]);
+            body.add_ok(Op::Relu, &[s])
+        } else {
+            mm
+        };
+        body.set_output("out0", out);
+        if !epilogue {
+            // Keep the bias input used so the kernel's operands stay the same.
+            let c = body.add_ok(Op::Const { shape: vec![], data: vec![F64::new(0.0)] }, &[]);
+            let z = body.add_ok(Op::Mul, &[bias, c]);
+            body.set_output("out1", z);
+        }
+        let g = wrap(body, KernelKind::MatMul);
+        let mut env = Env::new(0, 0);
+        env.values.insert("x0".into(), values(&a_shape, 1));
+        env.values.insert("x1".into(), values(&b_shape, 2));
+        env.values.insert("x2".into(), values(&[n], 3));
+        compare(&g, &env, threads).map_err(TestCaseError::fail)?;
+    }
+}
+
+#[test]
+fn plans_say_what_runs_natively() {
+    let mut body = Graph::new();
+    let a = body.add_ok(
+        Op::Input {
+            name: "in0".into(),
+            ty: (DType::F32, shape_of(&[5])),
+        },
+        &[],
+    );
+    let e = body.add_ok(Op::Exp, &[a]);
+    body.set_output("out0", e);
+    let mut j = JitGraph::new(wrap(body, KernelKind::Loop), 1).expect("jit");
+    let lines = j.plan_all(&HashMap::new()).expect("plans");
+    assert!(lines[0].contains("native loop"), "{lines:?}");
+    assert_eq!(j.native_kernels(), (1, 1));
+    assert!(j.clif()[0].1.contains("function"), "CLIF text is kept");
+}
