@@ -196,3 +196,48 @@ fn plans_say_what_runs_natively() {
     assert_eq!(j.native_kernels(), (1, 1));
     assert!(j.clif()[0].1.contains("function"), "CLIF text is kept");
 }
+
+/// A product big enough to be split across threads gives the same bits on 1 and 2
+/// threads, and matches the interpreter.
+#[test]
+fn split_gemm_is_exact_and_deterministic() {
+    let (m, k, n) = (256, 256, 130);
+    let mut body = Graph::new();
+    let a = body.add_ok(
+        Op::Input {
+            name: "in0".into(),
+            ty: (DType::F32, shape_of(&[k, m])),
+        },
+        &[],
+    );
+    let b = body.add_ok(
+        Op::Input {
+            name: "in1".into(),
+            ty: (DType::F32, shape_of(&[k, n])),
+        },
+        &[],
+    );
+    let mm = body.add_ok(
+        Op::MatMul {
+            ta: true,
+            tb: false,
+        },
+        &[a, b],
+    );
+    body.set_output("out0", mm);
+    let g = wrap(body, KernelKind::MatMul);
+    assert!(m * n * k >= dlc_compiler::jit::exec::PARALLEL_GEMM_MIN);
+    let mut env = Env::new(0, 0);
+    env.values.insert("x0".into(), values(&[k, m], 5));
+    env.values.insert("x1".into(), values(&[k, n], 6));
+    let one = JitGraph::new(g.clone(), 1)
+        .expect("jit")
+        .run(&env, &["r0"])
+        .expect("runs");
+    let two = JitGraph::new(g.clone(), 2)
+        .expect("jit")
+        .run(&env, &["r0"])
+        .expect("runs");
+    assert_eq!(one, two, "the thread count must not change the result");
+    compare(&g, &env, 2).expect("matches the interpreter");
+}

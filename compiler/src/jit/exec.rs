@@ -17,6 +17,9 @@ use crate::ops::Op;
 use ndarray::{ArrayD, IxDyn};
 use std::collections::HashMap;
 
+/// Multiply-adds from which a gemm is split across threads.
+pub const PARALLEL_GEMM_MIN: usize = 1 << 23;
+
 enum Plan {
     Loop(LoopKernel),
     MatMul {
@@ -247,37 +250,61 @@ impl JitGraph {
             return ArrayD::zeros(IxDyn(&[m, n]));
         }
         let mut c = ArrayD::<f32>::uninit(IxDyn(&[m, n]));
-        let par = if self.threads > 1 {
-            gemm::Parallelism::Rayon(self.threads)
-        } else {
-            gemm::Parallelism::None
+        let (cp, ap, bp) = (
+            c.as_mut_ptr() as usize,
+            a.as_ptr() as usize,
+            b.as_ptr() as usize,
+        );
+        // Rows [r0, r1) of C from rows [r0, r1) of A: independent of every other row, so a
+        // split across threads gives the same bits as one call.
+        let rows = |r0: usize, r1: usize| {
+            let a_off = r0 as isize * a_rs;
+            // SAFETY: pointers, offsets and strides stay inside the buffers above; each
+            // call writes its own rows of C, which is not read.
+            unsafe {
+                gemm::gemm(
+                    r1 - r0,
+                    n,
+                    k,
+                    (cp as *mut f32).add(r0 * n),
+                    1,
+                    n as isize,
+                    false,
+                    (ap as *const f32).offset(a_off),
+                    a_cs,
+                    a_rs,
+                    bp as *const f32,
+                    b_cs,
+                    b_rs,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
         };
-        // SAFETY: pointers and strides describe the buffers above; dst is not read.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                c.as_mut_ptr() as *mut f32,
-                1,
-                n as isize,
-                false,
-                a.as_ptr(),
-                a_cs,
-                a_rs,
-                b.as_ptr(),
-                b_cs,
-                b_rs,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
-            // SAFETY: gemm wrote every element of the m×n destination (k ≥ 1).
-            c.assume_init()
+        let parts = if m * n * k >= PARALLEL_GEMM_MIN {
+            self.threads.min(m / 16).max(1)
+        } else {
+            1
+        };
+        if parts == 1 {
+            rows(0, m);
+        } else {
+            // Fixed partition per thread count (DESIGN §3): row blocks of equal size.
+            let bounds: Vec<usize> = (0..=parts).map(|p| p * m / parts).collect();
+            rayon::scope(|s| {
+                for w in bounds.windows(2) {
+                    let (r0, r1) = (w[0], w[1]);
+                    let rows = &rows;
+                    s.spawn(move |_| rows(r0, r1));
+                }
+            });
         }
+        // SAFETY: every row of the m×n destination was written (k ≥ 1).
+        unsafe { c.assume_init() }
     }
 
     fn run_kernel(
