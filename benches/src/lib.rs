@@ -15,18 +15,19 @@ pub struct Step {
 }
 
 /// The training step of `models/NAME.dl` on its default data at the given batch size.
-pub fn step(model: &str, batch_size: usize) -> Step {
+pub fn step(model: &str, batch_size: usize, engine: EngineKind) -> Step {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("root");
     let ov = Overrides {
         batch: Some(batch_size),
+        threads: 1,
         ..Overrides::default()
     };
     let (setup, path) = session::compile(
         &root.join("models").join(format!("{model}.dl")),
         &ov,
-        EngineKind::Reference,
+        engine,
     )
     .expect("compiles");
     let data = session::load_data(&setup.cfg, path.as_deref(), None).expect("data");

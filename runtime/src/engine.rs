@@ -66,6 +66,13 @@ impl Engine {
         }
     }
 
+    /// Hand back a tensor the caller is done with (the JIT reuses its buffer).
+    pub fn recycle(&self, a: ArrayD<f32>) {
+        if let Exec::Jit(j) = &self.exec {
+            j.borrow().recycle(a);
+        }
+    }
+
     /// (native, planned) kernels of the JIT engine; None for the reference engine.
     pub fn native_kernels(&self) -> Option<(usize, usize)> {
         match &self.exec {

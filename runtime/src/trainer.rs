@@ -245,34 +245,43 @@ impl StepRunner {
         );
         let refs: Vec<&str> = self.outputs.iter().map(|s| s.as_str()).collect();
         let result = engine.run(&env, &refs);
-        // Whatever happens, the state gets its tensors back.
-        for p in &self.params {
-            if let Some(v) = env.values.remove(p) {
-                st.params.insert(p.clone(), v);
+        let mut res = match result {
+            Ok(r) => r.into_iter(),
+            Err(e) => {
+                // The state gets its tensors back.
+                for name in self.params.iter() {
+                    if let Some(v) = env.values.remove(name) {
+                        st.params.insert(name.clone(), v);
+                    }
+                }
+                for name in self.states.iter() {
+                    if let Some(v) = env.values.remove(name) {
+                        st.opt.insert(name.clone(), v);
+                    }
+                }
+                return Err(e);
             }
-        }
-        for s in &self.states {
-            if let Some(v) = env.values.remove(s) {
-                st.opt.insert(s.clone(), v);
-            }
-        }
-        let mut res = result?.into_iter();
+        };
         let loss = res
             .next()
             .and_then(|l| l.iter().next().copied())
             .unwrap_or(f32::NAN);
         let pred = res.next().ok_or("the step gave no prediction")?;
-        for p in &self.params {
-            st.params.insert(
-                p.clone(),
-                res.next().ok_or("the step gave too few outputs")?,
-            );
+        for (i, name) in self.params.iter().chain(&self.states).enumerate() {
+            let new = res.next().ok_or("the step gave too few outputs")?;
+            let slot = if i < self.params.len() {
+                &mut st.params
+            } else {
+                &mut st.opt
+            };
+            slot.insert(name.clone(), new);
+            // The old tensor's buffer serves the next step.
+            if let Some(old) = env.values.remove(name) {
+                engine.recycle(old);
+            }
         }
-        for s in &self.states {
-            st.opt.insert(
-                s.clone(),
-                res.next().ok_or("the step gave too few outputs")?,
-            );
+        if let Some(x) = env.values.remove("x") {
+            engine.recycle(x);
         }
         st.step += 1;
         Ok((loss, pred))

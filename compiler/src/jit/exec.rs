@@ -17,6 +17,44 @@ use crate::ops::Op;
 use ndarray::{ArrayD, IxDyn};
 use std::collections::HashMap;
 
+/// Buffers of finished values, by length, reused for kernel outputs: a training step
+/// then allocates (and page-faults) nothing once it has run once.
+#[derive(Default)]
+pub struct Pool {
+    free: HashMap<usize, Vec<Vec<f32>>>,
+}
+
+impl Pool {
+    /// Buffers kept per length.
+    const KEEP: usize = 16;
+
+    /// A buffer of `n` elements whose contents are stale: the caller overwrites all.
+    fn take(&mut self, n: usize) -> Vec<f32> {
+        self.free
+            .get_mut(&n)
+            .and_then(|v| v.pop())
+            .unwrap_or_else(|| vec![0.0; n])
+    }
+
+    fn array(&mut self, shape: &[usize]) -> ArrayD<f32> {
+        let n = shape.iter().product();
+        ArrayD::from_shape_vec(IxDyn(shape), self.take(n)).expect("length matches the shape")
+    }
+
+    pub fn give(&mut self, a: ArrayD<f32>) {
+        if !a.is_standard_layout() {
+            return;
+        }
+        let (v, off) = a.into_raw_vec_and_offset();
+        if off.unwrap_or(0) == 0 {
+            let slot = self.free.entry(v.len()).or_default();
+            if slot.len() < Self::KEEP {
+                slot.push(v);
+            }
+        }
+    }
+}
+
 /// Multiply-adds from which a gemm is split across threads.
 pub const PARALLEL_GEMM_MIN: usize = 1 << 23;
 
@@ -37,6 +75,7 @@ pub struct JitGraph {
     jit: Jit,
     plans: HashMap<(u32, Vec<(String, usize)>), Plan>,
     threads: usize,
+    pool: std::cell::RefCell<Pool>,
     /// Seconds spent per kernel body, when `DLC_PROFILE` is set (printed on drop).
     profile: Option<HashMap<u32, (f64, usize)>>,
 }
@@ -117,6 +156,7 @@ impl JitGraph {
             jit: Jit::new()?,
             plans: HashMap::new(),
             threads: threads.max(1),
+            pool: Default::default(),
         })
     }
 
@@ -214,19 +254,24 @@ impl JitGraph {
         Ok(&self.plans[&key])
     }
 
-    fn call_loop(k: &LoopKernel, ins: &[&ArrayD<f32>], env: &Env<f32>) -> Vec<ArrayD<f32>> {
+    fn call_loop(&self, k: &LoopKernel, ins: &[&ArrayD<f32>], env: &Env<f32>) -> Vec<ArrayD<f32>> {
         let owned: Vec<ndarray::CowArray<f32, IxDyn>> =
             ins.iter().map(|a| a.as_standard_layout()).collect();
-        let mut outs: Vec<ndarray::ArrayD<std::mem::MaybeUninit<f32>>> =
-            k.outputs.iter().map(|s| ArrayD::uninit(IxDyn(s))).collect();
+        let mut outs: Vec<ArrayD<f32>> = {
+            let mut pool = self.pool.borrow_mut();
+            k.outputs.iter().map(|s| pool.array(s)).collect()
+        };
         let mut ptrs: Vec<*mut f32> = owned.iter().map(|a| a.as_ptr() as *mut f32).collect();
-        ptrs.extend(outs.iter_mut().map(|a| a.as_mut_ptr() as *mut f32));
-        // SAFETY: the kernel reads `k.inputs` buffers and writes every element of its
-        // outputs, each of the shape it was compiled for (checked by the shape binding).
-        unsafe {
-            (k.f)(ptrs.as_ptr(), env.seed, env.step);
-            outs.into_iter().map(|o| o.assume_init()).collect()
-        }
+        ptrs.extend(outs.iter_mut().map(|a| a.as_mut_ptr()));
+        // SAFETY: the kernel reads `k.inputs` buffers and writes its outputs, each of the
+        // shape it was compiled for (checked by the shape binding).
+        unsafe { (k.f)(ptrs.as_ptr(), env.seed, env.step) };
+        outs
+    }
+
+    /// Give a tensor the caller no longer needs (an old parameter) back for reuse.
+    pub fn recycle(&self, a: ArrayD<f32>) {
+        self.pool.borrow_mut().give(a);
     }
 
     fn gemm(&self, a: &ArrayD<f32>, b: &ArrayD<f32>, ta: bool, tb: bool) -> ArrayD<f32> {
@@ -249,7 +294,7 @@ impl JitGraph {
         if k == 0 {
             return ArrayD::zeros(IxDyn(&[m, n]));
         }
-        let mut c = ArrayD::<f32>::uninit(IxDyn(&[m, n]));
+        let mut c = self.pool.borrow_mut().array(&[m, n]);
         let (cp, ap, bp) = (
             c.as_mut_ptr() as usize,
             a.as_ptr() as usize,
@@ -303,8 +348,7 @@ impl JitGraph {
                 }
             });
         }
-        // SAFETY: every row of the m×n destination was written (k ≥ 1).
-        unsafe { c.assume_init() }
+        c
     }
 
     fn run_kernel(
@@ -320,7 +364,7 @@ impl JitGraph {
         key_syms.sort();
         let plan = &self.plans[&(body_id, key_syms)];
         Ok(match plan {
-            Plan::Loop(k) => Self::call_loop(k, ins, env),
+            Plan::Loop(k) => self.call_loop(k, ins, env),
             Plan::MatMul {
                 a,
                 b,
@@ -334,7 +378,9 @@ impl JitGraph {
                     Some(k) => {
                         let mut all: Vec<&ArrayD<f32>> = ins.to_vec();
                         all.push(&c);
-                        Self::call_loop(k, &all, env)
+                        let outs = self.call_loop(k, &all, env);
+                        self.recycle(c);
+                        outs
                     }
                 }
             }
@@ -411,6 +457,13 @@ impl JitGraph {
                         .expect("an earlier output took it");
                     out.push(out[j].clone());
                 }
+            }
+        }
+        // Intermediate values go back to the pool for the next run.
+        let mut pool = self.pool.borrow_mut();
+        for (_, v) in vals {
+            if let std::borrow::Cow::Owned(a) = v {
+                pool.give(a);
             }
         }
         Ok(out)
