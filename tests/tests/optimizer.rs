@@ -150,3 +150,35 @@ fn deep_net_optimizes_within_budget() {
     assert!(o.kernels < kernel_count(&g) / 5, "{} kernels", o.kernels);
     assert_same(&g, &o.graph, 1, "deep");
 }
+
+/// Every model's optimized step on the JIT (native loops, gemm, staged reductions) gives
+/// the interpreter's values, in f32.
+#[test]
+fn every_model_runs_the_same_on_the_jit() {
+    for path in dlc_tests::model_files() {
+        let g = optimize(&step_graph(&path)).graph;
+        for batch in [1usize, 5, 64] {
+            let e64 = random_env(&g, 7, batch);
+            let mut env: Env<f32> = Env::new(e64.seed, e64.step);
+            for (k, v) in &e64.values {
+                env.values.insert(k.clone(), v.mapv(|x| x as f32));
+            }
+            let names: Vec<&str> = g.outputs.iter().map(|(n, _)| n.as_str()).collect();
+            let want = run(&g, &env, &names).expect("interpreter");
+            let got = dlc_compiler::jit::exec::JitGraph::new(g.clone(), 2)
+                .expect("jit")
+                .run(&env, &names)
+                .expect("jit runs");
+            for ((name, w), j) in names.iter().zip(&want).zip(&got) {
+                assert_eq!(w.shape(), j.shape(), "{}: {name}", path.display());
+                for (a, b) in w.iter().zip(j.iter()) {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                        "{}: {name} at batch {batch}: {a} vs {b}",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+}

@@ -58,8 +58,22 @@ impl Pool {
 /// Multiply-adds from which a gemm is split across threads.
 pub const PARALLEL_GEMM_MIN: usize = 1 << 23;
 
+/// A step of a staged kernel (reductions with elementwise work around them).
+enum Stage {
+    /// Elementwise nodes of one level, as one native loop.
+    Loop {
+        kernel: LoopKernel,
+        inputs: Vec<NodeId>,
+        outputs: Vec<NodeId>,
+    },
+    /// One reduction (or other op) of the body, evaluated by the reference semantics.
+    Op(NodeId),
+}
+
 enum Plan {
     Loop(LoopKernel),
+    /// Reductions and the elementwise levels between them.
+    Staged(Vec<Stage>),
     MatMul {
         a: usize,
         b: usize,
@@ -147,6 +161,117 @@ fn split_matmul(body: &Graph) -> Option<(usize, usize, bool, bool, Graph)> {
     Some((a, b, ta, tb, epi))
 }
 
+fn is_reduction(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Sum { .. }
+            | Op::Mean { .. }
+            | Op::Max { .. }
+            | Op::ArgMax { .. }
+            | Op::SumTo { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+    )
+}
+
+/// Split a kernel body into levels: every reduction starts a new level, and the
+/// elementwise nodes of one level run as one native loop. None if some op has neither.
+fn stage(
+    jit: &mut Jit,
+    body: &Graph,
+    syms: &HashMap<String, usize>,
+) -> Result<Option<Vec<Stage>>, String> {
+    let order = body.schedule();
+    let mut level: HashMap<NodeId, usize> = HashMap::new();
+    for &n in &order {
+        let op = &body.node(n).op;
+        let l = body.inputs(n).iter().map(|i| level[i]).max().unwrap_or(0);
+        level.insert(n, if is_reduction(op) { l + 1 } else { l });
+    }
+    let is_leafish =
+        |op: &Op| matches!(op, Op::Input { .. } | Op::Const { .. } | Op::Random { .. });
+    let users = |n: NodeId| -> Vec<NodeId> {
+        order
+            .iter()
+            .copied()
+            .filter(|&u| body.inputs(u).contains(&n))
+            .collect()
+    };
+    let outputs: Vec<NodeId> = body.outputs.iter().map(|(_, n)| *n).collect();
+    let max_level = level.values().copied().max().unwrap_or(0);
+    let mut stages = Vec::new();
+    for l in 0..=max_level {
+        // Reductions of this level first (they read lower levels), in schedule order.
+        for &n in &order {
+            if level[&n] == l && is_reduction(&body.node(n).op) {
+                stages.push(Stage::Op(n));
+            }
+        }
+        let members: Vec<NodeId> = order
+            .iter()
+            .copied()
+            .filter(|&n| {
+                level[&n] == l && !is_reduction(&body.node(n).op) && !is_leafish(&body.node(n).op)
+            })
+            .collect();
+        if members.is_empty() {
+            continue;
+        }
+        // The loop's body: members, with outside values as inputs and constants copied in.
+        let mut sub = Graph::new();
+        let mut map: HashMap<NodeId, NodeId> = HashMap::new();
+        let mut inputs: Vec<NodeId> = Vec::new();
+        for &m in &members {
+            let mut args = Vec::new();
+            for i in body.inputs(m) {
+                let id = match map.get(&i) {
+                    Some(&id) => id,
+                    None => {
+                        let node = body.node(i);
+                        let id = if matches!(node.op, Op::Const { .. } | Op::Random { .. }) {
+                            sub.add_ok(node.op.clone(), &[])
+                        } else {
+                            let k = inputs.len();
+                            inputs.push(i);
+                            sub.add_ok(
+                                Op::Input {
+                                    name: format!("in{k}"),
+                                    ty: (node.ty.dtype, node.ty.shape.clone()),
+                                },
+                                &[],
+                            )
+                        };
+                        map.insert(i, id);
+                        id
+                    }
+                };
+                args.push(id);
+            }
+            let id = sub.add(body.node(m).op.clone(), &args)?;
+            map.insert(m, id);
+        }
+        let member_set: std::collections::HashSet<NodeId> = members.iter().copied().collect();
+        let outs: Vec<NodeId> = members
+            .iter()
+            .copied()
+            .filter(|&m| outputs.contains(&m) || users(m).iter().any(|u| !member_set.contains(u)))
+            .collect();
+        for (j, &o) in outs.iter().enumerate() {
+            sub.set_output(format!("out{j}"), map[&o]);
+        }
+        if !loops::supported(&sub) {
+            return Ok(None);
+        }
+        let kernel = loops::compile(jit, &sub, syms)?;
+        stages.push(Stage::Loop {
+            kernel,
+            inputs,
+            outputs: outs,
+        });
+    }
+    Ok(Some(stages))
+}
+
 impl JitGraph {
     pub fn new(graph: Graph, threads: usize) -> Result<JitGraph, String> {
         let profile = std::env::var_os("DLC_PROFILE").map(|_| HashMap::new());
@@ -196,6 +321,16 @@ impl JitGraph {
                         ""
                     }
                 ),
+                Plan::Staged(st) => {
+                    let loops = st
+                        .iter()
+                        .filter(|x| matches!(x, Stage::Loop { .. }))
+                        .count();
+                    format!(
+                        "staged: {loops} native loops around {} reductions (reductions by the reference semantics)",
+                        st.len() - loops
+                    )
+                }
                 Plan::Interpret => {
                     "reference interpreter (no code generator for this kernel yet)".to_string()
                 }
@@ -247,7 +382,10 @@ impl JitGraph {
                     Plan::Interpret
                 }
             } else {
-                Plan::Interpret
+                match stage(&mut self.jit, body, syms)? {
+                    Some(stages) => Plan::Staged(stages),
+                    None => Plan::Interpret,
+                }
             };
             self.plans.insert(key.clone(), plan);
         }
@@ -267,6 +405,61 @@ impl JitGraph {
         // shape it was compiled for (checked by the shape binding).
         unsafe { (k.f)(ptrs.as_ptr(), env.seed, env.step) };
         outs
+    }
+
+    fn run_staged(
+        &self,
+        body_id: u32,
+        stages: &[Stage],
+        ins: &[&ArrayD<f32>],
+        env: &Env<f32>,
+        syms: &HashMap<String, usize>,
+    ) -> Result<Vec<ArrayD<f32>>, String> {
+        let body = &self.graph.bodies[body_id as usize];
+        let mut vals: HashMap<NodeId, std::borrow::Cow<ArrayD<f32>>> = HashMap::new();
+        let value = |vals: &HashMap<NodeId, std::borrow::Cow<ArrayD<f32>>>,
+                     n: NodeId|
+         -> Result<ArrayD<f32>, String> {
+            match vals.get(&n) {
+                Some(v) => Ok(v.as_ref().clone()),
+                None => interp::eval_node(body, n, &[], syms, env),
+            }
+        };
+        for n in body.g.node_indices() {
+            if let Op::Input { name, .. } = &body.node(n).op {
+                let k: usize = name
+                    .strip_prefix("in")
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("kernel input name")?;
+                vals.insert(n, std::borrow::Cow::Borrowed(ins[k]));
+            }
+        }
+        for st in stages {
+            match st {
+                Stage::Op(n) => {
+                    let args: Vec<ArrayD<f32>> = body
+                        .inputs(*n)
+                        .iter()
+                        .map(|&i| value(&vals, i))
+                        .collect::<Result<_, _>>()?;
+                    let refs: Vec<&ArrayD<f32>> = args.iter().collect();
+                    let v = interp::eval_node(body, *n, &refs, syms, env)?;
+                    vals.insert(*n, std::borrow::Cow::Owned(v));
+                }
+                Stage::Loop {
+                    kernel,
+                    inputs,
+                    outputs,
+                } => {
+                    let args: Vec<&ArrayD<f32>> = inputs.iter().map(|i| vals[i].as_ref()).collect();
+                    let outs = self.call_loop(kernel, &args, env);
+                    for (o, v) in outputs.iter().zip(outs) {
+                        vals.insert(*o, std::borrow::Cow::Owned(v));
+                    }
+                }
+            }
+        }
+        body.outputs.iter().map(|(_, n)| value(&vals, *n)).collect()
     }
 
     /// Give a tensor the caller no longer needs (an old parameter) back for reuse.
@@ -384,6 +577,7 @@ impl JitGraph {
                     }
                 }
             }
+            Plan::Staged(stages) => self.run_staged(body_id, stages, ins, env, syms)?,
             Plan::Interpret => {
                 interp::run_kernel(&self.graph.bodies[body_id as usize], ins, env, syms)?
             }
