@@ -241,3 +241,56 @@ fn split_gemm_is_exact_and_deterministic() {
     assert_eq!(one, two, "the thread count must not change the result");
     compare(&g, &env, 2).expect("matches the interpreter");
 }
+
+/// A loop kernel big enough to be split across threads: same bits on 1 and 2 threads
+/// (odd sizes included, so the vector slices and the scalar tail meet correctly).
+#[test]
+fn split_loops_are_exact_and_deterministic() {
+    for n in [
+        dlc_compiler::jit::exec::PARALLEL_LOOP_MIN + 3,
+        2 * dlc_compiler::jit::exec::PARALLEL_LOOP_MIN + 1,
+    ] {
+        let mut body = Graph::new();
+        let a = body.add_ok(
+            Op::Input {
+                name: "in0".into(),
+                ty: (DType::F32, shape_of(&[n])),
+            },
+            &[],
+        );
+        let b = body.add_ok(
+            Op::Input {
+                name: "in1".into(),
+                ty: (DType::F32, shape_of(&[n])),
+            },
+            &[],
+        );
+        let s = body.add_ok(Op::Mul, &[a, b]);
+        let t = body.add_ok(Op::Tanh, &[s]);
+        let r = body.add_ok(
+            Op::Random {
+                key: 1,
+                dist: Dist::Uniform,
+                shape: shape_of(&[n]),
+            },
+            &[],
+        );
+        let u = body.add_ok(Op::Add, &[t, r]);
+        body.set_output("out0", u);
+        body.set_output("out1", s);
+        let g = wrap(body, KernelKind::Loop);
+        let mut env = Env::new(3, 4);
+        env.values.insert("x0".into(), values(&[n], 1));
+        env.values.insert("x1".into(), values(&[n], 2));
+        let one = JitGraph::new(g.clone(), 1)
+            .expect("jit")
+            .run(&env, &["r0", "r1"])
+            .expect("runs");
+        let two = JitGraph::new(g.clone(), 2)
+            .expect("jit")
+            .run(&env, &["r0", "r1"])
+            .expect("runs");
+        assert_eq!(one, two);
+        compare(&g, &env, 2).expect("matches the interpreter");
+    }
+}

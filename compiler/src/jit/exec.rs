@@ -55,6 +55,9 @@ impl Pool {
     }
 }
 
+/// Output elements from which a loop kernel is split across threads.
+pub const PARALLEL_LOOP_MIN: usize = 1 << 17;
+
 /// Multiply-adds from which a gemm is split across threads.
 pub const PARALLEL_GEMM_MIN: usize = 1 << 23;
 
@@ -401,9 +404,30 @@ impl JitGraph {
         };
         let mut ptrs: Vec<*mut f32> = owned.iter().map(|a| a.as_ptr() as *mut f32).collect();
         ptrs.extend(outs.iter_mut().map(|a| a.as_mut_ptr()));
-        // SAFETY: the kernel reads `k.inputs` buffers and writes its outputs, each of the
-        // shape it was compiled for (checked by the shape binding).
-        unsafe { (k.f)(ptrs.as_ptr(), env.seed, env.step) };
+        let elems: usize = k.outputs.iter().map(|s| s.iter().product::<usize>()).sum();
+        let parts = if elems >= PARALLEL_LOOP_MIN {
+            self.threads
+        } else {
+            1
+        };
+        let (f, seed, step) = (k.f, env.seed, env.step);
+        if parts == 1 {
+            // SAFETY: the kernel reads `k.inputs` buffers and writes its outputs, each of
+            // the shape it was compiled for (checked by the shape binding).
+            unsafe { f(ptrs.as_ptr(), seed, step, 0, 1) };
+        } else {
+            let addr = ptrs.as_ptr() as usize;
+            // SAFETY (both calls): as above; the parts write disjoint slices of the outputs.
+            rayon::scope(|s| {
+                for p in 1..parts {
+                    s.spawn(move |_| unsafe {
+                        f(addr as *const *mut f32, seed, step, p as u64, parts as u64)
+                    });
+                }
+                // Part 0 on this thread: no thread is left waiting for the others.
+                unsafe { f(addr as *const *mut f32, seed, step, 0, parts as u64) };
+            });
+        }
         outs
     }
 
@@ -534,11 +558,12 @@ impl JitGraph {
             // Fixed partition per thread count (DESIGN §3): row blocks of equal size.
             let bounds: Vec<usize> = (0..=parts).map(|p| p * m / parts).collect();
             rayon::scope(|s| {
-                for w in bounds.windows(2) {
+                for w in bounds.windows(2).skip(1) {
                     let (r0, r1) = (w[0], w[1]);
                     let rows = &rows;
                     s.spawn(move |_| rows(r0, r1));
                 }
+                rows(bounds[0], bounds[1]);
             });
         }
         c

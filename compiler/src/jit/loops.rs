@@ -20,7 +20,10 @@ use cranelift_frontend::FunctionBuilder;
 use cranelift_module::{Linkage, Module};
 use std::collections::{BTreeMap, HashMap};
 
-pub type KernelFn = unsafe extern "C" fn(*const *mut f32, u64, u64);
+/// `fn(ptrs, seed, step, part, parts)`: computes part `part` of `parts` equal slices of
+/// every output (disjoint, so threads can run the parts at once; any split gives the same
+/// bits, as every element is computed the same way).
+pub type KernelFn = unsafe extern "C" fn(*const *mut f32, u64, u64, u64, u64);
 
 /// A compiled loop kernel.
 pub struct LoopKernel {
@@ -493,6 +496,8 @@ pub fn compile(
         AbiParam::new(ptr),
         AbiParam::new(types::I64),
         AbiParam::new(types::I64),
+        AbiParam::new(types::I64),
+        AbiParam::new(types::I64),
     ]);
     let mut unary = Signature::new(jit.module.isa().default_call_conv());
     unary.params.push(AbiParam::new(types::F32));
@@ -528,6 +533,7 @@ pub fn compile(
             b.block_params(entry)[1],
             b.block_params(entry)[2],
         );
+        let (part, parts) = (b.block_params(entry)[3], b.block_params(entry)[4]);
         let load_ptr = |b: &mut FunctionBuilder, k: usize| {
             b.ins()
                 .load(ptr, MemFlagsData::trusted(), ptrs, (8 * k) as i32)
@@ -575,13 +581,38 @@ pub fn compile(
             g.loop_shape = shape.clone();
             let vec_ok = n >= LANES && js.iter().all(|&j| g.vectorizable(outs[j]));
             let split = if vec_ok { n - n % LANES } else { 0 };
+            // This part's slice: [len·part/parts, len·(part+1)/parts), kept a multiple of
+            // the vector width inside the vector range; the scalar tail goes to the last part.
+            let slice = |b: &mut FunctionBuilder, len: usize, align: i64| {
+                let lo = b.ins().imul_imm_s(part, len as i64);
+                let lo = b.ins().udiv(lo, parts);
+                let lo = b.ins().band_imm_s(lo, !(align - 1));
+                let p1 = b.ins().iadd_imm_s(part, 1);
+                let hi = b.ins().imul_imm_s(p1, len as i64);
+                let hi = b.ins().udiv(hi, parts);
+                let hi = b.ins().band_imm_s(hi, !(align - 1));
+                let last = b.ins().icmp(IntCC::Equal, p1, parts);
+                let full = b.ins().iconst(types::I64, len as i64);
+                let hi = b.ins().select(last, full, hi);
+                (lo, hi)
+            };
             if split > 0 {
+                let (lo, hi) = slice(&mut b, split, LANES as i64);
                 g.vec = true;
-                emit_loop(&mut b, &mut g, 0, split, &js, &outs, &out_ptr)?;
+                emit_loop(&mut b, &mut g, lo, hi, &js, &outs, &out_ptr)?;
                 g.vec = false;
             }
             if split < n {
-                emit_loop(&mut b, &mut g, split, n, &js, &outs, &out_ptr)?;
+                let (lo, hi) = if split > 0 {
+                    let p1 = b.ins().iadd_imm_s(part, 1);
+                    let last = b.ins().icmp(IntCC::Equal, p1, parts);
+                    let s = b.ins().iconst(types::I64, split as i64);
+                    let e = b.ins().iconst(types::I64, n as i64);
+                    (b.ins().select(last, s, e), e)
+                } else {
+                    slice(&mut b, n, 1)
+                };
+                emit_loop(&mut b, &mut g, lo, hi, &js, &outs, &out_ptr)?;
             }
         }
         b.ins().return_(&[]);
@@ -615,8 +646,8 @@ pub fn compile(
 fn emit_loop(
     b: &mut FunctionBuilder,
     g: &mut Gen,
-    start: usize,
-    end: usize,
+    start: Value,
+    end: Value,
     js: &[usize],
     outs: &[NodeId],
     out_ptr: &[Value],
@@ -626,11 +657,10 @@ fn emit_loop(
     let body_b = b.create_block();
     let exit = b.create_block();
     b.append_block_param(header, types::I64);
-    let z = b.ins().iconst(types::I64, start as i64);
-    b.ins().jump(header, &[z.into()]);
+    b.ins().jump(header, &[start.into()]);
     b.switch_to_block(header);
     let i = b.block_params(header)[0];
-    let more = b.ins().icmp_imm_s(IntCC::UnsignedLessThan, i, end as i64);
+    let more = b.ins().icmp(IntCC::UnsignedLessThan, i, end);
     b.ins().brif(more, body_b, &[], exit, &[]);
     b.switch_to_block(body_b);
     g.memo.clear();
