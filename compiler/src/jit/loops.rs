@@ -97,6 +97,8 @@ struct Gen<'a> {
     pow: FuncRef,
     /// Values computed once before the loops (scalars).
     hoisted: HashMap<NodeId, Value>,
+    /// 1/v of every hoisted scalar v: dividing by a scalar becomes a multiplication.
+    recips: HashMap<NodeId, Value>,
     /// Values at the loop index, for nodes of the loop's shape.
     memo: HashMap<NodeId, Value>,
     loop_shape: Vec<usize>,
@@ -411,7 +413,19 @@ impl Gen<'_> {
                     Add => b.ins().fadd(x, y),
                     Sub => b.ins().fsub(x, y),
                     Mul => b.ins().fmul(x, y),
-                    Div => b.ins().fdiv(x, y),
+                    Div => match self.recips.get(&ins[1]).copied() {
+                        // x / s for a loop-invariant scalar s: x · (1/s), one division per
+                        // call instead of one per element.
+                        Some(r) if !self.hoisted.contains_key(&n) => {
+                            let r = if self.vec {
+                                b.ins().splat(types::F32X4, r)
+                            } else {
+                                r
+                            };
+                            b.ins().fmul(x, r)
+                        }
+                        _ => b.ins().fdiv(x, y),
+                    },
                     Maximum => b.ins().fmax(x, y),
                     Minimum => b.ins().fmin(x, y),
                     Pow => self.call_lanes(b, self.pow, &[x, y]),
@@ -554,6 +568,7 @@ pub fn compile(
             tanh: jit.module.declare_func_in_func(ftanh, b.func),
             pow: jit.module.declare_func_in_func(fpow, b.func),
             hoisted: HashMap::new(),
+            recips: HashMap::new(),
             memo: HashMap::new(),
             loop_shape: vec![],
             vec: false,
@@ -569,6 +584,9 @@ pub fn compile(
                 let v = g.emit(&mut b, n, zero)?;
                 g.memo.clear();
                 g.hoisted.insert(n, v);
+                let one = b.ins().f32const(1.0);
+                let r = b.ins().fdiv(one, v);
+                g.recips.insert(n, r);
             }
         }
         // One loop per output shape.
