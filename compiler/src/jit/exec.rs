@@ -5,9 +5,11 @@
 //!   function;
 //! - matmul kernels run the `gemm` crate (transposed operands read through strides, no
 //!   copies), then their elementwise epilogue as a Cranelift loop kernel;
-//! - other kernels (reductions, softmax-xent, data movement) run through the reference
-//!   interpreter until their code generators exist; [`JitGraph::native_kernels`] says
-//!   how many kernels are native.
+//! - reduce and softmax-xent kernels are staged: their elementwise levels run as native
+//!   loops, their reductions by the reference semantics (ndarray) in between;
+//! - anything else (data movement, batched matmuls) runs through the reference
+//!   interpreter until its code generator exists. [`JitGraph::native_kernels`] counts the
+//!   fully native kernels; `dlc compile --emit plan` shows the plan of each.
 
 use super::Jit;
 use super::loops::{self, LoopKernel};
@@ -343,12 +345,13 @@ impl JitGraph {
         Ok(lines)
     }
 
-    /// (native, total) kernels among those planned so far.
+    /// (fully native, planned) kernels: loops and matmuls count; staged kernels (whose
+    /// reductions run by the reference semantics) and interpreted ones do not.
     pub fn native_kernels(&self) -> (usize, usize) {
         let native = self
             .plans
             .values()
-            .filter(|p| !matches!(p, Plan::Interpret))
+            .filter(|p| matches!(p, Plan::Loop(_) | Plan::MatMul { .. }))
             .count();
         (native, self.plans.len())
     }
