@@ -1,7 +1,8 @@
 //! Loop kernels: an elementwise kernel body (any broadcasting pattern, several outputs of
 //! several shapes) compiled by Cranelift into one function
-//! `fn(ptrs: *const *mut f32, seed: u64, step: u64)`, where `ptrs` holds the kernel's
-//! input buffers then its output buffers, all contiguous row-major f32.
+//! `fn(ptrs: *const *mut f32, seed: u64, step: u64, part: u64, parts: u64)`, where `ptrs`
+//! holds the kernel's input buffers then its output buffers, all contiguous row-major
+//! f32, and (part, parts) picks the slice of every output this call computes.
 //!
 //! Outputs of the same shape are computed in one loop, sharing subexpressions (the Adam
 //! update of a parameter reads the gradient once and writes p, m and v in one pass).
