@@ -475,7 +475,8 @@ fn run_forward(
             return Err(format!("missing --input {n}=JSON"));
         }
     }
-    let engine = Engine::new(kind, lowered.graph, 1)?;
+    // The same optimizer as training: fused kernels, also for the forward pass alone.
+    let engine = Engine::new(kind, dlc_compiler::opt::optimize(&lowered.graph).graph, 1)?;
     let out = engine
         .run(&env, &["pred"])
         .map_err(|e| format!("{}: {e}", file.display()))?;
