@@ -235,13 +235,7 @@ fn scan<T: Real>(
 }
 
 pub fn schedule_for(g: &Graph, roots: &[NodeId]) -> Vec<NodeId> {
-    let mut sub = Graph::clone(g);
-    sub.outputs = roots
-        .iter()
-        .enumerate()
-        .map(|(i, &r)| (format!("r{i}"), r))
-        .collect();
-    sub.schedule()
+    g.schedule_from(roots)
 }
 
 fn bind(want: &[Dim], got: &[usize], syms: &mut HashMap<String, usize>) -> Result<(), String> {

@@ -110,9 +110,15 @@ impl Graph {
     /// depth-first from the outputs in order, operands in position order. Iterative, so
     /// deep graphs do not overflow the stack.
     pub fn schedule(&self) -> Vec<NodeId> {
+        let roots: Vec<NodeId> = self.outputs.iter().map(|(_, n)| *n).collect();
+        self.schedule_from(&roots)
+    }
+
+    /// The canonical schedule of the nodes the given roots depend on.
+    pub fn schedule_from(&self, roots: &[NodeId]) -> Vec<NodeId> {
         let mut order = Vec::new();
         let mut seen = vec![false; self.g.node_count()];
-        for &(_, root) in &self.outputs {
+        for &root in roots {
             let mut stack: Vec<(NodeId, bool)> = vec![(root, false)];
             while let Some((n, expanded)) = stack.pop() {
                 if expanded {

@@ -92,7 +92,10 @@ enum Plan {
 pub struct JitGraph {
     graph: Graph,
     jit: Jit,
-    plans: HashMap<(u32, Vec<(String, usize)>), Plan>,
+    /// Plans by symbolic sizes, then by kernel body.
+    plans: HashMap<Vec<(String, usize)>, HashMap<u32, Plan>>,
+    /// Schedules by requested outputs.
+    prepared: HashMap<Vec<NodeId>, std::rc::Rc<Prepared>>,
     threads: usize,
     pool: std::cell::RefCell<Pool>,
     /// Seconds spent per kernel body, when `DLC_PROFILE` is set (printed on drop).
@@ -164,6 +167,30 @@ fn split_matmul(body: &Graph) -> Option<(usize, usize, bool, bool, Graph)> {
         epi.set_output(name.clone(), map[n]);
     }
     Some((a, b, ta, tb, epi))
+}
+
+/// Symbolic sizes in a canonical order, as a plan key.
+fn sym_key(syms: &HashMap<String, usize>) -> Vec<(String, usize)> {
+    let mut k: Vec<(String, usize)> = syms.iter().map(|(a, b)| (a.clone(), *b)).collect();
+    k.sort();
+    k
+}
+
+/// What running one node of the schedule means, worked out once per set of outputs.
+enum Action {
+    Leaf(String),
+    Kernel { body: u32, output: u32 },
+    Other,
+}
+
+/// A schedule with operand positions, so a run does no graph walks.
+struct Prepared {
+    order: Vec<NodeId>,
+    actions: Vec<Action>,
+    /// Operands of each scheduled node, as positions in `order`.
+    inputs: Vec<Vec<usize>>,
+    /// Positions of the requested outputs.
+    roots: Vec<usize>,
 }
 
 fn is_reduction(op: &Op) -> bool {
@@ -285,6 +312,7 @@ impl JitGraph {
             graph,
             jit: Jit::new()?,
             plans: HashMap::new(),
+            prepared: HashMap::new(),
             threads: threads.max(1),
             pool: Default::default(),
         })
@@ -348,20 +376,20 @@ impl JitGraph {
     /// (fully native, planned) kernels: loops and matmuls count; staged kernels (whose
     /// reductions run by the reference semantics) and interpreted ones do not.
     pub fn native_kernels(&self) -> (usize, usize) {
-        let native = self
-            .plans
-            .values()
+        let all = || self.plans.values().flat_map(|m| m.values());
+        let native = all()
             .filter(|p| matches!(p, Plan::Loop(_) | Plan::MatMul { .. }))
             .count();
-        (native, self.plans.len())
+        (native, all().count())
     }
 
     fn plan(&mut self, body_id: u32, syms: &HashMap<String, usize>) -> Result<&Plan, String> {
-        let mut key_syms: Vec<(String, usize)> =
-            syms.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        key_syms.sort();
-        let key = (body_id, key_syms);
-        if !self.plans.contains_key(&key) {
+        let key = sym_key(syms);
+        if !self
+            .plans
+            .get(&key)
+            .is_some_and(|m| m.contains_key(&body_id))
+        {
             let body = &self.graph.bodies[body_id as usize];
             let plan = if loops::supported(body) {
                 Plan::Loop(loops::compile(&mut self.jit, body, syms)?)
@@ -393,9 +421,12 @@ impl JitGraph {
                     None => Plan::Interpret,
                 }
             };
-            self.plans.insert(key.clone(), plan);
+            self.plans
+                .entry(key.clone())
+                .or_default()
+                .insert(body_id, plan);
         }
-        Ok(&self.plans[&key])
+        Ok(&self.plans[&key][&body_id])
     }
 
     fn call_loop(&self, k: &LoopKernel, ins: &[&ArrayD<f32>], env: &Env<f32>) -> Vec<ArrayD<f32>> {
@@ -578,12 +609,16 @@ impl JitGraph {
         ins: &[&ArrayD<f32>],
         env: &Env<f32>,
         syms: &HashMap<String, usize>,
+        key: &[(String, usize)],
     ) -> Result<Vec<ArrayD<f32>>, String> {
-        self.plan(body_id, syms)?;
-        let mut key_syms: Vec<(String, usize)> =
-            syms.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        key_syms.sort();
-        let plan = &self.plans[&(body_id, key_syms)];
+        let planned = self
+            .plans
+            .get(key)
+            .is_some_and(|m| m.contains_key(&body_id));
+        if !planned {
+            self.plan(body_id, syms)?;
+        }
+        let plan = &self.plans[key][&body_id];
         Ok(match plan {
             Plan::Loop(k) => self.call_loop(k, ins, env),
             Plan::MatMul {
@@ -612,6 +647,39 @@ impl JitGraph {
         })
     }
 
+    fn prepare(&mut self, roots: Vec<NodeId>) -> std::rc::Rc<Prepared> {
+        if let Some(p) = self.prepared.get(&roots) {
+            return p.clone();
+        }
+        let order = interp::schedule_for(&self.graph, &roots);
+        let pos: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+        let actions = order
+            .iter()
+            .map(|&n| match &self.graph.node(n).op {
+                Op::Input { name, .. } | Op::Param { name, .. } | Op::State { name, .. } => {
+                    Action::Leaf(name.clone())
+                }
+                Op::Fused { body, output, .. } => Action::Kernel {
+                    body: *body,
+                    output: *output,
+                },
+                _ => Action::Other,
+            })
+            .collect();
+        let inputs = order
+            .iter()
+            .map(|&n| self.graph.inputs(n).iter().map(|i| pos[i]).collect())
+            .collect();
+        let p = std::rc::Rc::new(Prepared {
+            roots: roots.iter().map(|r| pos[r]).collect(),
+            order,
+            actions,
+            inputs,
+        });
+        self.prepared.insert(roots, p.clone());
+        p
+    }
+
     /// Run the graph and return the named outputs. Leaves are read in place; kernel
     /// outputs are moved, not copied, into the values of their nodes.
     pub fn run(&mut self, env: &Env<f32>, outputs: &[&str]) -> Result<Vec<ArrayD<f32>>, String> {
@@ -623,24 +691,28 @@ impl JitGraph {
                     .ok_or_else(|| format!("the graph has no output `{o}`"))
             })
             .collect::<Result<_, _>>()?;
-        let order = interp::schedule_for(&self.graph, &roots);
-        let syms = interp::bind_symbols(&self.graph, env, &order)?;
-        let mut vals: HashMap<NodeId, std::borrow::Cow<ArrayD<f32>>> = HashMap::new();
+        let prep = self.prepare(roots);
+        let syms = interp::bind_symbols(&self.graph, env, &prep.order)?;
+        let key = sym_key(&syms);
+        let mut vals: Vec<Option<std::borrow::Cow<ArrayD<f32>>>> =
+            (0..prep.order.len()).map(|_| None).collect();
         let mut kernels: HashMap<u32, Vec<Option<ArrayD<f32>>>> = HashMap::new();
-        for &n in &order {
-            let op = self.graph.node(n).op.clone();
-            let v = match &op {
-                Op::Input { name, .. } | Op::Param { name, .. } | Op::State { name, .. } => {
-                    std::borrow::Cow::Borrowed(&env.values[name])
-                }
-                Op::Fused { body, output, .. } => {
+        for (i, action) in prep.actions.iter().enumerate() {
+            let v = match action {
+                Action::Leaf(name) => std::borrow::Cow::Borrowed(
+                    env.values
+                        .get(name)
+                        .ok_or_else(|| format!("no value given for `{name}`"))?,
+                ),
+                Action::Kernel { body, output } => {
                     if !kernels.contains_key(body) {
-                        let ins_ids = self.graph.inputs(n);
-                        let refs: Vec<&ArrayD<f32>> =
-                            ins_ids.iter().map(|i| vals[i].as_ref()).collect();
-                        let t0 = std::time::Instant::now();
-                        let out = self.run_kernel(*body, &refs, env, &syms)?;
-                        if let Some(p) = &mut self.profile {
+                        let refs: Vec<&ArrayD<f32>> = prep.inputs[i]
+                            .iter()
+                            .map(|&j| vals[j].as_deref().expect("operand computed"))
+                            .collect();
+                        let t0 = self.profile.is_some().then(std::time::Instant::now);
+                        let out = self.run_kernel(*body, &refs, env, &syms, &key)?;
+                        if let (Some(p), Some(t0)) = (&mut self.profile, t0) {
                             let e = p.entry(*body).or_default();
                             e.0 += t0.elapsed().as_secs_f64();
                             e.1 += 1;
@@ -656,26 +728,30 @@ impl JitGraph {
                             .ok_or_else(|| format!("kernel {body} output {output} used twice"))?,
                     )
                 }
-                _ => {
-                    let ins: Vec<&ArrayD<f32>> = self
-                        .graph
-                        .inputs(n)
+                Action::Other => {
+                    let ins: Vec<&ArrayD<f32>> = prep.inputs[i]
                         .iter()
-                        .map(|i| vals[i].as_ref())
+                        .map(|&j| vals[j].as_deref().expect("operand computed"))
                         .collect();
-                    std::borrow::Cow::Owned(interp::eval_node(&self.graph, n, &ins, &syms, env)?)
+                    std::borrow::Cow::Owned(interp::eval_node(
+                        &self.graph,
+                        prep.order[i],
+                        &ins,
+                        &syms,
+                        env,
+                    )?)
                 }
             };
-            vals.insert(n, v);
+            vals[i] = Some(v);
         }
-        let mut out: Vec<ArrayD<f32>> = Vec::with_capacity(roots.len());
-        for (i, r) in roots.iter().enumerate() {
-            match vals.remove(r) {
+        let mut out: Vec<ArrayD<f32>> = Vec::with_capacity(prep.roots.len());
+        for (k, &r) in prep.roots.iter().enumerate() {
+            match vals[r].take() {
                 Some(v) => out.push(v.into_owned()),
                 None => {
-                    let j = roots[..i]
+                    let j = prep.roots[..k]
                         .iter()
-                        .position(|q| q == r)
+                        .position(|&q| q == r)
                         .expect("an earlier output took it");
                     out.push(out[j].clone());
                 }
@@ -683,7 +759,7 @@ impl JitGraph {
         }
         // Intermediate values go back to the pool for the next run.
         let mut pool = self.pool.borrow_mut();
-        for (_, v) in vals {
+        for v in vals.into_iter().flatten() {
             if let std::borrow::Cow::Owned(a) = v {
                 pool.give(a);
             }
