@@ -61,7 +61,7 @@ impl Pool {
 pub const PARALLEL_LOOP_MIN: usize = 1 << 17;
 
 /// Multiply-adds from which a gemm is split across threads.
-pub const PARALLEL_GEMM_MIN: usize = 1 << 23;
+pub const PARALLEL_GEMM_MIN: usize = 1 << 22;
 
 /// A step of a staged kernel (reductions with elementwise work around them).
 enum Stage {
