@@ -266,6 +266,11 @@ fn bind(want: &[Dim], got: &[usize], syms: &mut HashMap<String, usize>) -> Resul
     Ok(())
 }
 
+/// A shape with its symbolic sizes filled in.
+pub fn concrete_shape(s: &Shape, syms: &HashMap<String, usize>) -> Result<Vec<usize>, String> {
+    concrete(s, syms)
+}
+
 fn concrete(s: &Shape, syms: &HashMap<String, usize>) -> Result<Vec<usize>, String> {
     s.iter()
         .map(|d| match d {

@@ -16,7 +16,7 @@ use super::loops::{self, LoopKernel};
 use crate::interp::{self, Env};
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
 use std::collections::HashMap;
 
 /// Buffers of finished values, by length, reused for kernel outputs: a training step
@@ -180,6 +180,7 @@ fn sym_key(syms: &HashMap<String, usize>) -> Vec<(String, usize)> {
 enum Action {
     Leaf(String),
     Kernel { body: u32, output: u32 },
+    Reshape(crate::types::Shape),
     Other,
 }
 
@@ -429,7 +430,12 @@ impl JitGraph {
         Ok(&self.plans[&key][&body_id])
     }
 
-    fn call_loop(&self, k: &LoopKernel, ins: &[&ArrayD<f32>], env: &Env<f32>) -> Vec<ArrayD<f32>> {
+    fn call_loop(
+        &self,
+        k: &LoopKernel,
+        ins: &[ArrayViewD<f32>],
+        env: &Env<f32>,
+    ) -> Vec<ArrayD<f32>> {
         let owned: Vec<ndarray::CowArray<f32, IxDyn>> =
             ins.iter().map(|a| a.as_standard_layout()).collect();
         let mut outs: Vec<ArrayD<f32>> = {
@@ -469,17 +475,17 @@ impl JitGraph {
         &self,
         body_id: u32,
         stages: &[Stage],
-        ins: &[&ArrayD<f32>],
+        ins: &[ArrayViewD<f32>],
         env: &Env<f32>,
         syms: &HashMap<String, usize>,
     ) -> Result<Vec<ArrayD<f32>>, String> {
         let body = &self.graph.bodies[body_id as usize];
-        let mut vals: HashMap<NodeId, std::borrow::Cow<ArrayD<f32>>> = HashMap::new();
-        let value = |vals: &HashMap<NodeId, std::borrow::Cow<ArrayD<f32>>>,
+        let mut vals: HashMap<NodeId, CowArray<f32, IxDyn>> = HashMap::new();
+        let value = |vals: &HashMap<NodeId, CowArray<f32, IxDyn>>,
                      n: NodeId|
          -> Result<ArrayD<f32>, String> {
             match vals.get(&n) {
-                Some(v) => Ok(v.as_ref().clone()),
+                Some(v) => Ok(v.to_owned()),
                 None => interp::eval_node(body, n, &[], syms, env),
             }
         };
@@ -489,7 +495,7 @@ impl JitGraph {
                     .strip_prefix("in")
                     .and_then(|s| s.parse().ok())
                     .ok_or("kernel input name")?;
-                vals.insert(n, std::borrow::Cow::Borrowed(ins[k]));
+                vals.insert(n, CowArray::from(ins[k].view()));
             }
         }
         for st in stages {
@@ -502,17 +508,18 @@ impl JitGraph {
                         .collect::<Result<_, _>>()?;
                     let refs: Vec<&ArrayD<f32>> = args.iter().collect();
                     let v = interp::eval_node(body, *n, &refs, syms, env)?;
-                    vals.insert(*n, std::borrow::Cow::Owned(v));
+                    vals.insert(*n, CowArray::from(v));
                 }
                 Stage::Loop {
                     kernel,
                     inputs,
                     outputs,
                 } => {
-                    let args: Vec<&ArrayD<f32>> = inputs.iter().map(|i| vals[i].as_ref()).collect();
+                    let args: Vec<ArrayViewD<f32>> =
+                        inputs.iter().map(|i| vals[i].view()).collect();
                     let outs = self.call_loop(kernel, &args, env);
                     for (o, v) in outputs.iter().zip(outs) {
-                        vals.insert(*o, std::borrow::Cow::Owned(v));
+                        vals.insert(*o, CowArray::from(v));
                     }
                 }
             }
@@ -525,7 +532,7 @@ impl JitGraph {
         self.pool.borrow_mut().give(a);
     }
 
-    fn gemm(&self, a: &ArrayD<f32>, b: &ArrayD<f32>, ta: bool, tb: bool) -> ArrayD<f32> {
+    fn gemm(&self, a: &ArrayViewD<f32>, b: &ArrayViewD<f32>, ta: bool, tb: bool) -> ArrayD<f32> {
         let (a, b) = (a.as_standard_layout(), b.as_standard_layout());
         let (ar, ac) = (a.shape()[0], a.shape()[1]);
         let (br, bc) = (b.shape()[0], b.shape()[1]);
@@ -606,7 +613,7 @@ impl JitGraph {
     fn run_kernel(
         &mut self,
         body_id: u32,
-        ins: &[&ArrayD<f32>],
+        ins: &[ArrayViewD<f32>],
         env: &Env<f32>,
         syms: &HashMap<String, usize>,
         key: &[(String, usize)],
@@ -628,12 +635,12 @@ impl JitGraph {
                 tb,
                 epilogue,
             } => {
-                let c = self.gemm(ins[*a], ins[*b], *ta, *tb);
+                let c = self.gemm(&ins[*a], &ins[*b], *ta, *tb);
                 match epilogue {
                     None => vec![c],
                     Some(k) => {
-                        let mut all: Vec<&ArrayD<f32>> = ins.to_vec();
-                        all.push(&c);
+                        let mut all: Vec<ArrayViewD<f32>> = ins.to_vec();
+                        all.push(c.view());
                         let outs = self.call_loop(k, &all, env);
                         self.recycle(c);
                         outs
@@ -642,7 +649,9 @@ impl JitGraph {
             }
             Plan::Staged(stages) => self.run_staged(body_id, stages, ins, env, syms)?,
             Plan::Interpret => {
-                interp::run_kernel(&self.graph.bodies[body_id as usize], ins, env, syms)?
+                let owned: Vec<ArrayD<f32>> = ins.iter().map(|v| v.to_owned()).collect();
+                let refs: Vec<&ArrayD<f32>> = owned.iter().collect();
+                interp::run_kernel(&self.graph.bodies[body_id as usize], &refs, env, syms)?
             }
         })
     }
@@ -663,6 +672,7 @@ impl JitGraph {
                     body: *body,
                     output: *output,
                 },
+                Op::Reshape { shape } => Action::Reshape(shape.clone()),
                 _ => Action::Other,
             })
             .collect();
@@ -694,21 +704,22 @@ impl JitGraph {
         let prep = self.prepare(roots);
         let syms = interp::bind_symbols(&self.graph, env, &prep.order)?;
         let key = sym_key(&syms);
-        let mut vals: Vec<Option<std::borrow::Cow<ArrayD<f32>>>> =
+        let mut vals: Vec<Option<CowArray<f32, IxDyn>>> =
             (0..prep.order.len()).map(|_| None).collect();
         let mut kernels: HashMap<u32, Vec<Option<ArrayD<f32>>>> = HashMap::new();
         for (i, action) in prep.actions.iter().enumerate() {
-            let v = match action {
-                Action::Leaf(name) => std::borrow::Cow::Borrowed(
+            let v: CowArray<f32, IxDyn> = match action {
+                Action::Leaf(name) => CowArray::from(
                     env.values
                         .get(name)
-                        .ok_or_else(|| format!("no value given for `{name}`"))?,
+                        .ok_or_else(|| format!("no value given for `{name}`"))?
+                        .view(),
                 ),
                 Action::Kernel { body, output } => {
                     if !kernels.contains_key(body) {
-                        let refs: Vec<&ArrayD<f32>> = prep.inputs[i]
+                        let refs: Vec<ArrayViewD<f32>> = prep.inputs[i]
                             .iter()
-                            .map(|&j| vals[j].as_deref().expect("operand computed"))
+                            .map(|&j| vals[j].as_ref().expect("operand computed").view())
                             .collect();
                         let t0 = self.profile.is_some().then(std::time::Instant::now);
                         let out = self.run_kernel(*body, &refs, env, &syms, &key)?;
@@ -723,17 +734,33 @@ impl JitGraph {
                         .get_mut(body)
                         .and_then(|k| k.get_mut(*output as usize))
                         .ok_or_else(|| format!("kernel {body} has no output {output}"))?;
-                    std::borrow::Cow::Owned(
+                    CowArray::from(
                         slot.take()
                             .ok_or_else(|| format!("kernel {body} output {output} used twice"))?,
                     )
                 }
+                Action::Reshape(shape) => {
+                    // A view of its operand when that is contiguous: no copy.
+                    let src = vals[prep.inputs[i][0]].clone().expect("operand computed");
+                    let dims = interp::concrete_shape(shape, &syms)?;
+                    if src.is_standard_layout() {
+                        src.into_shape_with_order(IxDyn(&dims))
+                            .map_err(|e| e.to_string())?
+                    } else {
+                        CowArray::from(
+                            src.to_owned()
+                                .into_shape_with_order(IxDyn(&dims))
+                                .map_err(|e| e.to_string())?,
+                        )
+                    }
+                }
                 Action::Other => {
-                    let ins: Vec<&ArrayD<f32>> = prep.inputs[i]
+                    let owned: Vec<ArrayD<f32>> = prep.inputs[i]
                         .iter()
-                        .map(|&j| vals[j].as_deref().expect("operand computed"))
+                        .map(|&j| vals[j].as_ref().expect("operand computed").to_owned())
                         .collect();
-                    std::borrow::Cow::Owned(interp::eval_node(
+                    let ins: Vec<&ArrayD<f32>> = owned.iter().collect();
+                    CowArray::from(interp::eval_node(
                         &self.graph,
                         prep.order[i],
                         &ins,
@@ -760,8 +787,8 @@ impl JitGraph {
         // Intermediate values go back to the pool for the next run.
         let mut pool = self.pool.borrow_mut();
         for v in vals.into_iter().flatten() {
-            if let std::borrow::Cow::Owned(a) = v {
-                pool.give(a);
+            if v.is_owned() {
+                pool.give(v.into_owned());
             }
         }
         Ok(out)
