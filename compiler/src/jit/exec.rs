@@ -480,51 +480,89 @@ impl JitGraph {
         syms: &HashMap<String, usize>,
     ) -> Result<Vec<ArrayD<f32>>, String> {
         let body = &self.graph.bodies[body_id as usize];
-        let mut vals: HashMap<NodeId, CowArray<f32, IxDyn>> = HashMap::new();
-        let value = |vals: &HashMap<NodeId, CowArray<f32, IxDyn>>,
-                     n: NodeId|
-         -> Result<ArrayD<f32>, String> {
-            match vals.get(&n) {
-                Some(v) => Ok(v.to_owned()),
-                None => interp::eval_node(body, n, &[], syms, env),
-            }
-        };
+        // Kernel inputs are views; values computed here are owned (and later pooled).
+        let mut views: HashMap<NodeId, ArrayViewD<f32>> = HashMap::new();
+        let mut owned: HashMap<NodeId, ArrayD<f32>> = HashMap::new();
         for n in body.g.node_indices() {
             if let Op::Input { name, .. } = &body.node(n).op {
                 let k: usize = name
                     .strip_prefix("in")
                     .and_then(|s| s.parse().ok())
                     .ok_or("kernel input name")?;
-                vals.insert(n, CowArray::from(ins[k].view()));
+                views.insert(n, ins[k].view());
             }
         }
         for st in stages {
             match st {
                 Stage::Op(n) => {
-                    let args: Vec<ArrayD<f32>> = body
-                        .inputs(*n)
+                    // Operands not computed here (constants) are evaluated on the spot;
+                    // views are copied only when an op needs them (the reference semantics
+                    // take owned arrays).
+                    let mut tmp: Vec<ArrayD<f32>> = Vec::new();
+                    let ids = body.inputs(*n);
+                    for &i in &ids {
+                        if !owned.contains_key(&i) {
+                            tmp.push(match views.get(&i) {
+                                Some(v) => v.to_owned(),
+                                None => interp::eval_node(body, i, &[], syms, env)?,
+                            });
+                        }
+                    }
+                    let mut t = tmp.iter();
+                    let refs: Vec<&ArrayD<f32>> = ids
                         .iter()
-                        .map(|&i| value(&vals, i))
-                        .collect::<Result<_, _>>()?;
-                    let refs: Vec<&ArrayD<f32>> = args.iter().collect();
+                        .map(|i| {
+                            owned
+                                .get(i)
+                                .unwrap_or_else(|| t.next().expect("one per operand"))
+                        })
+                        .collect();
                     let v = interp::eval_node(body, *n, &refs, syms, env)?;
-                    vals.insert(*n, CowArray::from(v));
+                    owned.insert(*n, v);
                 }
                 Stage::Loop {
                     kernel,
                     inputs,
                     outputs,
                 } => {
-                    let args: Vec<ArrayViewD<f32>> =
-                        inputs.iter().map(|i| vals[i].view()).collect();
+                    let args: Vec<ArrayViewD<f32>> = inputs
+                        .iter()
+                        .map(|i| {
+                            owned
+                                .get(i)
+                                .map(|a| a.view())
+                                .unwrap_or_else(|| views[i].view())
+                        })
+                        .collect();
                     let outs = self.call_loop(kernel, &args, env);
                     for (o, v) in outputs.iter().zip(outs) {
-                        vals.insert(*o, CowArray::from(v));
+                        owned.insert(*o, v);
                     }
                 }
             }
         }
-        body.outputs.iter().map(|(_, n)| value(&vals, *n)).collect()
+        let mut result = Vec::with_capacity(body.outputs.len());
+        for (k, (_, n)) in body.outputs.iter().enumerate() {
+            result.push(match owned.remove(n) {
+                Some(a) => a,
+                None if body.outputs[..k].iter().any(|(_, m)| m == n) => {
+                    let j = body.outputs[..k]
+                        .iter()
+                        .position(|(_, m)| m == n)
+                        .expect("found above");
+                    result[j].clone()
+                }
+                None => match views.get(n) {
+                    Some(v) => v.to_owned(),
+                    None => interp::eval_node(body, *n, &[], syms, env)?,
+                },
+            });
+        }
+        let mut pool = self.pool.borrow_mut();
+        for (_, a) in owned {
+            pool.give(a);
+        }
+        Ok(result)
     }
 
     /// Give a tensor the caller no longer needs (an old parameter) back for reuse.
