@@ -541,7 +541,7 @@ impl JitGraph {
                 }
             }
         }
-        let mut result = Vec::with_capacity(body.outputs.len());
+        let mut result: Vec<ArrayD<f32>> = Vec::with_capacity(body.outputs.len());
         for (k, (_, n)) in body.outputs.iter().enumerate() {
             result.push(match owned.remove(n) {
                 Some(a) => a,
