@@ -91,16 +91,12 @@ fn run_nodes_in<T: Real>(
     let order = schedule_for(g, roots);
     let mut vals: HashMap<NodeId, ArrayD<T>> = HashMap::new();
     // Bind symbolic dimensions from the leaves first.
+    bind_into(g, env, &order, &mut syms)?;
     for &n in &order {
-        if let Op::Input { name, ty } | Op::Param { name, ty } | Op::State { name, ty } =
+        if let Op::Input { name, .. } | Op::Param { name, .. } | Op::State { name, .. } =
             &g.node(n).op
         {
-            let v = env
-                .values
-                .get(name)
-                .ok_or_else(|| format!("no value given for `{name}`"))?;
-            bind(&ty.1, v.shape(), &mut syms).map_err(|e| format!("`{name}`: {e}"))?;
-            vals.insert(n, v.clone());
+            vals.insert(n, env.values[name].clone());
         }
     }
     let mut kernels: HashMap<u32, Vec<ArrayD<T>>> = HashMap::new();
@@ -145,6 +141,17 @@ pub fn bind_symbols<T: Real>(
     order: &[NodeId],
 ) -> Result<HashMap<String, usize>, String> {
     let mut syms = HashMap::new();
+    bind_into(g, env, order, &mut syms)?;
+    Ok(syms)
+}
+
+/// Check every leaf among `order` has a value of its declared shape, binding symbols.
+fn bind_into<T: Real>(
+    g: &Graph,
+    env: &Env<T>,
+    order: &[NodeId],
+    syms: &mut HashMap<String, usize>,
+) -> Result<(), String> {
     for &n in order {
         if let Op::Input { name, ty } | Op::Param { name, ty } | Op::State { name, ty } =
             &g.node(n).op
@@ -153,10 +160,10 @@ pub fn bind_symbols<T: Real>(
                 .values
                 .get(name)
                 .ok_or_else(|| format!("no value given for `{name}`"))?;
-            bind(&ty.1, v.shape(), &mut syms).map_err(|e| format!("`{name}`: {e}"))?;
+            bind(&ty.1, v.shape(), syms).map_err(|e| format!("`{name}`: {e}"))?;
         }
     }
-    Ok(syms)
+    Ok(())
 }
 
 /// Evaluate one node that is neither a leaf nor a fused kernel.
