@@ -302,8 +302,6 @@ impl Lowerer {
         match self.graph.add(iop, &[na, nb]) {
             Ok(n) => Value::Tensor(n),
             Err(e) => {
-                let (ta, tb) = (self.graph.ty(na).clone(), self.graph.ty(nb).clone());
-                let _ = (ta, tb);
                 let msg = format!("shape mismatch in `{}`: {e}", op.symbol());
                 self.err(span, msg)
             }

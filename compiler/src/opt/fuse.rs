@@ -424,9 +424,6 @@ impl<'a> Fuser<'a> {
     }
 
     fn build(self) -> Graph {
-        let live: Vec<usize> = (0..self.groups.len())
-            .filter(|&k| !self.groups[k].members.is_empty())
-            .collect();
         // Units in a deterministic topological order: groups and ungrouped nodes.
         let unit_of = |i: usize| -> (u8, usize) {
             match self.group[i] {
@@ -482,7 +479,6 @@ impl<'a> Fuser<'a> {
                 }
             }
         }
-        let _ = live;
         for (name, n) in &self.g.outputs {
             out.set_output(name.clone(), new_id[&self.pos[n]]);
         }
