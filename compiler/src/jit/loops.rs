@@ -112,6 +112,9 @@ struct Gen<'a> {
 /// Lanes of the vector loops: Cranelift's x64 backend has 128-bit vectors (DESIGN §6).
 const LANES: usize = 4;
 
+/// Vectors per iteration of the main vector loop.
+const UNROLL: usize = 2;
+
 fn numel(s: &[usize]) -> usize {
     s.iter().product()
 }
@@ -618,7 +621,13 @@ pub fn compile(
             if split > 0 {
                 let (lo, hi) = slice(&mut b, split, LANES as i64);
                 g.vec = true;
-                emit_loop(&mut b, &mut g, lo, hi, &js, &outs, &out_ptr)?;
+                // Two vectors per iteration (independent chains keep the divider and the
+                // square root busy), then one at a time for what is left.
+                let len = b.ins().isub(hi, lo);
+                let whole = b.ins().band_imm_s(len, !((UNROLL * LANES) as i64 - 1));
+                let mid = b.ins().iadd(lo, whole);
+                emit_loop(&mut b, &mut g, lo, mid, UNROLL, &js, &outs, &out_ptr)?;
+                emit_loop(&mut b, &mut g, mid, hi, 1, &js, &outs, &out_ptr)?;
                 g.vec = false;
             }
             if split < n {
@@ -631,7 +640,7 @@ pub fn compile(
                 } else {
                     slice(&mut b, n, 1)
                 };
-                emit_loop(&mut b, &mut g, lo, hi, &js, &outs, &out_ptr)?;
+                emit_loop(&mut b, &mut g, lo, hi, 1, &js, &outs, &out_ptr)?;
             }
         }
         b.ins().return_(&[]);
@@ -667,11 +676,13 @@ fn emit_loop(
     g: &mut Gen,
     start: Value,
     end: Value,
+    unroll: usize,
     js: &[usize],
     outs: &[NodeId],
     out_ptr: &[Value],
 ) -> Result<(), String> {
-    let step = if g.vec { LANES } else { 1 };
+    let width = if g.vec { LANES } else { 1 };
+    let step = width * unroll;
     let header = b.create_block();
     let body_b = b.create_block();
     let exit = b.create_block();
@@ -682,13 +693,20 @@ fn emit_loop(
     let more = b.ins().icmp(IntCC::UnsignedLessThan, i, end);
     b.ins().brif(more, body_b, &[], exit, &[]);
     b.switch_to_block(body_b);
-    g.memo.clear();
     g.splats.clear();
-    for &j in js {
-        let v = g.emit(b, outs[j], i)?;
-        let off = b.ins().imul_imm_s(i, 4);
-        let addr = b.ins().iadd(out_ptr[j], off);
-        b.ins().store(MemFlagsData::trusted(), v, addr, 0);
+    for u in 0..unroll {
+        let iu = if u == 0 {
+            i
+        } else {
+            b.ins().iadd_imm_s(i, (u * width) as i64)
+        };
+        g.memo.clear();
+        for &j in js {
+            let v = g.emit(b, outs[j], iu)?;
+            let off = b.ins().imul_imm_s(iu, 4);
+            let addr = b.ins().iadd(out_ptr[j], off);
+            b.ins().store(MemFlagsData::trusted(), v, addr, 0);
+        }
     }
     let next = b.ins().iadd_imm_s(i, step as i64);
     b.ins().jump(header, &[next.into()]);
