@@ -88,7 +88,7 @@ fn run_nodes_in<T: Real>(
     roots: &[NodeId],
     mut syms: HashMap<String, usize>,
 ) -> Result<HashMap<NodeId, ArrayD<T>>, String> {
-    let order = schedule_for(g, roots);
+    let order = g.schedule_from(roots);
     let mut vals: HashMap<NodeId, ArrayD<T>> = HashMap::new();
     // Bind symbolic dimensions from the leaves first.
     bind_into(g, env, &order, &mut syms)?;
@@ -239,10 +239,6 @@ fn scan<T: Real>(
         .map(|y| y.view().insert_axis(Axis(axis)))
         .collect();
     ndarray::concatenate(Axis(axis), &views).map_err(|e| format!("scan: {e}"))
-}
-
-pub fn schedule_for(g: &Graph, roots: &[NodeId]) -> Vec<NodeId> {
-    g.schedule_from(roots)
 }
 
 fn bind(want: &[Dim], got: &[usize], syms: &mut HashMap<String, usize>) -> Result<(), String> {

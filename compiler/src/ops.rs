@@ -419,6 +419,14 @@ impl Op {
         }
     }
 
+    /// A plain matmul (no transposed operand).
+    pub fn matmul() -> Op {
+        Op::MatMul {
+            ta: false,
+            tb: false,
+        }
+    }
+
     pub fn scalar(v: f64) -> Op {
         Op::Const {
             shape: vec![],

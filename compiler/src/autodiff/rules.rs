@@ -374,14 +374,7 @@ pub fn vjp_rules() -> Vec<Rule> {
                 },
                 &[n.args[1]],
             );
-            Some(add(
-                eg,
-                Op::MatMul {
-                    ta: false,
-                    tb: false,
-                },
-                &[g, bt],
-            ))
+            Some(add(eg, Op::matmul(), &[g, bt]))
         }),
         custom("vjp-matmul-1", 1, "matmul", |eg, n, _, g| {
             let Op::MatMul {
@@ -399,14 +392,7 @@ pub fn vjp_rules() -> Vec<Rule> {
                 },
                 &[n.args[0]],
             );
-            let prod = add(
-                eg,
-                Op::MatMul {
-                    ta: false,
-                    tb: false,
-                },
-                &[at, g],
-            );
+            let prod = add(eg, Op::matmul(), &[at, g]);
             if a.rank() > 2 && b.rank() == 2 {
                 // [.., M, K] @ [K, N]: the batch axes were shared by one weight matrix.
                 let lead: Vec<usize> = (0..a.rank() - 2).collect();

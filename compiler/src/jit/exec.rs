@@ -698,7 +698,7 @@ impl JitGraph {
         if let Some(p) = self.prepared.get(&roots) {
             return p.clone();
         }
-        let order = interp::schedule_for(&self.graph, &roots);
+        let order = self.graph.schedule_from(&roots);
         let pos: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
         let actions = order
             .iter()

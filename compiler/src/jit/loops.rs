@@ -34,34 +34,44 @@ pub struct LoopKernel {
     pub outputs: Vec<Vec<usize>>,
 }
 
+/// How a loop kernel handles an op: `None` if it cannot, else whether the op also runs
+/// four elements at a time in the vector loop (the others run lane by lane, so their
+/// segment stays scalar). One table for both questions.
+fn loop_op(op: &Op) -> Option<bool> {
+    use Op::*;
+    Some(match op {
+        Input { .. }
+        | Neg
+        | Exp
+        | Log
+        | Sqrt
+        | Tanh
+        | Sigmoid
+        | Relu
+        | Abs
+        | StopGradient
+        | Cast(DType::F32) => true,
+        Add | Sub | Mul | Div | Pow | Maximum | Minimum | Lt | Le | Gt | Ge | Eq | Ne | Select => {
+            true
+        }
+        Broadcast { .. } | Reshape { .. } => true,
+        Const { shape, .. } if shape.iter().product::<usize>() == 1 => true,
+        Sign
+        | Cast(DType::I32)
+        | OneHot { .. }
+        | Random {
+            dist: Dist::Uniform,
+            ..
+        } => false,
+        _ => return None,
+    })
+}
+
 /// Whether every op of a body can be compiled into a loop kernel.
 pub fn supported(body: &Graph) -> bool {
-    body.schedule().into_iter().all(|n| {
-        use Op::*;
-        match &body.node(n).op {
-            Input { .. }
-            | Neg
-            | Exp
-            | Log
-            | Sqrt
-            | Tanh
-            | Sigmoid
-            | Relu
-            | Abs
-            | Sign
-            | StopGradient
-            | Cast(_) => true,
-            Add | Sub | Mul | Div | Pow | Maximum | Minimum | Lt | Le | Gt | Ge | Eq | Ne
-            | Select => true,
-            Broadcast { .. } | Reshape { .. } | OneHot { .. } => true,
-            Const { shape, .. } => shape.iter().product::<usize>() == 1,
-            Random {
-                dist: Dist::Uniform,
-                ..
-            } => true,
-            _ => false,
-        }
-    })
+    body.schedule()
+        .into_iter()
+        .all(|n| loop_op(&body.node(n).op).is_some())
 }
 
 fn concrete(shape: &[Dim], syms: &HashMap<String, usize>) -> Result<Vec<usize>, String> {
@@ -162,38 +172,7 @@ impl Gen<'_> {
             if self.hoisted.contains_key(&m) || !seen.insert(m) {
                 continue;
             }
-            use Op::*;
-            let ok = matches!(
-                self.body.node(m).op,
-                Input { .. }
-                    | Const { .. }
-                    | Neg
-                    | Exp
-                    | Log
-                    | Sqrt
-                    | Tanh
-                    | Sigmoid
-                    | Relu
-                    | Abs
-                    | StopGradient
-                    | Cast(DType::F32)
-                    | Add
-                    | Sub
-                    | Mul
-                    | Div
-                    | Pow
-                    | Maximum
-                    | Minimum
-                    | Lt
-                    | Le
-                    | Gt
-                    | Ge
-                    | Eq
-                    | Ne
-                    | Select
-                    | Broadcast { .. }
-                    | Reshape { .. }
-            );
+            let ok = loop_op(&self.body.node(m).op) == Some(true);
             if !ok {
                 return false;
             }

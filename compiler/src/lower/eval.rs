@@ -288,10 +288,7 @@ impl Lowerer {
             BinOp::Mul => Op::Mul,
             BinOp::Div => Op::Div,
             BinOp::Pow => Op::Pow,
-            BinOp::MatMul => Op::MatMul {
-                ta: false,
-                tb: false,
-            },
+            BinOp::MatMul => Op::matmul(),
             BinOp::Lt => Op::Lt,
             BinOp::Le => Op::Le,
             BinOp::Gt => Op::Gt,
