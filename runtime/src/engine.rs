@@ -66,6 +66,21 @@ impl Engine {
         }
     }
 
+    /// [`run`](Self::run), giving each (output, leaf) of `donate` the leaf's buffer to
+    /// write the output in place where the plan allows (the JIT's optimizer update);
+    /// leaves so used leave `env`.
+    pub fn run_donating(
+        &self,
+        env: &mut Env<f32>,
+        outputs: &[&str],
+        donate: &[(&str, &str)],
+    ) -> Result<Vec<ArrayD<f32>>, String> {
+        match &self.exec {
+            Exec::Reference(g) => interp::run(g, env, outputs),
+            Exec::Jit(j) => j.borrow_mut().run_donating(env, outputs, donate),
+        }
+    }
+
     /// Hand back a tensor the caller is done with (the JIT reuses its buffer).
     pub fn recycle(&self, a: ArrayD<f32>) {
         if let Exec::Jit(j) = &self.exec {

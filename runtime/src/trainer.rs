@@ -244,7 +244,13 @@ impl StepRunner {
             ArrayD::from_elem(IxDyn(&[]), (st.step + 1) as f32),
         );
         let refs: Vec<&str> = self.outputs.iter().map(|s| s.as_str()).collect();
-        let result = engine.run(&env, &refs);
+        // new:p may be written over p (the old values are not needed after the step).
+        let donate: Vec<(&str, &str)> = refs[2..]
+            .iter()
+            .zip(self.params.iter().chain(&self.states))
+            .map(|(o, l)| (*o, l.as_str()))
+            .collect();
+        let result = engine.run_donating(&mut env, &refs, &donate);
         let mut res = match result {
             Ok(r) => r.into_iter(),
             Err(e) => {

@@ -182,3 +182,51 @@ fn every_model_runs_the_same_on_the_jit() {
         }
     }
 }
+
+/// Donating the parameters and optimizer states to the step (as the trainer does) gives
+/// the same bits as a plain run, and the update writes over the donated buffers: every
+/// `new:` output of every model comes back in its leaf's own buffer.
+#[test]
+fn updates_run_in_place_with_the_same_values() {
+    let mut trained = 0;
+    for path in dlc_tests::model_files() {
+        let g = optimize(&step_graph(&path)).graph;
+        let e64 = random_env(&g, 3, 8);
+        let mut env: Env<f32> = Env::new(e64.seed, e64.step);
+        for (k, v) in &e64.values {
+            env.values.insert(k.clone(), v.mapv(|x| x as f32));
+        }
+        let names: Vec<&str> = g.outputs.iter().map(|(n, _)| n.as_str()).collect();
+        let donate: Vec<(&str, &str)> = names
+            .iter()
+            .filter_map(|n| Some((*n, n.strip_prefix("new:")?)))
+            .collect();
+        if donate.is_empty() {
+            continue; // a model without a training step
+        }
+        trained += 1;
+        let mut jit = dlc_compiler::jit::exec::JitGraph::new(g.clone(), 1).expect("jit");
+        let want = jit.run(&env, &names).expect("jit runs");
+        let ptrs: Vec<*const f32> = donate
+            .iter()
+            .map(|(_, l)| env.values[*l].as_ptr())
+            .collect();
+        let got = jit
+            .run_donating(&mut env, &names, &donate)
+            .expect("jit runs donating");
+        for ((name, w), j) in names.iter().zip(&want).zip(&got) {
+            assert_eq!(w, j, "{}: {name}", path.display());
+        }
+        for ((out, leaf), p) in donate.iter().zip(ptrs) {
+            let k = names.iter().position(|n| n == out).expect("requested");
+            assert_eq!(
+                got[k].as_ptr(),
+                p,
+                "{}: {out} not written over {leaf}",
+                path.display()
+            );
+            assert!(!env.values.contains_key(*leaf), "{leaf} still in the env");
+        }
+    }
+    assert!(trained >= 4, "{trained} models with a training step");
+}

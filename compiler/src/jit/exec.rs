@@ -94,8 +94,8 @@ pub struct JitGraph {
     jit: Jit,
     /// Plans by symbolic sizes, then by kernel body.
     plans: HashMap<Vec<(String, usize)>, HashMap<u32, Plan>>,
-    /// Schedules by requested outputs.
-    prepared: HashMap<Vec<NodeId>, std::rc::Rc<Prepared>>,
+    /// Schedules by requested outputs and donated leaves.
+    prepared: HashMap<(Vec<NodeId>, Vec<(usize, String)>), std::rc::Rc<Prepared>>,
     threads: usize,
     pool: std::cell::RefCell<Pool>,
     /// Seconds spent per kernel body, when `DLC_PROFILE` is set (printed on drop).
@@ -192,6 +192,19 @@ struct Prepared {
     inputs: Vec<Vec<usize>>,
     /// Positions of the requested outputs.
     roots: Vec<usize>,
+    /// Outputs a kernel may write over a donated leaf, by the schedule position of the
+    /// kernel's first node.
+    inplace: HashMap<usize, Vec<InPlace>>,
+}
+
+/// A kernel output written into the buffer of a donated leaf (an in-place update).
+struct InPlace {
+    /// Kernel output and kernel operand (the leaf).
+    output: usize,
+    operand: usize,
+    leaf: String,
+    /// Index of the output in the requested outputs.
+    root: usize,
 }
 
 fn is_reduction(op: &Op) -> bool {
@@ -436,14 +449,36 @@ impl JitGraph {
         ins: &[ArrayViewD<f32>],
         env: &Env<f32>,
     ) -> Vec<ArrayD<f32>> {
+        self.call_loop_into(k, ins, env, &[])
+            .into_iter()
+            .map(|o| o.expect("no output was written in place"))
+            .collect()
+    }
+
+    /// Run a loop kernel; outputs listed in `into` (output, buffer) are written to the
+    /// given buffers (an in-place update) and come back as `None`.
+    fn call_loop_into(
+        &self,
+        k: &LoopKernel,
+        ins: &[ArrayViewD<f32>],
+        env: &Env<f32>,
+        into: &[(usize, *mut f32)],
+    ) -> Vec<Option<ArrayD<f32>>> {
         let owned: Vec<ndarray::CowArray<f32, IxDyn>> =
             ins.iter().map(|a| a.as_standard_layout()).collect();
-        let mut outs: Vec<ArrayD<f32>> = {
+        let mut outs: Vec<Option<ArrayD<f32>>> = {
             let mut pool = self.pool.borrow_mut();
-            k.outputs.iter().map(|s| pool.array(s)).collect()
+            (0..k.outputs.len())
+                .map(|j| (!into.iter().any(|(o, _)| *o == j)).then(|| pool.array(&k.outputs[j])))
+                .collect()
         };
         let mut ptrs: Vec<*mut f32> = owned.iter().map(|a| a.as_ptr() as *mut f32).collect();
-        ptrs.extend(outs.iter_mut().map(|a| a.as_mut_ptr()));
+        for (j, o) in outs.iter_mut().enumerate() {
+            ptrs.push(match o {
+                Some(a) => a.as_mut_ptr(),
+                None => into.iter().find(|(o, _)| *o == j).expect("listed").1,
+            });
+        }
         let elems: usize = k.outputs.iter().map(|s| s.iter().product::<usize>()).sum();
         let parts = if elems >= PARALLEL_LOOP_MIN {
             self.threads
@@ -694,13 +729,14 @@ impl JitGraph {
         })
     }
 
-    fn prepare(&mut self, roots: Vec<NodeId>) -> std::rc::Rc<Prepared> {
-        if let Some(p) = self.prepared.get(&roots) {
+    fn prepare(&mut self, roots: Vec<NodeId>, donate: &[(usize, String)]) -> std::rc::Rc<Prepared> {
+        let key = (roots.clone(), donate.to_vec());
+        if let Some(p) = self.prepared.get(&key) {
             return p.clone();
         }
         let order = self.graph.schedule_from(&roots);
         let pos: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
-        let actions = order
+        let actions: Vec<Action> = order
             .iter()
             .map(|&n| match &self.graph.node(n).op {
                 Op::Input { name, .. } | Op::Param { name, .. } | Op::State { name, .. } => {
@@ -714,23 +750,71 @@ impl JitGraph {
                 _ => Action::Other,
             })
             .collect();
-        let inputs = order
+        let inputs: Vec<Vec<usize>> = order
             .iter()
             .map(|&n| self.graph.inputs(n).iter().map(|i| pos[i]).collect())
             .collect();
+        let inplace = inplace_candidates(&actions, &inputs, &roots, &pos, donate);
         let p = std::rc::Rc::new(Prepared {
             roots: roots.iter().map(|r| pos[r]).collect(),
             order,
             actions,
             inputs,
+            inplace,
         });
-        self.prepared.insert(roots, p.clone());
+        self.prepared.insert(key, p.clone());
         p
     }
 
     /// Run the graph and return the named outputs. Leaves are read in place; kernel
     /// outputs are moved, not copied, into the values of their nodes.
     pub fn run(&mut self, env: &Env<f32>, outputs: &[&str]) -> Result<Vec<ArrayD<f32>>, String> {
+        let (out, _) = self.run_inner(env, outputs, &[], &HashMap::new())?;
+        Ok(out)
+    }
+
+    /// [`run`](Self::run), where each (output, leaf) of `donate` gives the leaf's buffer
+    /// to the output: when the output is computed by a loop kernel that is the leaf's
+    /// last reader and reads it only at the index it writes (the optimizer update of a
+    /// parameter), the kernel writes over the leaf, and the leaf's array leaves `env` to
+    /// become that output. Other donated leaves stay in `env`.
+    pub fn run_donating(
+        &mut self,
+        env: &mut Env<f32>,
+        outputs: &[&str],
+        donate: &[(&str, &str)],
+    ) -> Result<Vec<ArrayD<f32>>, String> {
+        let pairs: Vec<(usize, String)> = donate
+            .iter()
+            .filter_map(|(o, l)| {
+                let r = outputs.iter().position(|x| x == o)?;
+                Some((r, l.to_string()))
+            })
+            .collect();
+        let mut bufs: HashMap<String, (usize, Vec<usize>)> = HashMap::new();
+        for (_, leaf) in &pairs {
+            if let Some(a) = env.values.get_mut(leaf) {
+                if a.is_standard_layout() {
+                    bufs.insert(leaf.clone(), (a.as_mut_ptr() as usize, a.shape().to_vec()));
+                }
+            }
+        }
+        let (mut out, written) = self.run_inner(env, outputs, &pairs, &bufs)?;
+        for (root, leaf) in written {
+            out[root] = env.values.remove(&leaf).ok_or("donated leaf vanished")?;
+        }
+        Ok(out)
+    }
+
+    /// Returns the outputs and the (output, leaf) pairs written in place (whose outputs
+    /// here are placeholders).
+    fn run_inner(
+        &mut self,
+        env: &Env<f32>,
+        outputs: &[&str],
+        donate: &[(usize, String)],
+        bufs: &HashMap<String, (usize, Vec<usize>)>,
+    ) -> Result<(Vec<ArrayD<f32>>, Vec<(usize, String)>), String> {
         let roots: Vec<NodeId> = outputs
             .iter()
             .map(|o| {
@@ -739,7 +823,10 @@ impl JitGraph {
                     .ok_or_else(|| format!("the graph has no output `{o}`"))
             })
             .collect::<Result<_, _>>()?;
-        let prep = self.prepare(roots);
+        let prep = self.prepare(roots, donate);
+        let mut written: Vec<(usize, String)> = Vec::new();
+        // (body, output) pairs written in place: their nodes hold placeholders.
+        let mut in_place: Vec<(u32, u32)> = Vec::new();
         let syms = interp::bind_symbols(&self.graph, env, &prep.order)?;
         let key = sym_key(&syms);
         let mut vals: Vec<Option<CowArray<f32, IxDyn>>> =
@@ -760,13 +847,41 @@ impl JitGraph {
                             .map(|&j| vals[j].as_ref().expect("operand computed").view())
                             .collect();
                         let t0 = self.profile.is_some().then(std::time::Instant::now);
-                        let out = self.run_kernel(*body, &refs, env, &syms, &key)?;
+                        let into = match prep.inplace.get(&i) {
+                            Some(cands) => self.inplace_buffers(*body, &syms, cands, bufs)?,
+                            None => Vec::new(),
+                        };
+                        let out = if into.is_empty() {
+                            self.run_kernel(*body, &refs, env, &syms, &key)?
+                                .into_iter()
+                                .map(Some)
+                                .collect()
+                        } else {
+                            let Some(Plan::Loop(k)) = self.plans[&key].get(body) else {
+                                unreachable!("in-place outputs are planned for loop kernels")
+                            };
+                            let ptrs: Vec<(usize, *mut f32)> = into
+                                .iter()
+                                .map(|c| (c.output, bufs[&c.leaf].0 as *mut f32))
+                                .collect();
+                            let out = self.call_loop_into(k, &refs, env, &ptrs);
+                            for c in into {
+                                written.push((c.root, c.leaf.clone()));
+                                in_place.push((*body, c.output as u32));
+                            }
+                            out
+                        };
                         if let (Some(p), Some(t0)) = (&mut self.profile, t0) {
                             let e = p.entry(*body).or_default();
                             e.0 += t0.elapsed().as_secs_f64();
                             e.1 += 1;
                         }
-                        kernels.insert(*body, out.into_iter().map(Some).collect());
+                        kernels.insert(*body, out);
+                    }
+                    if in_place.contains(&(*body, *output)) {
+                        // Written over its leaf; the caller takes it from there.
+                        vals[i] = Some(CowArray::from(ArrayD::zeros(IxDyn(&[0]))));
+                        continue;
                     }
                     let slot = kernels
                         .get_mut(body)
@@ -829,6 +944,89 @@ impl JitGraph {
                 pool.give(v.into_owned());
             }
         }
-        Ok(out)
+        Ok((out, written))
     }
+
+    /// The in-place candidates of a kernel that its plan allows: a loop kernel whose
+    /// output may share the operand's buffer, with the donated buffer of the right shape.
+    fn inplace_buffers<'c>(
+        &mut self,
+        body: u32,
+        syms: &HashMap<String, usize>,
+        cands: &'c [InPlace],
+        bufs: &HashMap<String, (usize, Vec<usize>)>,
+    ) -> Result<Vec<&'c InPlace>, String> {
+        let Plan::Loop(k) = self.plan(body, syms)? else {
+            return Ok(Vec::new());
+        };
+        Ok(cands
+            .iter()
+            .filter(|c| {
+                k.aliasable.contains(&(c.output, c.operand))
+                    && bufs
+                        .get(&c.leaf)
+                        .is_some_and(|(_, shape)| *shape == k.outputs[c.output])
+            })
+            .collect())
+    }
+}
+
+/// Kernel outputs that may be written over a donated leaf, by the schedule position of
+/// the kernel's first node: the output is requested once and read by no other node, and
+/// every reader of the leaf is a kernel that runs no later than this one.
+fn inplace_candidates(
+    actions: &[Action],
+    inputs: &[Vec<usize>],
+    roots: &[NodeId],
+    pos: &HashMap<NodeId, usize>,
+    donate: &[(usize, String)],
+) -> HashMap<usize, Vec<InPlace>> {
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); actions.len()];
+    for (u, ins) in inputs.iter().enumerate() {
+        for &i in ins {
+            users[i].push(u);
+        }
+    }
+    let mut first: HashMap<u32, usize> = HashMap::new();
+    for (i, a) in actions.iter().enumerate() {
+        if let Action::Kernel { body, .. } = a {
+            first.entry(*body).or_insert(i);
+        }
+    }
+    let runs_at = |p: usize| match &actions[p] {
+        Action::Kernel { body, .. } => Some(first[body]),
+        _ => None,
+    };
+    let mut out: HashMap<usize, Vec<InPlace>> = HashMap::new();
+    let mut used_leaves: Vec<&str> = Vec::new();
+    for (root, leaf) in donate {
+        let Some(&r) = roots.get(*root) else { continue };
+        let p = pos[&r];
+        let Action::Kernel { body, output } = &actions[p] else {
+            continue;
+        };
+        if roots.iter().filter(|&&x| x == r).count() != 1 || !users[p].is_empty() {
+            continue;
+        }
+        let at = first[body];
+        let is_leaf = |q: usize| matches!(&actions[q], Action::Leaf(n) if n == leaf);
+        let operands: Vec<usize> = (0..inputs[at].len())
+            .filter(|&j| is_leaf(inputs[at][j]))
+            .collect();
+        let [operand] = operands[..] else { continue };
+        let lp = inputs[at][operand];
+        let last_reader = users[lp]
+            .iter()
+            .all(|&u| runs_at(u).is_some_and(|t| t <= at));
+        if last_reader && !used_leaves.contains(&leaf.as_str()) {
+            used_leaves.push(leaf);
+            out.entry(at).or_default().push(InPlace {
+                output: *output as usize,
+                operand,
+                leaf: leaf.clone(),
+                root: *root,
+            });
+        }
+    }
+    out
 }

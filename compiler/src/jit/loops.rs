@@ -32,6 +32,8 @@ pub struct LoopKernel {
     pub inputs: usize,
     /// Shape of every output, in order.
     pub outputs: Vec<Vec<usize>>,
+    /// (output, input) pairs that may be given the same buffer (see [`aliasable`]).
+    pub aliasable: Vec<(usize, usize)>,
 }
 
 /// How a loop kernel handles an op: `None` if it cannot, else whether the op also runs
@@ -486,6 +488,7 @@ pub fn compile(
                 .ok_or_else(|| format!("kernel has no out{j}"))
         })
         .collect::<Result<_, _>>()?;
+    let alias = aliasable(body, &outs, &input_of, &shapes)?;
 
     let ptr = types::I64;
     let mut sig = Signature::new(jit.module.isa().default_call_conv());
@@ -645,8 +648,45 @@ pub fn compile(
     Ok(LoopKernel {
         f,
         inputs: n_inputs,
+        aliasable: alias,
         outputs: out_shapes,
     })
+}
+
+/// (output, input) pairs that may share one buffer: the input has the output's shape
+/// and every output that reads it has that shape too, so it is read only at the index
+/// being written, and only in the loop that writes it, before the store.
+fn aliasable(
+    body: &Graph,
+    outs: &[NodeId],
+    input_of: &HashMap<NodeId, usize>,
+    shapes: &HashMap<NodeId, Vec<usize>>,
+) -> Result<Vec<(usize, usize)>, String> {
+    let cones: Vec<std::collections::HashSet<NodeId>> = outs
+        .iter()
+        .map(|&o| {
+            let mut seen = std::collections::HashSet::new();
+            let mut stack = vec![o];
+            while let Some(m) = stack.pop() {
+                if seen.insert(m) {
+                    stack.extend(body.inputs(m));
+                }
+            }
+            seen
+        })
+        .collect();
+    let mut pairs = Vec::new();
+    let mut inputs: Vec<(&NodeId, &usize)> = input_of.iter().collect();
+    inputs.sort_by_key(|(_, j)| **j);
+    for (n, &j) in inputs {
+        // Inputs the body does not read have no shape here.
+        let Some(shape) = shapes.get(n) else { continue };
+        let readers: Vec<usize> = (0..outs.len()).filter(|&k| cones[k].contains(n)).collect();
+        if readers.iter().all(|&k| shapes[&outs[k]] == *shape) {
+            pairs.extend(readers.iter().map(|&k| (k, j)));
+        }
+    }
+    Ok(pairs)
 }
 
 /// `for i in (start..end).step_by(lanes)`: compute and store the outputs `js`.
@@ -680,9 +720,15 @@ fn emit_loop(
             b.ins().iadd_imm_s(i, (u * width) as i64)
         };
         g.memo.clear();
+        // Every value of this index first, then the stores: an output may share its
+        // buffer with an input (an in-place update), which must be read before it is
+        // overwritten.
+        let mut vals = Vec::with_capacity(js.len());
         for &j in js {
-            let v = g.emit(b, outs[j], iu)?;
-            let off = b.ins().imul_imm_s(iu, 4);
+            vals.push(g.emit(b, outs[j], iu)?);
+        }
+        let off = b.ins().imul_imm_s(iu, 4);
+        for (&j, v) in js.iter().zip(vals) {
             let addr = b.ins().iadd(out_ptr[j], off);
             b.ins().store(MemFlagsData::trusted(), v, addr, 0);
         }
