@@ -5,14 +5,17 @@
 //!   function;
 //! - matmul kernels run the `gemm` crate (transposed operands read through strides, no
 //!   copies), then their elementwise epilogue as a Cranelift loop kernel;
-//! - reduce and softmax-xent kernels are staged: their elementwise levels run as native
-//!   loops, their reductions by the reference semantics (ndarray) in between;
+//! - reduce and softmax-xent kernels whose reductions run along or across the rows of
+//!   `[B, C]` values run as one Cranelift row kernel (`rows.rs`); other bodies with
+//!   reductions are staged: their elementwise levels run as native loops, their
+//!   reductions by the reference semantics (ndarray) in between;
 //! - anything else (data movement, batched matmuls) runs through the reference
 //!   interpreter until its code generator exists. [`JitGraph::native_kernels`] counts the
 //!   fully native kernels; `dlc compile --emit plan` shows the plan of each.
 
 use super::Jit;
 use super::loops::{self, LoopKernel};
+use super::rows;
 use crate::interp::{self, Env};
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
@@ -355,6 +358,10 @@ impl JitGraph {
         let mut lines = Vec::new();
         for (body, kind) in kernels {
             let how = match self.plan(body, syms)? {
+                Plan::Loop(k) if !k.splittable => format!(
+                    "native row kernel (reductions in JIT code), {} inputs, outputs {:?}",
+                    k.inputs, k.outputs
+                ),
                 Plan::Loop(k) => {
                     format!("native loop, {} inputs, outputs {:?}", k.inputs, k.outputs)
                 }
@@ -429,6 +436,8 @@ impl JitGraph {
                 } else {
                     Plan::Interpret
                 }
+            } else if rows::supported(body) {
+                Plan::Loop(rows::compile(&mut self.jit, body, syms)?)
             } else {
                 match stage(&mut self.jit, body, syms)? {
                     Some(stages) => Plan::Staged(stages),
@@ -480,7 +489,7 @@ impl JitGraph {
             });
         }
         let elems: usize = k.outputs.iter().map(|s| s.iter().product::<usize>()).sum();
-        let parts = if elems >= PARALLEL_LOOP_MIN {
+        let parts = if k.splittable && elems >= PARALLEL_LOOP_MIN {
             self.threads
         } else {
             1

@@ -18,7 +18,7 @@ use cranelift_codegen::ir::{
     AbiParam, FuncRef, InstBuilder, MemFlagsData, Signature, UserFuncName, Value, types,
 };
 use cranelift_frontend::FunctionBuilder;
-use cranelift_module::{Linkage, Module};
+use cranelift_module::{FuncId, Linkage, Module};
 use std::collections::{BTreeMap, HashMap};
 
 /// `fn(ptrs, seed, step, part, parts)`: computes part `part` of `parts` equal slices of
@@ -34,12 +34,15 @@ pub struct LoopKernel {
     pub outputs: Vec<Vec<usize>>,
     /// (output, input) pairs that may be given the same buffer (see [`aliasable`]).
     pub aliasable: Vec<(usize, usize)>,
+    /// Whether calls may compute slices of the outputs in parallel (`part` of `parts`);
+    /// a kernel that reduces across its rows runs whole.
+    pub splittable: bool,
 }
 
 /// How a loop kernel handles an op: `None` if it cannot, else whether the op also runs
 /// four elements at a time in the vector loop (the others run lane by lane, so their
 /// segment stays scalar). One table for both questions.
-fn loop_op(op: &Op) -> Option<bool> {
+pub(super) fn loop_op(op: &Op) -> Option<bool> {
     use Op::*;
     Some(match op {
         Input { .. }
@@ -76,7 +79,7 @@ pub fn supported(body: &Graph) -> bool {
         .all(|n| loop_op(&body.node(n).op).is_some())
 }
 
-fn concrete(shape: &[Dim], syms: &HashMap<String, usize>) -> Result<Vec<usize>, String> {
+pub(super) fn concrete(shape: &[Dim], syms: &HashMap<String, usize>) -> Result<Vec<usize>, String> {
     shape
         .iter()
         .map(|d| match d {
@@ -97,28 +100,35 @@ fn strides(shape: &[usize]) -> Vec<usize> {
     s
 }
 
-struct Gen<'a> {
-    body: &'a Graph,
-    shapes: HashMap<NodeId, Vec<usize>>,
-    input_of: HashMap<NodeId, usize>,
-    in_ptr: Vec<Value>,
-    seed: Value,
-    step: Value,
-    exp: FuncRef,
-    log: FuncRef,
-    tanh: FuncRef,
-    pow: FuncRef,
+/// The code generator of elementwise bodies, shared with row kernels (`rows.rs`).
+pub(super) struct Gen<'a> {
+    pub(super) body: &'a Graph,
+    pub(super) shapes: HashMap<NodeId, Vec<usize>>,
+    pub(super) input_of: HashMap<NodeId, usize>,
+    pub(super) in_ptr: Vec<Value>,
+    pub(super) seed: Value,
+    pub(super) step: Value,
+    pub(super) exp: FuncRef,
+    pub(super) log: FuncRef,
+    pub(super) tanh: FuncRef,
+    pub(super) pow: FuncRef,
+    /// Row kernels: values of row reductions for the current row...
+    pub(super) rowvals: HashMap<NodeId, Value>,
+    /// ... the row maximum and log of the sum of exponentials of a (log-)softmax...
+    pub(super) rowstats: HashMap<NodeId, (Value, Value)>,
+    /// ... and buffers holding finished batch reductions, read at the node's index.
+    pub(super) mem: HashMap<NodeId, Value>,
     /// Values computed once before the loops (scalars).
-    hoisted: HashMap<NodeId, Value>,
+    pub(super) hoisted: HashMap<NodeId, Value>,
     /// 1/v of every hoisted scalar v: dividing by a scalar becomes a multiplication.
-    recips: HashMap<NodeId, Value>,
+    pub(super) recips: HashMap<NodeId, Value>,
     /// Values at the loop index, for nodes of the loop's shape.
-    memo: HashMap<NodeId, Value>,
-    loop_shape: Vec<usize>,
+    pub(super) memo: HashMap<NodeId, Value>,
+    pub(super) loop_shape: Vec<usize>,
     /// Emitting the F32X4 loop (four elements per iteration) rather than the scalar one.
-    vec: bool,
+    pub(super) vec: bool,
     /// Hoisted scalars splatted to vectors in the current loop.
-    splats: HashMap<NodeId, Value>,
+    pub(super) splats: HashMap<NodeId, Value>,
 }
 
 /// Lanes of the vector loops: Cranelift's x64 backend has 128-bit vectors (DESIGN §6).
@@ -127,13 +137,19 @@ const LANES: usize = 4;
 /// Vectors per iteration of the main vector loop.
 const UNROLL: usize = 2;
 
-fn numel(s: &[usize]) -> usize {
+pub(super) fn numel(s: &[usize]) -> usize {
     s.iter().product()
 }
 
 impl Gen<'_> {
     /// Index into `to` (broadcast into `from`) of flat index `idx` of `from`.
-    fn map_idx(&self, b: &mut FunctionBuilder, idx: Value, from: &[usize], to: &[usize]) -> Value {
+    pub(super) fn map_idx(
+        &self,
+        b: &mut FunctionBuilder,
+        idx: Value,
+        from: &[usize],
+        to: &[usize],
+    ) -> Value {
         if from == to
             || numel(from) == numel(to)
                 && to
@@ -232,7 +248,7 @@ impl Gen<'_> {
     }
 
     /// Call a scalar function, lane by lane in the vector loop.
-    fn call_lanes(&self, b: &mut FunctionBuilder, f: FuncRef, args: &[Value]) -> Value {
+    pub(super) fn call_lanes(&self, b: &mut FunctionBuilder, f: FuncRef, args: &[Value]) -> Value {
         if !self.vec {
             let c = b.ins().call(f, args);
             return b.inst_results(c)[0];
@@ -290,7 +306,21 @@ impl Gen<'_> {
         b.ins().fmul(f, scale)
     }
 
-    fn emit(&mut self, b: &mut FunctionBuilder, n: NodeId, idx: Value) -> Result<Value, String> {
+    pub(super) fn emit(
+        &mut self,
+        b: &mut FunctionBuilder,
+        n: NodeId,
+        idx: Value,
+    ) -> Result<Value, String> {
+        if let Some(&v) = self.rowvals.get(&n) {
+            return Ok(v);
+        }
+        if let Some(&p) = self.mem.get(&n) {
+            let off = b.ins().imul_imm_s(idx, 4);
+            let addr = b.ins().iadd(p, off);
+            let t = self.ty();
+            return Ok(b.ins().load(t, MemFlagsData::trusted(), addr, 0));
+        }
         if let Some(&v) = self.hoisted.get(&n) {
             if !self.vec {
                 return Ok(v);
@@ -377,6 +407,20 @@ impl Gen<'_> {
                 let d = b.ins().fadd(one, e);
                 b.ins().fdiv(one, d)
             }
+            Softmax { .. } | LogSoftmax { .. } => {
+                let x = arg(self, b, 0)?;
+                let (m, ls) = *self
+                    .rowstats
+                    .get(&n)
+                    .ok_or("a (log-)softmax outside a row kernel")?;
+                let d = b.ins().fsub(x, m);
+                let d = b.ins().fsub(d, ls);
+                if matches!(self.body.node(n).op, Softmax { .. }) {
+                    self.call_lanes(b, self.exp, &[d])
+                } else {
+                    d
+                }
+            }
             StopGradient | Reshape { .. } => {
                 let c = ins[0];
                 self.emit(b, c, idx)?
@@ -458,108 +502,88 @@ impl Gen<'_> {
     }
 }
 
+/// A kernel body's schedule, concrete shapes, inputs (node → operand index) and outputs.
+pub(super) struct Io {
+    pub(super) order: Vec<NodeId>,
+    pub(super) shapes: HashMap<NodeId, Vec<usize>>,
+    pub(super) input_of: HashMap<NodeId, usize>,
+    pub(super) n_inputs: usize,
+    pub(super) outs: Vec<NodeId>,
+}
+
+impl Io {
+    pub(super) fn of(body: &Graph, syms: &HashMap<String, usize>) -> Result<Io, String> {
+        let order = body.schedule();
+        let mut shapes = HashMap::new();
+        for &n in &order {
+            shapes.insert(n, concrete(&body.ty(n).shape, syms)?);
+        }
+        let mut input_of = HashMap::new();
+        let mut n_inputs = 0;
+        // Every input counts, used or not: the caller passes one buffer per kernel operand.
+        for n in body.g.node_indices() {
+            if let Op::Input { name, .. } = &body.node(n).op {
+                let k: usize = name
+                    .strip_prefix("in")
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| format!("kernel input `{name}`"))?;
+                input_of.insert(n, k);
+                n_inputs = n_inputs.max(k + 1);
+            }
+        }
+        let outs: Vec<NodeId> = (0..body.outputs.len())
+            .map(|j| {
+                body.output(&format!("out{j}"))
+                    .ok_or_else(|| format!("kernel has no out{j}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Io {
+            order,
+            shapes,
+            input_of,
+            n_inputs,
+            outs,
+        })
+    }
+}
+
 /// Compile a body whose ops all pass [`supported`], at the given symbolic sizes.
 pub fn compile(
     jit: &mut Jit,
     body: &Graph,
     syms: &HashMap<String, usize>,
 ) -> Result<LoopKernel, String> {
-    let order = body.schedule();
-    let mut shapes = HashMap::new();
-    for &n in &order {
-        shapes.insert(n, concrete(&body.ty(n).shape, syms)?);
-    }
-    let mut input_of = HashMap::new();
-    let mut n_inputs = 0;
-    // Every input counts, used or not: the caller passes one buffer per kernel operand.
-    for n in body.g.node_indices() {
-        if let Op::Input { name, .. } = &body.node(n).op {
-            let k: usize = name
-                .strip_prefix("in")
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| format!("kernel input `{name}`"))?;
-            input_of.insert(n, k);
-            n_inputs = n_inputs.max(k + 1);
-        }
-    }
-    let outs: Vec<NodeId> = (0..body.outputs.len())
-        .map(|j| {
-            body.output(&format!("out{j}"))
-                .ok_or_else(|| format!("kernel has no out{j}"))
-        })
-        .collect::<Result<_, _>>()?;
+    let Io {
+        order,
+        shapes,
+        input_of,
+        n_inputs,
+        outs,
+    } = Io::of(body, syms)?;
     let alias = aliasable(body, &outs, &input_of, &shapes)?;
 
-    let ptr = types::I64;
-    let mut sig = Signature::new(jit.module.isa().default_call_conv());
-    sig.params.extend([
-        AbiParam::new(ptr),
-        AbiParam::new(types::I64),
-        AbiParam::new(types::I64),
-        AbiParam::new(types::I64),
-        AbiParam::new(types::I64),
-    ]);
-    let mut unary = Signature::new(jit.module.isa().default_call_conv());
-    unary.params.push(AbiParam::new(types::F32));
-    unary.returns.push(AbiParam::new(types::F32));
-    let mut binary = unary.clone();
-    binary.params.push(AbiParam::new(types::F32));
-    let declare = |jit: &mut Jit, name: &str, s: &Signature| {
-        jit.module
-            .declare_function(name, Linkage::Import, s)
-            .map_err(|e| e.to_string())
-    };
-    let (fexp, flog, ftanh, fpow) = (
-        declare(jit, "dlc_expf", &unary)?,
-        declare(jit, "dlc_logf", &unary)?,
-        declare(jit, "dlc_tanhf", &unary)?,
-        declare(jit, "dlc_powf", &binary)?,
-    );
-    jit.next_id += 1;
-    let name = format!("kernel{}", jit.next_id);
-    let fid = jit
-        .module
-        .declare_function(&name, Linkage::Local, &sig)
-        .map_err(|e| e.to_string())?;
-    jit.ctx.func.signature = sig;
-    jit.ctx.func.name = UserFuncName::user(0, fid.as_u32());
+    let (fid, name, math) = begin(jit)?;
     {
         let mut b = FunctionBuilder::new(&mut jit.ctx.func, &mut jit.fctx);
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
-        let (ptrs, seed, step) = (
-            b.block_params(entry)[0],
-            b.block_params(entry)[1],
-            b.block_params(entry)[2],
-        );
-        let (part, parts) = (b.block_params(entry)[3], b.block_params(entry)[4]);
-        let load_ptr = |b: &mut FunctionBuilder, k: usize| {
-            b.ins()
-                .load(ptr, MemFlagsData::trusted(), ptrs, (8 * k) as i32)
-        };
-        let in_ptr: Vec<Value> = (0..n_inputs).map(|k| load_ptr(&mut b, k)).collect();
+        let p = b.block_params(entry).to_vec();
+        let (ptrs, seed, step, part, parts) = (p[0], p[1], p[2], p[3], p[4]);
+        let in_ptr: Vec<Value> = (0..n_inputs).map(|k| load_ptr(&mut b, ptrs, k)).collect();
         let out_ptr: Vec<Value> = (0..outs.len())
-            .map(|j| load_ptr(&mut b, n_inputs + j))
+            .map(|j| load_ptr(&mut b, ptrs, n_inputs + j))
             .collect();
-        let mut g = Gen {
+        let mut g = Gen::new(
+            &mut jit.module,
+            &mut b,
+            &math,
             body,
             shapes,
             input_of,
             in_ptr,
-            seed,
-            step,
-            exp: jit.module.declare_func_in_func(fexp, b.func),
-            log: jit.module.declare_func_in_func(flog, b.func),
-            tanh: jit.module.declare_func_in_func(ftanh, b.func),
-            pow: jit.module.declare_func_in_func(fpow, b.func),
-            hoisted: HashMap::new(),
-            recips: HashMap::new(),
-            memo: HashMap::new(),
-            loop_shape: vec![],
-            vec: false,
-            splats: HashMap::new(),
-        };
+            (seed, step),
+        );
         // Scalars (and everything computed only from scalars) once, up front.
         let zero = b.ins().iconst(types::I64, 0);
         for &n in &order {
@@ -629,18 +653,7 @@ pub fn compile(
         b.seal_all_blocks();
         b.finalize(jit.module.target_config());
     }
-    jit.clif
-        .push((name.clone(), jit.ctx.func.display().to_string()));
-    jit.module
-        .define_function(fid, &mut jit.ctx)
-        .map_err(|e| format!("cranelift: {e:?}"))?;
-    jit.module.clear_context(&mut jit.ctx);
-    jit.module
-        .finalize_definitions()
-        .map_err(|e| e.to_string())?;
-    let code = jit.module.get_finalized_function(fid);
-    // SAFETY: the function was just defined with exactly this signature.
-    let f = unsafe { std::mem::transmute::<*const u8, KernelFn>(code) };
+    let f = finish(jit, fid, name)?;
     let out_shapes = outs
         .iter()
         .map(|o| g_shape(body, *o, syms))
@@ -649,6 +662,7 @@ pub fn compile(
         f,
         inputs: n_inputs,
         aliasable: alias,
+        splittable: true,
         outputs: out_shapes,
     })
 }
@@ -687,6 +701,110 @@ fn aliasable(
         }
     }
     Ok(pairs)
+}
+
+/// The imported scalar math functions of a kernel.
+pub(super) struct MathIds {
+    exp: FuncId,
+    log: FuncId,
+    tanh: FuncId,
+    pow: FuncId,
+}
+
+/// Declare a new kernel `fn(ptrs, seed, step, part, parts)` (and the math it may call)
+/// and set up the context to build it.
+pub(super) fn begin(jit: &mut Jit) -> Result<(FuncId, String, MathIds), String> {
+    let ptr = types::I64;
+    let mut sig = Signature::new(jit.module.isa().default_call_conv());
+    sig.params.extend([
+        AbiParam::new(ptr),
+        AbiParam::new(types::I64),
+        AbiParam::new(types::I64),
+        AbiParam::new(types::I64),
+        AbiParam::new(types::I64),
+    ]);
+    let mut unary = Signature::new(jit.module.isa().default_call_conv());
+    unary.params.push(AbiParam::new(types::F32));
+    unary.returns.push(AbiParam::new(types::F32));
+    let mut binary = unary.clone();
+    binary.params.push(AbiParam::new(types::F32));
+    let declare = |jit: &mut Jit, name: &str, s: &Signature| {
+        jit.module
+            .declare_function(name, Linkage::Import, s)
+            .map_err(|e| e.to_string())
+    };
+    let math = MathIds {
+        exp: declare(jit, "dlc_expf", &unary)?,
+        log: declare(jit, "dlc_logf", &unary)?,
+        tanh: declare(jit, "dlc_tanhf", &unary)?,
+        pow: declare(jit, "dlc_powf", &binary)?,
+    };
+    jit.next_id += 1;
+    let name = format!("kernel{}", jit.next_id);
+    let fid = jit
+        .module
+        .declare_function(&name, Linkage::Local, &sig)
+        .map_err(|e| e.to_string())?;
+    jit.ctx.func.signature = sig;
+    jit.ctx.func.name = UserFuncName::user(0, fid.as_u32());
+    Ok((fid, name, math))
+}
+
+/// Compile the function built in the context; keep its CLIF for `--emit clif`.
+pub(super) fn finish(jit: &mut Jit, fid: FuncId, name: String) -> Result<KernelFn, String> {
+    jit.clif.push((name, jit.ctx.func.display().to_string()));
+    jit.module
+        .define_function(fid, &mut jit.ctx)
+        .map_err(|e| format!("cranelift: {e:?}"))?;
+    jit.module.clear_context(&mut jit.ctx);
+    jit.module
+        .finalize_definitions()
+        .map_err(|e| e.to_string())?;
+    let code = jit.module.get_finalized_function(fid);
+    // SAFETY: the function was just defined with exactly this signature.
+    Ok(unsafe { std::mem::transmute::<*const u8, KernelFn>(code) })
+}
+
+/// Buffer `k` of the kernel's pointer table.
+pub(super) fn load_ptr(b: &mut FunctionBuilder, ptrs: Value, k: usize) -> Value {
+    b.ins()
+        .load(types::I64, MemFlagsData::trusted(), ptrs, (8 * k) as i32)
+}
+
+impl<'a> Gen<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        module: &mut cranelift_jit::JITModule,
+        b: &mut FunctionBuilder,
+        math: &MathIds,
+        body: &'a Graph,
+        shapes: HashMap<NodeId, Vec<usize>>,
+        input_of: HashMap<NodeId, usize>,
+        in_ptr: Vec<Value>,
+        (seed, step): (Value, Value),
+    ) -> Gen<'a> {
+        Gen {
+            body,
+            shapes,
+            input_of,
+            in_ptr,
+            seed,
+            step,
+            exp: module.declare_func_in_func(math.exp, b.func),
+            log: module.declare_func_in_func(math.log, b.func),
+            tanh: module.declare_func_in_func(math.tanh, b.func),
+            pow: module.declare_func_in_func(math.pow, b.func),
+            hoisted: HashMap::new(),
+            recips: HashMap::new(),
+            rowvals: HashMap::new(),
+            rowstats: HashMap::new(),
+            mem: HashMap::new(),
+            memo: HashMap::new(),
+            loop_shape: vec![],
+            vec: false,
+            splats: HashMap::new(),
+        }
+    }
 }
 
 /// `for i in (start..end).step_by(lanes)`: compute and store the outputs `js`.

@@ -2,15 +2,18 @@
 //!
 //! - `loops.rs` compiles elementwise kernel bodies (loop fusion, the optimizer update,
 //!   matmul epilogues) into one native function each;
-//! - `exec.rs` runs an optimized graph: loop kernels natively, matmuls through the `gemm`
-//!   crate followed by their JIT epilogue, and (for now) reductions, the softmax-xent
-//!   kernel and data movement through the reference interpreter.
+//! - `rows.rs` compiles bodies with reductions along or across the rows of `[B, C]` values
+//!   (softmax cross-entropy and its gradient, bias gradients) into one native function;
+//! - `exec.rs` runs an optimized graph: loop and row kernels natively, matmuls through
+//!   the `gemm` crate followed by their JIT epilogue, other reductions staged around
+//!   native loops, and data movement through the reference interpreter.
 //!
 //! A `Jit` owns its `JITModule`: Cranelift cannot free single functions, so a compiled
 //! model drops its module whole.
 
 pub mod exec;
 pub mod loops;
+pub mod rows;
 
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::FunctionBuilderContext;
