@@ -118,6 +118,10 @@ pub(super) struct Gen<'a> {
     pub(super) rowstats: HashMap<NodeId, (Value, Value)>,
     /// ... and buffers holding finished batch reductions, read at the node's index.
     pub(super) mem: HashMap<NodeId, Value>,
+    /// ... and the (row, column) of the element being computed, for values of shape
+    /// `rc_shape` (`[R, C]`): broadcast operands and one-hot index by them, no division.
+    pub(super) rc: Option<(Value, Value)>,
+    pub(super) rc_shape: Vec<usize>,
     /// Values computed once before the loops (scalars).
     pub(super) hoisted: HashMap<NodeId, Value>,
     /// 1/v of every hoisted scalar v: dividing by a scalar becomes a multiplication.
@@ -132,7 +136,7 @@ pub(super) struct Gen<'a> {
 }
 
 /// Lanes of the vector loops: Cranelift's x64 backend has 128-bit vectors (DESIGN §6).
-const LANES: usize = 4;
+pub(super) const LANES: usize = 4;
 
 /// Vectors per iteration of the main vector loop.
 const UNROLL: usize = 2;
@@ -162,6 +166,16 @@ impl Gen<'_> {
         if numel(to) == 1 {
             return b.ins().iconst(types::I64, 0);
         }
+        if let (Some((r, c)), [rows, cols]) = (self.rc, from) {
+            if from == self.rc_shape.as_slice() {
+                if to == [*cols] || to == [1, *cols] {
+                    return c;
+                }
+                if to == [*rows, 1] {
+                    return r;
+                }
+            }
+        }
         // A suffix of the shape (a bias along the last axes): idx mod its size.
         if to.len() <= from.len() && from[from.len() - to.len()..] == *to {
             return b.ins().urem_imm_u(idx, numel(to) as i64);
@@ -183,19 +197,28 @@ impl Gen<'_> {
 
     /// Whether `n`'s cone can run four elements at a time: every operand read at the
     /// same index, as a hoisted scalar, or as a suffix whose length is a multiple of 4.
-    fn vectorizable(&self, n: NodeId) -> bool {
+    pub(super) fn vectorizable(&self, n: NodeId) -> bool {
         let mut stack = vec![n];
         let mut seen = std::collections::HashSet::new();
         while let Some(m) = stack.pop() {
-            if self.hoisted.contains_key(&m) || !seen.insert(m) {
+            // Hoisted scalars and a row kernel's per-row values are splatted; finished
+            // reductions are read from memory like inputs.
+            if self.hoisted.contains_key(&m)
+                || self.rowvals.contains_key(&m)
+                || self.mem.contains_key(&m)
+                || !seen.insert(m)
+            {
                 continue;
             }
-            let ok = loop_op(&self.body.node(m).op) == Some(true);
+            let ok = loop_op(&self.body.node(m).op) == Some(true) || self.rowstats.contains_key(&m);
             if !ok {
                 return false;
             }
             let from = &self.shapes[&m];
             for c in self.body.inputs(m) {
+                if self.rowvals.contains_key(&c) {
+                    continue;
+                }
                 let to = &self.shapes[&c];
                 let same = numel(from) == numel(to)
                     && to
@@ -206,7 +229,7 @@ impl Gen<'_> {
                     && from[from.len() - to.len()..] == **to
                     && numel(to) % LANES == 0;
                 if numel(to) == 1 {
-                    if !self.hoisted.contains_key(&c) {
+                    if !self.hoisted.contains_key(&c) && !self.mem.contains_key(&c) {
                         return false;
                     }
                 } else if !same && !suffix {
@@ -313,9 +336,21 @@ impl Gen<'_> {
         idx: Value,
     ) -> Result<Value, String> {
         if let Some(&v) = self.rowvals.get(&n) {
-            return Ok(v);
+            return Ok(if self.vec {
+                b.ins().splat(types::F32X4, v)
+            } else {
+                v
+            });
         }
         if let Some(&p) = self.mem.get(&n) {
+            if numel(&self.shapes[&n]) == 1 {
+                let v = b.ins().load(types::F32, MemFlagsData::trusted(), p, 0);
+                return Ok(if self.vec {
+                    b.ins().splat(types::F32X4, v)
+                } else {
+                    v
+                });
+            }
             let off = b.ins().imul_imm_s(idx, 4);
             let addr = b.ins().iadd(p, off);
             let t = self.ty();
@@ -413,6 +448,14 @@ impl Gen<'_> {
                     .rowstats
                     .get(&n)
                     .ok_or("a (log-)softmax outside a row kernel")?;
+                let (m, ls) = if self.vec {
+                    (
+                        b.ins().splat(types::F32X4, m),
+                        b.ins().splat(types::F32X4, ls),
+                    )
+                } else {
+                    (m, ls)
+                };
                 let d = b.ins().fsub(x, m);
                 let d = b.ins().fsub(d, ls);
                 if matches!(self.body.node(n).op, Softmax { .. }) {
@@ -486,8 +529,10 @@ impl Gen<'_> {
             }
             OneHot { depth } => {
                 let d = *depth as i64;
-                let li = b.ins().udiv_imm_u(idx, d);
-                let cls = b.ins().urem_imm_u(idx, d);
+                let (li, cls) = match self.rc {
+                    Some(rc) if shape == self.rc_shape => rc,
+                    _ => (b.ins().udiv_imm_u(idx, d), b.ins().urem_imm_u(idx, d)),
+                };
                 let l = self.emit(b, ins[0], li)?;
                 let cf = b.ins().fcvt_from_uint(types::F32, cls);
                 let c = b.ins().fcmp(FloatCC::Equal, l, cf);
@@ -799,6 +844,8 @@ impl<'a> Gen<'a> {
             rowvals: HashMap::new(),
             rowstats: HashMap::new(),
             mem: HashMap::new(),
+            rc: None,
+            rc_shape: Vec::new(),
             memo: HashMap::new(),
             loop_shape: vec![],
             vec: false,

@@ -17,7 +17,7 @@
 //! are used rather than stored. Invariant outputs are computed at the end.
 
 use super::Jit;
-use super::loops::{self, Gen, Io, LoopKernel, begin, finish, load_ptr, numel};
+use super::loops::{self, Gen, Io, LANES, LoopKernel, begin, finish, load_ptr, numel};
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
 use crate::types::Dim;
@@ -138,17 +138,30 @@ fn counted(
     b: &mut FunctionBuilder,
     n: usize,
     accs: &[Value],
+    f: impl FnMut(&mut FunctionBuilder, Value, &[Value]) -> Result<Vec<Value>, String>,
+) -> Result<Vec<Value>, String> {
+    span(b, 0, n, 1, accs, f)
+}
+
+/// `for i in (from..to).step_by(step)` carrying `accs` (of any types).
+fn span(
+    b: &mut FunctionBuilder,
+    from: usize,
+    n: usize,
+    step: usize,
+    accs: &[Value],
     mut f: impl FnMut(&mut FunctionBuilder, Value, &[Value]) -> Result<Vec<Value>, String>,
 ) -> Result<Vec<Value>, String> {
     let header = b.create_block();
     let body = b.create_block();
     let exit = b.create_block();
     b.append_block_param(header, types::I64);
-    for _ in accs {
-        b.append_block_param(header, types::F32);
-        b.append_block_param(exit, types::F32);
+    for &a in accs {
+        let t = b.func.dfg.value_type(a);
+        b.append_block_param(header, t);
+        b.append_block_param(exit, t);
     }
-    let zero = b.ins().iconst(types::I64, 0);
+    let zero = b.ins().iconst(types::I64, from as i64);
     let args: Vec<_> = std::iter::once(zero)
         .chain(accs.iter().copied())
         .map(Into::into)
@@ -163,11 +176,27 @@ fn counted(
     b.ins().brif(more, body, &[], exit, &rest);
     b.switch_to_block(body);
     let next = f(b, params[0], &params[1..])?;
-    let i1 = b.ins().iadd_imm_s(params[0], 1);
+    let i1 = b.ins().iadd_imm_s(params[0], step as i64);
     let args: Vec<_> = std::iter::once(i1).chain(next).map(Into::into).collect();
     b.ins().jump(header, &args);
     b.switch_to_block(exit);
     Ok(b.block_params(exit).to_vec())
+}
+
+/// Forget values of the current loop body (they do not dominate what follows).
+fn fresh(g: &mut Gen) {
+    g.memo.clear();
+    g.splats.clear();
+}
+
+/// The four lanes of a vector combined into one.
+fn horizontal(b: &mut FunctionBuilder, red: Red, v: Value) -> Value {
+    let mut acc = b.ins().extractlane(v, 0);
+    for lane in 1..LANES as u8 {
+        let x = b.ins().extractlane(v, lane);
+        acc = combine(b, red, acc, x);
+    }
+    acc
 }
 
 fn combine(b: &mut FunctionBuilder, red: Red, acc: Value, v: Value) -> Value {
@@ -235,6 +264,20 @@ pub fn compile(
             in_ptr,
             (seed, step),
         );
+        // Scalars (and what is computed from scalars alone) once, up front.
+        let zero = b.ins().iconst(types::I64, 0);
+        for &n in &order {
+            let scalar_cone = kinds[&n] == Kind::Elem
+                && numel(&g.shapes[&n]) == 1
+                && body.inputs(n).iter().all(|i| g.hoisted.contains_key(i))
+                && !matches!(body.node(n).op, Op::Random { .. });
+            if scalar_cone {
+                g.loop_shape = g.shapes[&n].clone();
+                let v = g.emit(&mut b, n, zero)?;
+                fresh(&mut g);
+                g.hoisted.insert(n, v);
+            }
+        }
         let flags = MemFlagsData::trusted();
         // A stack buffer per reduction over the rows, set to its starting value.
         let mut acc_buf: HashMap<NodeId, Value> = HashMap::new();
@@ -315,28 +358,58 @@ pub fn compile(
                     let x = body.inputs(n)[0];
                     let c = per_row(x);
                     g.loop_shape = shapes[&x].clone();
+                    g.rc_shape = shapes[&x].clone();
                     let base = b.ins().imul_imm_s(ri, c as i64);
+                    // Four columns at a time while the operand allows, then one at a time.
+                    let c4 = if c >= LANES && g.vectorizable(x) {
+                        c - c % LANES
+                    } else {
+                        0
+                    };
                     let reduce = |b: &mut FunctionBuilder,
                                   g: &mut Gen,
                                   red: Red,
                                   shift: Option<Value>|
                      -> Result<Value, String> {
-                        let init = start(b, red);
-                        let acc = counted(b, c, &[init], |b, ci, acc| {
-                            g.memo.clear();
+                        let step = |b: &mut FunctionBuilder,
+                                    g: &mut Gen,
+                                    ci: Value,
+                                    acc: Value|
+                         -> Result<Value, String> {
+                            fresh(g);
                             let idx = b.ins().iadd(base, ci);
+                            g.rc = Some((ri, ci));
                             let v = g.emit(b, x, idx)?;
                             let v = match shift {
                                 Some(m) => {
+                                    let m = if g.vec {
+                                        b.ins().splat(types::F32X4, m)
+                                    } else {
+                                        m
+                                    };
                                     let d = b.ins().fsub(v, m);
                                     g.call_lanes(b, g.exp, &[d])
                                 }
                                 None => v,
                             };
-                            Ok(vec![combine(b, red, acc[0], v)])
+                            Ok(combine(b, red, acc, v))
+                        };
+                        let mut acc = start(b, red);
+                        if c4 > 0 {
+                            g.vec = true;
+                            let v0 = b.ins().splat(types::F32X4, acc);
+                            let v = span(b, 0, c4, LANES, &[v0], |b, ci, a| {
+                                Ok(vec![step(b, g, ci, a[0])?])
+                            })?;
+                            g.vec = false;
+                            fresh(g);
+                            acc = horizontal(b, red, v[0]);
+                        }
+                        let a = span(b, c4, c, 1, &[acc], |b, ci, a| {
+                            Ok(vec![step(b, g, ci, a[0])?])
                         })?;
-                        g.memo.clear();
-                        Ok(acc[0])
+                        fresh(g);
+                        Ok(a[0])
                     };
                     match kinds[&n] {
                         Kind::Row(red) => {
@@ -366,15 +439,16 @@ pub fn compile(
                     let shape = shapes[&ts[0].0].clone();
                     let base = b.ins().imul_imm_s(ri, c as i64);
                     let one = |b: &mut FunctionBuilder, g: &mut Gen, ci: Value| {
-                        g.memo.clear();
-                        g.loop_shape = shape.clone();
+                        fresh(g);
                         let idx = b.ins().iadd(base, ci);
+                        g.rc = Some((ri, ci));
                         let mut vals = Vec::new();
                         for (t, _) in ts {
                             vals.push(g.emit(b, *t, idx)?);
                         }
                         let off = b.ins().imul_imm_s(idx, 4);
                         let coff = b.ins().imul_imm_s(ci, 4);
+                        let ty = if g.vec { types::F32X4 } else { types::F32 };
                         for ((t, js), v) in ts.iter().zip(vals) {
                             for &j in js {
                                 let a = b.ins().iadd(out_ptr[j], off);
@@ -385,19 +459,34 @@ pub fn compile(
                                     unreachable!()
                                 };
                                 let a = b.ins().iadd(acc_buf[&n], coff);
-                                let old = b.ins().load(types::F32, flags, a, 0);
+                                let old = b.ins().load(ty, flags, a, 0);
                                 let new = combine(b, red, old, v);
                                 b.ins().store(flags, new, a, 0);
                             }
                         }
-                        g.memo.clear();
+                        fresh(g);
                         Ok::<(), String>(())
                     };
+                    g.loop_shape = shape.clone();
+                    g.rc_shape = shape.clone();
+                    let c4 = if c >= LANES && ts.iter().all(|(t, _)| g.vectorizable(*t)) {
+                        c - c % LANES
+                    } else {
+                        0
+                    };
+                    if c4 > 0 {
+                        g.vec = true;
+                        span(b, 0, c4, LANES, &[], |b, ci, _| {
+                            one(b, &mut g, ci)?;
+                            Ok(vec![])
+                        })?;
+                        g.vec = false;
+                    }
                     if c == 1 {
                         let zero = b.ins().iconst(types::I64, 0);
                         one(b, &mut g, zero)?;
-                    } else {
-                        counted(b, c, &[], |b, ci, _| {
+                    } else if c4 < c {
+                        span(b, c4, c, 1, &[], |b, ci, _| {
                             one(b, &mut g, ci)?;
                             Ok(vec![])
                         })?;
@@ -405,6 +494,7 @@ pub fn compile(
                 }
                 Ok(vec![])
             })?;
+            g.rc = None;
             // Finish this level's reductions over rows; later passes read them.
             for &n in &batches {
                 let addr = acc_buf[&n];
@@ -429,13 +519,13 @@ pub fn compile(
             }
             let shape = shapes[&o].clone();
             counted(&mut b, numel(&shape), &[], |b, i, _| {
-                g.memo.clear();
+                fresh(&mut g);
                 g.loop_shape = shape.clone();
                 let v = g.emit(b, o, i)?;
                 let off = b.ins().imul_imm_s(i, 4);
                 let a = b.ins().iadd(out_ptr[j], off);
                 b.ins().store(flags, v, a, 0);
-                g.memo.clear();
+                fresh(&mut g);
                 Ok(vec![])
             })?;
         }
