@@ -9,7 +9,7 @@
 //! Scalar subexpressions are computed once before the loop. Operands of another shape
 //! are read through their broadcast index.
 
-use super::Jit;
+use super::{Jit, math};
 use crate::ir::{Graph, NodeId};
 use crate::ops::{Dist, Op};
 use crate::types::{DType, Dim};
@@ -36,7 +36,9 @@ pub struct LoopKernel {
 
 /// How a loop kernel handles an op: `None` if it cannot, else whether the op also runs
 /// four elements at a time in the vector loop (the others run lane by lane, so their
-/// segment stays scalar). One table for both questions.
+/// segment stays scalar). One table for both questions. `exp`, `log`, `tanh` and
+/// `sigmoid` are inline polynomials (`math.rs`) in both loops; `pow` calls `f32::powf`
+/// lane by lane.
 fn loop_op(op: &Op) -> Option<bool> {
     use Op::*;
     Some(match op {
@@ -102,9 +104,6 @@ struct Gen<'a> {
     in_ptr: Vec<Value>,
     seed: Value,
     step: Value,
-    exp: FuncRef,
-    log: FuncRef,
-    tanh: FuncRef,
     pow: FuncRef,
     /// Values computed once before the loops (scalars).
     hoisted: HashMap<NodeId, Value>,
@@ -357,23 +356,19 @@ impl Gen<'_> {
             }
             Exp => {
                 let x = arg(self, b, 0)?;
-                self.call_lanes(b, self.exp, &[x])
+                math::exp(b, x)
             }
             Log => {
                 let x = arg(self, b, 0)?;
-                self.call_lanes(b, self.log, &[x])
+                math::log(b, x)
             }
             Tanh => {
                 let x = arg(self, b, 0)?;
-                self.call_lanes(b, self.tanh, &[x])
+                math::tanh(b, x)
             }
             Sigmoid => {
                 let x = arg(self, b, 0)?;
-                let nx = b.ins().fneg(x);
-                let e = self.call_lanes(b, self.exp, &[nx]);
-                let one = self.fconst(b, 1.0);
-                let d = b.ins().fadd(one, e);
-                b.ins().fdiv(one, d)
+                math::sigmoid(b, x)
             }
             StopGradient | Reshape { .. } => {
                 let c = ins[0];
@@ -496,22 +491,13 @@ pub fn compile(
         AbiParam::new(types::I64),
         AbiParam::new(types::I64),
     ]);
-    let mut unary = Signature::new(jit.module.isa().default_call_conv());
-    unary.params.push(AbiParam::new(types::F32));
-    unary.returns.push(AbiParam::new(types::F32));
-    let mut binary = unary.clone();
-    binary.params.push(AbiParam::new(types::F32));
-    let declare = |jit: &mut Jit, name: &str, s: &Signature| {
-        jit.module
-            .declare_function(name, Linkage::Import, s)
-            .map_err(|e| e.to_string())
-    };
-    let (fexp, flog, ftanh, fpow) = (
-        declare(jit, "dlc_expf", &unary)?,
-        declare(jit, "dlc_logf", &unary)?,
-        declare(jit, "dlc_tanhf", &unary)?,
-        declare(jit, "dlc_powf", &binary)?,
-    );
+    let mut binary = Signature::new(jit.module.isa().default_call_conv());
+    binary.params.extend([AbiParam::new(types::F32); 2]);
+    binary.returns.push(AbiParam::new(types::F32));
+    let fpow = jit
+        .module
+        .declare_function("dlc_powf", Linkage::Import, &binary)
+        .map_err(|e| e.to_string())?;
     jit.next_id += 1;
     let name = format!("kernel{}", jit.next_id);
     let fid = jit
@@ -546,9 +532,6 @@ pub fn compile(
             in_ptr,
             seed,
             step,
-            exp: jit.module.declare_func_in_func(fexp, b.func),
-            log: jit.module.declare_func_in_func(flog, b.func),
-            tanh: jit.module.declare_func_in_func(ftanh, b.func),
             pow: jit.module.declare_func_in_func(fpow, b.func),
             hoisted: HashMap::new(),
             recips: HashMap::new(),
