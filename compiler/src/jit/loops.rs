@@ -9,7 +9,7 @@
 //! Scalar subexpressions are computed once before the loop. Operands of another shape
 //! are read through their broadcast index.
 
-use super::Jit;
+use super::{Jit, math};
 use crate::ir::{Graph, NodeId};
 use crate::ops::{Dist, Op};
 use crate::types::{DType, Dim};
@@ -41,7 +41,9 @@ pub struct LoopKernel {
 
 /// How a loop kernel handles an op: `None` if it cannot, else whether the op also runs
 /// four elements at a time in the vector loop (the others run lane by lane, so their
-/// segment stays scalar). One table for both questions.
+/// segment stays scalar). One table for both questions. `exp`, `log`, `tanh` and
+/// `sigmoid` are inline polynomials (`math.rs`) in both loops; `pow` calls `f32::powf`
+/// lane by lane.
 pub(super) fn loop_op(op: &Op) -> Option<bool> {
     use Op::*;
     Some(match op {
@@ -108,9 +110,6 @@ pub(super) struct Gen<'a> {
     pub(super) in_ptr: Vec<Value>,
     pub(super) seed: Value,
     pub(super) step: Value,
-    pub(super) exp: FuncRef,
-    pub(super) log: FuncRef,
-    pub(super) tanh: FuncRef,
     pub(super) pow: FuncRef,
     /// Row kernels: values of row reductions for the current row...
     pub(super) rowvals: HashMap<NodeId, Value>,
@@ -424,23 +423,19 @@ impl Gen<'_> {
             }
             Exp => {
                 let x = arg(self, b, 0)?;
-                self.call_lanes(b, self.exp, &[x])
+                math::exp(b, x)
             }
             Log => {
                 let x = arg(self, b, 0)?;
-                self.call_lanes(b, self.log, &[x])
+                math::log(b, x)
             }
             Tanh => {
                 let x = arg(self, b, 0)?;
-                self.call_lanes(b, self.tanh, &[x])
+                math::tanh(b, x)
             }
             Sigmoid => {
                 let x = arg(self, b, 0)?;
-                let nx = b.ins().fneg(x);
-                let e = self.call_lanes(b, self.exp, &[nx]);
-                let one = self.fconst(b, 1.0);
-                let d = b.ins().fadd(one, e);
-                b.ins().fdiv(one, d)
+                math::sigmoid(b, x)
             }
             Softmax { .. } | LogSoftmax { .. } => {
                 let x = arg(self, b, 0)?;
@@ -459,7 +454,7 @@ impl Gen<'_> {
                 let d = b.ins().fsub(x, m);
                 let d = b.ins().fsub(d, ls);
                 if matches!(self.body.node(n).op, Softmax { .. }) {
-                    self.call_lanes(b, self.exp, &[d])
+                    math::exp(b, d)
                 } else {
                     d
                 }
@@ -750,9 +745,6 @@ fn aliasable(
 
 /// The imported scalar math functions of a kernel.
 pub(super) struct MathIds {
-    exp: FuncId,
-    log: FuncId,
-    tanh: FuncId,
     pow: FuncId,
 }
 
@@ -779,9 +771,6 @@ pub(super) fn begin(jit: &mut Jit) -> Result<(FuncId, String, MathIds), String> 
             .map_err(|e| e.to_string())
     };
     let math = MathIds {
-        exp: declare(jit, "dlc_expf", &unary)?,
-        log: declare(jit, "dlc_logf", &unary)?,
-        tanh: declare(jit, "dlc_tanhf", &unary)?,
         pow: declare(jit, "dlc_powf", &binary)?,
     };
     jit.next_id += 1;
@@ -835,9 +824,6 @@ impl<'a> Gen<'a> {
             in_ptr,
             seed,
             step,
-            exp: module.declare_func_in_func(math.exp, b.func),
-            log: module.declare_func_in_func(math.log, b.func),
-            tanh: module.declare_func_in_func(math.tanh, b.func),
             pow: module.declare_func_in_func(math.pow, b.func),
             hoisted: HashMap::new(),
             recips: HashMap::new(),

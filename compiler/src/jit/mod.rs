@@ -4,6 +4,8 @@
 //!   matmul epilogues) into one native function each;
 //! - `rows.rs` compiles bodies with reductions along or across the rows of `[B, C]` values
 //!   (softmax cross-entropy and its gradient, bias gradients) into one native function;
+//! - `math.rs` emits `exp`, `log`, `tanh` and `sigmoid` inline, as straight-line
+//!   polynomial code for F32 and F32X4 values;
 //! - `exec.rs` runs an optimized graph: loop and row kernels natively, matmuls through
 //!   the `gemm` crate followed by their JIT epilogue, other reductions staged around
 //!   native loops, and data movement through the reference interpreter.
@@ -13,6 +15,7 @@
 
 pub mod exec;
 pub mod loops;
+pub mod math;
 pub mod rows;
 
 use cranelift_codegen::settings::{self, Configurable};
@@ -20,16 +23,7 @@ use cranelift_frontend::FunctionBuilderContext;
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{Module, default_libcall_names};
 
-/// Scalar math the loops call (until inline polynomials replace them).
-extern "C" fn dlc_expf(x: f32) -> f32 {
-    x.exp()
-}
-extern "C" fn dlc_logf(x: f32) -> f32 {
-    x.ln()
-}
-extern "C" fn dlc_tanhf(x: f32) -> f32 {
-    x.tanh()
-}
+/// `x^y`, which the loops call lane by lane (the other math is inline: `math.rs`).
 extern "C" fn dlc_powf(x: f32, y: f32) -> f32 {
     x.powf(y)
 }
@@ -57,9 +51,6 @@ impl Jit {
             .finish(settings::Flags::new(flags))
             .map_err(|e| format!("cranelift: {e}"))?;
         let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
-        builder.symbol("dlc_expf", dlc_expf as *const u8);
-        builder.symbol("dlc_logf", dlc_logf as *const u8);
-        builder.symbol("dlc_tanhf", dlc_tanhf as *const u8);
         builder.symbol("dlc_powf", dlc_powf as *const u8);
         let module = JITModule::new(builder);
         let ctx = module.make_context();

@@ -18,6 +18,7 @@
 
 use super::Jit;
 use super::loops::{self, Gen, Io, LANES, LoopKernel, begin, finish, load_ptr, numel};
+use super::math;
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
 use crate::types::Dim;
@@ -388,7 +389,7 @@ pub fn compile(
                                         m
                                     };
                                     let d = b.ins().fsub(v, m);
-                                    g.call_lanes(b, g.exp, &[d])
+                                    math::exp(b, d)
                                 }
                                 None => v,
                             };
@@ -430,7 +431,7 @@ pub fn compile(
                             let zero = b.ins().f32const(0.0);
                             let m = b.ins().select(is_inf, zero, m);
                             let s = reduce(b, &mut g, Red::Sum, Some(m))?;
-                            let ls = g.call_lanes(b, g.log, &[s]);
+                            let ls = math::log(b, s);
                             g.rowstats.insert(n, (m, ls));
                         }
                     }
