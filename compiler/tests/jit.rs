@@ -375,15 +375,17 @@ proptest! {
     /// `[B, C]` values (softmax, row sums and maxima, batch sums and means, `sum_to`) runs
     /// as one native row kernel and matches the interpreter, for any B and C (1 included).
     #[test]
-    fn row_kernels_match_the_interpreter(rows in 1usize..9, cols in 1usize..13, picks in prop::collection::vec((0usize..31, 0usize..16, 0usize..16), 1..14), seed in 0u64..100) {
+    fn row_kernels_match_the_interpreter(rows in 1usize..9, cols in 1usize..19, picks in prop::collection::vec((0usize..31, 0usize..16, 0usize..16), 1..14), seed in 0u64..100) {
         let b = Dim::Sym("B".into());
         let full = vec![b.clone(), Dim::Known(cols)];
         let mut body = Graph::new();
         let x = body.add_ok(Op::Input { name: "in0".into(), ty: (DType::F32, full.clone()) }, &[]);
         let bias = body.add_ok(Op::Input { name: "in1".into(), ty: (DType::F32, shape_of(&[cols])) }, &[]);
         let col = body.add_ok(Op::Input { name: "in2".into(), ty: (DType::F32, vec![b.clone()]) }, &[]);
+        let labels = body.add_ok(Op::Input { name: "in3".into(), ty: (DType::I32, vec![b.clone()]) }, &[]);
+        let hot = body.add_ok(Op::OneHot { depth: cols }, &[labels]);
         // Values by class: [B, C] (or broadcastable to it), [B], invariant.
-        let mut wide = vec![x, body.add_ok(Op::Add, &[x, bias])];
+        let mut wide = vec![x, body.add_ok(Op::Add, &[x, bias]), hot];
         let mut narrow = vec![col];
         let mut inv = vec![bias, body.scalar(0.5)];
         let table = ops();
@@ -432,6 +434,7 @@ proptest! {
         env.values.insert("x0".into(), values(&[rows, cols], seed));
         env.values.insert("x1".into(), values(&[cols], seed + 1));
         env.values.insert("x2".into(), values(&[rows], seed + 2));
+        env.values.insert("x3".into(), ArrayD::from_shape_fn(IxDyn(&[rows]), |i| ((i[0] * 7 + seed as usize) % cols) as f32));
         compare(&g, &env, 2).map_err(TestCaseError::fail)?;
         let mut jit = JitGraph::new(g.clone(), 1).map_err(TestCaseError::fail)?;
         let syms: HashMap<String, usize> = [("B".to_string(), rows)].into_iter().collect();

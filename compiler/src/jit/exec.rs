@@ -855,7 +855,9 @@ impl JitGraph {
                             .iter()
                             .map(|&j| vals[j].as_ref().expect("operand computed").view())
                             .collect();
-                        let t0 = self.profile.is_some().then(std::time::Instant::now);
+                        // Calls that plan (and compile) the kernel are not profiled.
+                        let planned = self.plans.get(&key).is_some_and(|m| m.contains_key(body));
+                        let t0 = (self.profile.is_some() && planned).then(std::time::Instant::now);
                         let into = match prep.inplace.get(&i) {
                             Some(cands) => self.inplace_buffers(*body, &syms, cands, bufs)?,
                             None => Vec::new(),

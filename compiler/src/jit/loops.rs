@@ -209,16 +209,31 @@ impl Gen<'_> {
             {
                 continue;
             }
-            let ok = loop_op(&self.body.node(m).op) == Some(true) || self.rowstats.contains_key(&m);
+            let from = &self.shapes[&m];
+            // In a row kernel, a one-hot row reads its label once (a splat).
+            let row_one_hot =
+                matches!(self.body.node(m).op, Op::OneHot { .. }) && *from == self.rc_shape;
+            let ok = loop_op(&self.body.node(m).op) == Some(true)
+                || self.rowstats.contains_key(&m)
+                || row_one_hot;
             if !ok {
                 return false;
             }
-            let from = &self.shapes[&m];
+            if row_one_hot {
+                continue;
+            }
             for c in self.body.inputs(m) {
                 if self.rowvals.contains_key(&c) {
                     continue;
                 }
                 let to = &self.shapes[&c];
+                // A row kernel reads a `[C]` operand of a `[R, C]` value at the column.
+                if let [_, cols] = from[..] {
+                    if *from == self.rc_shape && (to[..] == [cols] || to[..] == [1, cols]) {
+                        stack.push(c);
+                        continue;
+                    }
+                }
                 let same = numel(from) == numel(to)
                     && to
                         .iter()
@@ -528,10 +543,27 @@ impl Gen<'_> {
                     Some(rc) if shape == self.rc_shape => rc,
                     _ => (b.ins().udiv_imm_u(idx, d), b.ins().urem_imm_u(idx, d)),
                 };
-                let l = self.emit(b, ins[0], li)?;
-                let cf = b.ins().fcvt_from_uint(types::F32, cls);
-                let c = b.ins().fcmp(FloatCC::Equal, l, cf);
-                Self::bool_f32(b, c)
+                if self.vec {
+                    // Columns cls..cls+4 of one row: the label once, against each column.
+                    self.vec = false;
+                    let l = self.emit(b, ins[0], li);
+                    self.vec = true;
+                    let l = b.ins().splat(types::F32X4, l?);
+                    let c0 = b.ins().fcvt_from_uint(types::F32, cls);
+                    let mut cf = b.ins().splat(types::F32X4, c0);
+                    for lane in 1..LANES as u8 {
+                        let k = b.ins().f32const(lane as f32);
+                        let v = b.ins().fadd(c0, k);
+                        cf = b.ins().insertlane(cf, v, lane);
+                    }
+                    let c = b.ins().fcmp(FloatCC::Equal, l, cf);
+                    self.cond_f32(b, c)
+                } else {
+                    let l = self.emit(b, ins[0], li)?;
+                    let cf = b.ins().fcvt_from_uint(types::F32, cls);
+                    let c = b.ins().fcmp(FloatCC::Equal, l, cf);
+                    Self::bool_f32(b, c)
+                }
             }
             op => return Err(format!("`{}` is not a loop op", op.name())),
         };

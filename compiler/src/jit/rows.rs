@@ -234,10 +234,21 @@ pub fn compile(
     } = Io::of(body, syms)?;
     let mut kinds = HashMap::new();
     let mut level: HashMap<NodeId, usize> = HashMap::new();
+    // Values that read no kernel input (constants, broadcast): the same in every row.
+    let mut fixed: HashSet<NodeId> = HashSet::new();
     for &n in &order {
         let k = kind(body, n, &row).ok_or("not a row kernel")?;
-        let l = body.inputs(n).iter().map(|i| level[i]).max().unwrap_or(0);
-        level.insert(n, l + usize::from(matches!(k, Kind::Batch(_))));
+        let ins = body.inputs(n);
+        if !matches!(body.node(n).op, Op::Input { .. } | Op::Random { .. })
+            && ins.iter().all(|i| fixed.contains(i))
+        {
+            fixed.insert(n);
+        }
+        let l = ins.iter().map(|i| level[i]).max().unwrap_or(0);
+        // A reduction over rows of a fixed value is known up front (`sum` of a broadcast
+        // 1 is R): it needs no pass of its own.
+        let across = matches!(k, Kind::Batch(_)) && !fixed.contains(&n);
+        level.insert(n, l + usize::from(across));
         kinds.insert(n, k);
     }
     let per_row = |n: NodeId| numel(&shapes[&n]) / r.max(1);
@@ -291,13 +302,33 @@ pub fn compile(
                     4,
                 ));
                 let addr = b.ins().stack_addr(types::I64, slot, 0);
-                let init = start(&mut b, red);
-                counted(&mut b, c, &[], |b, i, _| {
-                    let off = b.ins().imul_imm_s(i, 4);
-                    let a = b.ins().iadd(addr, off);
-                    b.ins().store(flags, init, a, 0);
-                    Ok(vec![])
-                })?;
+                if fixed.contains(&n) {
+                    // The value of row 0, times R for a sum.
+                    let x = body.inputs(n)[0];
+                    let times = b
+                        .ins()
+                        .f32const(if red == Red::Sum { r as f32 } else { 1.0 });
+                    counted(&mut b, c, &[], |b, i, _| {
+                        fresh(&mut g);
+                        g.loop_shape = shapes[&x].clone();
+                        let v = g.emit(b, x, i)?;
+                        let v = b.ins().fmul(v, times);
+                        let off = b.ins().imul_imm_s(i, 4);
+                        let a = b.ins().iadd(addr, off);
+                        b.ins().store(flags, v, a, 0);
+                        fresh(&mut g);
+                        Ok(vec![])
+                    })?;
+                    g.mem.insert(n, addr);
+                } else {
+                    let init = start(&mut b, red);
+                    counted(&mut b, c, &[], |b, i, _| {
+                        let off = b.ins().imul_imm_s(i, 4);
+                        let a = b.ins().iadd(addr, off);
+                        b.ins().store(flags, init, a, 0);
+                        Ok(vec![])
+                    })?;
+                }
                 acc_buf.insert(n, addr);
             }
         }
@@ -325,7 +356,9 @@ pub fn compile(
             let batches: Vec<NodeId> = order
                 .iter()
                 .copied()
-                .filter(|n| matches!(kinds[n], Kind::Batch(_)) && level[n] == pass + 1)
+                .filter(|n| {
+                    matches!(kinds[n], Kind::Batch(_)) && !fixed.contains(n) && level[n] == pass + 1
+                })
                 .collect();
             for &n in &batches {
                 add(body.inputs(n)[0], None);
@@ -355,6 +388,7 @@ pub fn compile(
             g.rowvals.clear();
             g.rowstats.clear();
             counted(&mut b, r, &[], |b, ri, _| {
+                let mut stats: HashMap<NodeId, (Value, Value)> = HashMap::new();
                 for &n in &row_reds {
                     let x = body.inputs(n)[0];
                     let c = per_row(x);
@@ -421,6 +455,10 @@ pub fn compile(
                             }
                             g.rowvals.insert(n, v);
                         }
+                        _ if stats.contains_key(&x) => {
+                            // softmax and log_softmax of one value share their statistics.
+                            g.rowstats.insert(n, stats[&x]);
+                        }
                         _ => {
                             // The row maximum (0 if infinite, as the reference does), then
                             // the log of the sum of exp(x - max).
@@ -433,6 +471,7 @@ pub fn compile(
                             let s = reduce(b, &mut g, Red::Sum, Some(m))?;
                             let ls = math::log(b, s);
                             g.rowstats.insert(n, (m, ls));
+                            stats.insert(x, (m, ls));
                         }
                     }
                 }
