@@ -1,6 +1,11 @@
 //! Measuring the GEMM paths: the core clock, the FMA peaks it implies, and single-threaded
 //! timings of `dlc_compiler::jit::sgemm::matmul` (used by the `gemm_peak` and
 //! `gemm_table` binaries and the `kernels` bench).
+//!
+//! Times are the calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), not wall time: on a
+//! shared machine a run that is preempted would otherwise count the other process's time
+//! slice. The fastest of many runs is kept, which also drops runs slowed by a neighbour's
+//! cache traffic.
 
 use dlc_compiler::jit::sgemm::{self, GemmPath};
 use std::hint::black_box;
@@ -10,6 +15,25 @@ use std::time::{Duration, Instant};
 /// DESIGN §6 has it). Zen 4 has two 256-bit pipes and runs a 512-bit FMA through both
 /// (one per cycle); [`Peaks`] measures what the machine sustains.
 pub const FMA_PIPES: f64 = 2.0;
+
+/// CPU time of the calling thread, in nanoseconds.
+pub fn thread_cpu_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write; the clock id is a constant of the platform.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(r, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// CPU time of one call of `f`, in nanoseconds.
+pub fn cpu_ns(f: impl FnOnce()) -> u64 {
+    let t = thread_cpu_ns();
+    f();
+    thread_cpu_ns() - t
+}
 
 /// Runs `iters` iterations of 32 dependent 64-bit `add`s (one cycle of latency each, so
 /// 32 cycles per iteration; the loop counter runs beside the chain).
@@ -48,14 +72,10 @@ pub fn core_clock_ghz(runs: usize) -> Option<f64> {
         const ITERS: u64 = CLOCK_RUN_CYCLES / 32;
         add_chain(ITERS * 50);
         let best = (0..runs.max(1))
-            .map(|_| {
-                let t = Instant::now();
-                add_chain(ITERS);
-                t.elapsed()
-            })
+            .map(|_| cpu_ns(|| add_chain(ITERS)))
             .min()
             .expect("one run");
-        Some((ITERS * 32) as f64 / best.as_nanos() as f64)
+        Some((ITERS * 32) as f64 / best as f64)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -64,7 +84,7 @@ pub fn core_clock_ghz(runs: usize) -> Option<f64> {
     }
 }
 
-/// `iters` iterations of 10 independent `vfmadd231ps` at `bits` width (128, 256 or 512;
+/// `iters` iterations of 12 independent `vfmadd231ps` at `bits` width (128, 256 or 512;
 /// enough independent chains to cover the FMA latency on two pipes).
 #[cfg(target_arch = "x86_64")]
 fn fma_loop(bits: u32, iters: u64) {
@@ -75,19 +95,21 @@ fn fma_loop(bits: u32, iters: u64) {
             unsafe {
                 std::arch::asm!(
                     concat!("vxorps ", $r, "0, ", $r, "0, ", $r, "0"),
-                    concat!("vxorps ", $r, "10, ", $r, "10, ", $r, "10"),
-                    concat!("vxorps ", $r, "11, ", $r, "11, ", $r, "11"),
+                    concat!("vxorps ", $r, "14, ", $r, "14, ", $r, "14"),
+                    concat!("vxorps ", $r, "15, ", $r, "15, ", $r, "15"),
                     "2:",
-                    concat!("vfmadd231ps ", $r, "0, ", $r, "10, ", $r, "11"),
-                    concat!("vfmadd231ps ", $r, "1, ", $r, "10, ", $r, "11"),
-                    concat!("vfmadd231ps ", $r, "2, ", $r, "10, ", $r, "11"),
-                    concat!("vfmadd231ps ", $r, "3, ", $r, "10, ", $r, "11"),
-                    concat!("vfmadd231ps ", $r, "4, ", $r, "10, ", $r, "11"),
-                    concat!("vfmadd231ps ", $r, "5, ", $r, "10, ", $r, "11"),
-                    concat!("vfmadd231ps ", $r, "6, ", $r, "10, ", $r, "11"),
-                    concat!("vfmadd231ps ", $r, "7, ", $r, "10, ", $r, "11"),
-                    concat!("vfmadd231ps ", $r, "8, ", $r, "10, ", $r, "11"),
-                    concat!("vfmadd231ps ", $r, "9, ", $r, "10, ", $r, "11"),
+                    concat!("vfmadd231ps ", $r, "0, ", $r, "14, ", $r, "15"),
+                    concat!("vfmadd231ps ", $r, "1, ", $r, "14, ", $r, "15"),
+                    concat!("vfmadd231ps ", $r, "2, ", $r, "14, ", $r, "15"),
+                    concat!("vfmadd231ps ", $r, "3, ", $r, "14, ", $r, "15"),
+                    concat!("vfmadd231ps ", $r, "4, ", $r, "14, ", $r, "15"),
+                    concat!("vfmadd231ps ", $r, "5, ", $r, "14, ", $r, "15"),
+                    concat!("vfmadd231ps ", $r, "6, ", $r, "14, ", $r, "15"),
+                    concat!("vfmadd231ps ", $r, "7, ", $r, "14, ", $r, "15"),
+                    concat!("vfmadd231ps ", $r, "8, ", $r, "14, ", $r, "15"),
+                    concat!("vfmadd231ps ", $r, "9, ", $r, "14, ", $r, "15"),
+                    concat!("vfmadd231ps ", $r, "10, ", $r, "14, ", $r, "15"),
+                    concat!("vfmadd231ps ", $r, "11, ", $r, "14, ", $r, "15"),
                     "dec rcx",
                     "jnz 2b",
                     inout("rcx") iters => _,
@@ -106,7 +128,7 @@ fn fma_loop(bits: u32, iters: u64) {
 }
 
 /// FMA instructions per cycle one core sustains at `bits`-wide f32 vectors, given the clock
-/// in GHz: independent `vfmadd231ps` in a loop (2^24 of them, fastest of `runs` runs).
+/// in GHz: independent `vfmadd231ps` in a loop (12·2^20 of them, fastest of `runs` runs).
 /// `None` off x86-64 or where the CPU lacks the width (FMA for 128/256, AVX-512F for 512).
 pub fn fma_per_cycle(bits: u32, ghz: f64, runs: usize) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
@@ -116,17 +138,13 @@ pub fn fma_per_cycle(bits: u32, ghz: f64, runs: usize) -> Option<f64> {
         if !ok {
             return None;
         }
-        const ITERS: u64 = 1 << 20; // × 10 FMAs
+        const ITERS: u64 = 1 << 20; // × 12 FMAs
         fma_loop(bits, ITERS * 10);
         let best = (0..runs.max(1))
-            .map(|_| {
-                let t = Instant::now();
-                fma_loop(bits, ITERS);
-                t.elapsed()
-            })
+            .map(|_| cpu_ns(|| fma_loop(bits, ITERS)))
             .min()
             .expect("one run");
-        Some((ITERS * 10) as f64 / (best.as_nanos() as f64 * ghz))
+        Some((ITERS * 12) as f64 / (best as f64 * ghz))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -271,20 +289,27 @@ impl Operands {
     }
 }
 
-/// The fastest of repeated runs of `f`, in nanoseconds: after one warm-up run, at least
-/// `min_runs` runs and until `budget` has passed (at most `max_runs`).
+/// The fastest of repeated runs of `f`, in nanoseconds of thread CPU time: after one
+/// warm-up run, at least `min_runs` samples and until `budget` of wall time has passed (at
+/// most `max_runs`). A sample times a batch of runs lasting about 50 µs, so that reading
+/// the CPU clock (a system call, ~0.3 µs) does not count in the time of a small product.
 pub fn min_ns(mut f: impl FnMut(), min_runs: usize, max_runs: usize, budget: Duration) -> f64 {
+    let t = Instant::now();
     f();
+    let once = t.elapsed().as_nanos().max(1) as u64;
+    let batch = (50_000 / once).clamp(1, 10_000);
     let start = Instant::now();
-    let mut best = Duration::MAX;
+    let mut best = u64::MAX;
     let mut runs = 0;
     while runs < min_runs || (runs < max_runs && start.elapsed() < budget) {
-        let t = Instant::now();
-        f();
-        best = best.min(t.elapsed());
+        best = best.min(cpu_ns(|| {
+            for _ in 0..batch {
+                f();
+            }
+        }));
         runs += 1;
     }
-    best.as_nanos() as f64
+    best as f64 / batch as f64
 }
 
 /// The 1-, 5- and 15-minute load averages (Linux), to report how idle the machine was.

@@ -5,7 +5,9 @@
 //!
 //!   cargo run --release -p dlc-benches --bin gemm_peak [N]   (N: runs per path, default 50)
 
-use dlc_benches::gemm::{FMA_PIPES, Operands, Peaks, core_clock_ghz, load_average, min_ns};
+use dlc_benches::gemm::{
+    FMA_PIPES, Operands, Peaks, core_clock_ghz, fma_per_cycle, load_average, min_ns,
+};
 use dlc_compiler::jit::sgemm::{self, GemmPath};
 use std::time::Duration;
 
@@ -37,6 +39,12 @@ fn main() {
          512 bits = {:.1} GFLOP/s",
         p.fmas_128, p.measured_128, p.fmas_512, p.measured_512
     );
+    if let Some(f) = fma_per_cycle(256, p.ghz, 20) {
+        println!(
+            "measured FMA throughput at 256 bits: {f:.2}/cycle = {:.1} GFLOP/s",
+            f * p.ghz * 16.0
+        );
+    }
     let (m, n, k) = (512, 512, 512);
     let mut o = Operands::new(m, n, k);
     for path in [GemmPath::Jit, GemmPath::Crate] {

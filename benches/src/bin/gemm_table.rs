@@ -1,7 +1,8 @@
 //! Measures the cost table `compiler/src/jit/gemm_costs.tsv` that `sgemm::choose` reads:
 //! both GEMM paths on one thread over a grid of shapes (m × n × k), the fastest of
-//! repeated runs of each (at least 5 runs, and more until 30 ms have passed). Run it on
-//! an idle machine and commit the result; the choice at run time never times anything.
+//! repeated runs of each in thread CPU time (`gemm::min_ns`: at least 3 samples per path
+//! in each of two interleaved rounds, and more until 15 ms per round have passed). Run it
+//! on an idle machine and commit the result; the choice at run time never times anything.
 //!
 //!   cargo run --release -p dlc-benches --bin gemm_table [OUT]
 //!   (OUT defaults to compiler/src/jit/gemm_costs.tsv)
@@ -32,7 +33,7 @@ fn main() {
     writeln!(
         text,
         "# GEMM cost table for sgemm::choose: ns per C = A·B on one thread, fastest of \
-         repeated runs.\n# Made by `cargo run --release -p dlc-benches --bin gemm_table` \
+         repeated runs (thread CPU time).\n# Made by `cargo run --release -p dlc-benches --bin gemm_table` \
          (load average {load}, core clock {ghz:.2} GHz).\nm\tn\tk\tjit_ns\tcrate_ns"
     )
     .expect("string");
