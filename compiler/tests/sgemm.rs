@@ -254,6 +254,48 @@ proptest! {
     }
 }
 
+/// `matmul_rows` over a partition of the rows gives the whole product, for both paths.
+#[test]
+fn row_blocks_through_matmul_rows() {
+    for path in [GemmPath::Jit, GemmPath::Crate] {
+        for (ta, tb) in [(false, false), (true, true)] {
+            let c = Case {
+                m: 29,
+                n: 11,
+                k: 19,
+                ta,
+                tb,
+                pad: 2,
+                seed: 3,
+            };
+            check(&c, 0, c.m, |m, a, b, out, s| {
+                for (r0, r1) in [(0, 5), (5, 6), (6, 6), (6, 29)] {
+                    assert!(r1 <= m);
+                    // SAFETY: as in `blocked`; the ranges cover the rows once each.
+                    unsafe {
+                        sgemm::matmul_rows(
+                            path,
+                            r0,
+                            r1,
+                            c.n,
+                            c.k,
+                            a,
+                            s.a_rs,
+                            s.a_cs,
+                            b,
+                            s.b_rs,
+                            s.b_cs,
+                            out,
+                            s.c_rs as isize,
+                        )
+                    };
+                }
+            })
+            .unwrap();
+        }
+    }
+}
+
 /// Every transpose combination on shapes that leave edges in both dimensions and a k
 /// tail after the unroll, across more than one default cache block.
 #[test]

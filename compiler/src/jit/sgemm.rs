@@ -716,6 +716,49 @@ pub unsafe fn matmul(
     }
 }
 
+/// Rows [r0, r1) of C = A·B through `path`, single-threaded, for A of any number of rows:
+/// [`matmul`] on row `r0` of A and C. `a` and `c` point at row 0; the other arguments are
+/// those of [`matmul`]. Disjoint row ranges of one product may run on different threads.
+///
+/// # Safety
+/// As for [`matmul`] with `m = r1 - r0` on the pointers advanced to row `r0`; `r0 ≤ r1`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn matmul_rows(
+    path: GemmPath,
+    r0: usize,
+    r1: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    a_rs: isize,
+    a_cs: isize,
+    b: *const f32,
+    b_rs: isize,
+    b_cs: isize,
+    c: *mut f32,
+    c_rs: isize,
+) {
+    debug_assert!(r0 <= r1);
+    // SAFETY: rows r0.. of A and C lie inside their buffers (contract); `wrapping_offset`
+    // keeps an empty range (r0 = r1 at the end) well-defined.
+    unsafe {
+        matmul(
+            path,
+            r1 - r0,
+            n,
+            k,
+            a.wrapping_offset(r0 as isize * a_rs),
+            a_rs,
+            a_cs,
+            b,
+            b_rs,
+            b_cs,
+            c.wrapping_offset(r0 as isize * c_rs),
+            c_rs,
+        )
+    }
+}
+
 /// The measured cost table: `gemm_costs.tsv` (columns m n k jit_ns crate_ns).
 pub const COSTS_TSV: &str = include_str!("gemm_costs.tsv");
 
@@ -819,6 +862,10 @@ mod tests {
             assert_eq!(choose(c.m, c.n, c.k), c.cheaper(), "{c:?}");
             let near = |x: usize| x + x / 10;
             assert_eq!(nearest(t, near(c.m), near(c.n), near(c.k)), Some(&c));
+        }
+        // Every row: the nearest shape of a measured one is itself.
+        for c in t {
+            assert_eq!(choose(c.m, c.n, c.k), c.cheaper(), "{c:?}");
         }
         for (m, n, k) in [
             (1, 10, 784),
