@@ -408,10 +408,15 @@ fn alternative_kernels() {
                     unroll,
                     split_broadcasts,
                     optimize,
+                    readonly_loads: true,
                 });
             }
         }
     }
+    kernels.push(Kernel {
+        readonly_loads: false,
+        ..dlc_compiler::jit::sgemm::KERNEL
+    });
     for kc in kernels {
         let s = Sgemm::with_kernel(kc).unwrap();
         for (m, n, k, ta, tb) in [(13, 17, 11, false, true), (7, 9, 30, true, false)] {

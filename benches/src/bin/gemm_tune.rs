@@ -58,6 +58,42 @@ impl Panel {
     }
 }
 
+/// `MRxNR uU` and the options that differ from the default kernel.
+fn label(kc: Kernel) -> String {
+    let mut l = format!("{}x{} u{}", kc.mr, kc.nr, kc.unroll);
+    if kc.split_broadcasts {
+        l += " split-broadcasts";
+    }
+    if !kc.optimize {
+        l += " opt_level=none";
+    }
+    if !kc.readonly_loads {
+        l += " plain-loads";
+    }
+    l
+}
+
+/// GFLOP/s of the micro-kernel alone: 1000 calls with k = 256 on L1-resident panels.
+fn micro(kc: Kernel) -> f64 {
+    let s = Sgemm::with_kernel(kc).expect("compiles");
+    let k = 256;
+    let a = Panel::new(s.a_panel_len(k));
+    let b = Panel::new(kc.nr * k);
+    let mut c = vec![0.0f32; kc.mr * kc.nr];
+    let ns = min_ns(
+        || {
+            for _ in 0..1000 {
+                // SAFETY: panels of the sizes the kernel reads; C is mr×nr.
+                unsafe { s.tile_product(k, a.ptr(), b.ptr(), c.as_mut_ptr(), kc.nr, true) }
+            }
+        },
+        5,
+        100,
+        Duration::from_millis(200),
+    );
+    (2 * kc.mr * kc.nr * k * 1000) as f64 / ns
+}
+
 fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     println!("load average: {}", load_average().unwrap_or_default());
@@ -74,6 +110,7 @@ fn main() {
             unroll: v[2],
             split_broadcasts: v[3] != 0,
             optimize: v[4] != 0,
+            readonly_loads: true,
         })
         .expect("compiles");
         println!("{}\n{}", s.clif(), s.asm());
@@ -81,9 +118,39 @@ fn main() {
     }
     if what == "micro" || what == "all" {
         // The micro-kernel alone on L1-resident panels (k = 256).
+        let mut kernels = Vec::new();
         for (mr, nr) in [(6, 8), (12, 4), (4, 12), (3, 16), (8, 4)] {
             for unroll in [1, 2, 4] {
-                for (split, optimize) in [(false, true), (true, true)] {
+                for split in [false, true] {
+                    if !(split && nr == 4) {
+                        kernels.push(Kernel {
+                            mr,
+                            nr,
+                            unroll,
+                            split_broadcasts: split,
+                            ..KERNEL
+                        });
+                    }
+                }
+            }
+        }
+        kernels.push(Kernel {
+            readonly_loads: false,
+            ..KERNEL
+        });
+        kernels.push(Kernel {
+            optimize: false,
+            ..KERNEL
+        });
+        for kc in kernels {
+            println!("micro {}: {:.1} GFLOP/s", label(kc), micro(kc));
+        }
+    }
+    if what == "kernels" || what == "all" {
+        // Whole products at 512³ with the default blocking.
+        for (mr, nr) in [(6, 8), (12, 4), (4, 12), (3, 16), (8, 4)] {
+            for unroll in [1, 2, 4] {
+                for split in [false, true] {
                     if split && nr == 4 {
                         continue;
                     }
@@ -92,52 +159,12 @@ fn main() {
                         nr,
                         unroll,
                         split_broadcasts: split,
-                        optimize,
-                    };
-                    let s = Sgemm::with_kernel(kc).expect("compiles");
-                    let k = 256;
-                    let a = Panel::new(s.a_panel_len(k));
-                    let b = Panel::new(nr * k);
-                    let mut c = vec![0.0f32; mr * nr];
-                    let ns = min_ns(
-                        || {
-                            for _ in 0..1000 {
-                                // SAFETY: panels of the sizes the kernel reads; C is mr×nr.
-                                unsafe {
-                                    s.tile_product(k, a.ptr(), b.ptr(), c.as_mut_ptr(), nr, true)
-                                }
-                            }
-                        },
-                        5,
-                        100,
-                        Duration::from_millis(200),
-                    );
-                    println!(
-                        "micro {mr}x{nr} unroll {unroll} split {split}: {:.1} GFLOP/s",
-                        (2 * mr * nr * k * 1000) as f64 / ns
-                    );
-                }
-            }
-        }
-    }
-    if what == "kernels" || what == "all" {
-        for (mr, nr) in [(6, 8), (12, 4), (4, 12), (3, 16), (8, 4)] {
-            for unroll in [1, 2, 4, 8] {
-                for (split, optimize) in [(false, true), (true, true), (true, false)] {
-                    if split && optimize && nr == 4 {
-                        continue;
-                    }
-                    let kc = Kernel {
-                        mr,
-                        nr,
-                        unroll,
-                        split_broadcasts: split,
-                        optimize,
+                        ..KERNEL
                     };
                     let s = Sgemm::with_kernel(kc).expect("compiles");
                     println!(
-                        "kernel {mr}x{nr} unroll {unroll} split {split} optimize {optimize}: \
-                         {:.1} GFLOP/s",
+                        "512³ {}: {:.1} GFLOP/s",
+                        label(kc),
                         gflops(&s, BLOCKING, &mut o)
                     );
                 }

@@ -72,6 +72,9 @@ pub struct Kernel {
     /// Cranelift's optimizer on (`opt_level = speed`, e-graph) or off (`none`: the
     /// instructions stay in the order emitted).
     pub optimize: bool,
+    /// The packed panels' loads carry `readonly` + `can_move` (otherwise only `notrap` +
+    /// `aligned`).
+    pub readonly_loads: bool,
 }
 
 /// The micro-kernel [`Sgemm::new`] compiles.
@@ -81,6 +84,7 @@ pub const KERNEL: Kernel = Kernel {
     unroll: 2,
     split_broadcasts: false,
     optimize: true,
+    readonly_loads: true,
 };
 /// Rows of the default micro-kernel's C tile.
 pub const MR: usize = KERNEL.mr;
@@ -481,7 +485,11 @@ fn compile(jit: &mut Jit, kc: Kernel, a_rep: usize) -> Result<KernelFn, String> 
     jit.ctx.func.name = UserFuncName::user(0, fid.as_u32());
     let nr = nv * 4;
     // Packed panels: aligned, never written during the call.
-    let panel = MemFlagsData::trusted().with_readonly().with_can_move();
+    let panel = if kc.readonly_loads {
+        MemFlagsData::trusted().with_readonly().with_can_move()
+    } else {
+        MemFlagsData::trusted()
+    };
     // C: any alignment, written.
     let cflags = MemFlagsData::new().with_notrap();
     {
