@@ -512,6 +512,10 @@ fn compile(jit: &mut Jit, kc: Kernel, a_rep: usize) -> Result<KernelFn, String> 
         };
         let main_head = with_state(&mut b);
         let main_body = with_state(&mut b);
+        let tail_start = b.create_block();
+        for t in std::iter::repeat_n(types::F32X4, nacc).chain([i64t, i64t]) {
+            b.append_block_param(tail_start, t);
+        }
         let tail_head = with_state(&mut b);
         let tail_body = with_state(&mut b);
         let store = b.create_block();
@@ -527,7 +531,6 @@ fn compile(jit: &mut Jit, kc: Kernel, a_rep: usize) -> Result<KernelFn, String> 
         let zf = b.ins().f32const(0.0);
         let zero = b.ins().splat(types::F32X4, zf);
         let n_main = b.ins().ushr_imm_u(k, unroll.trailing_zeros() as i64);
-        let rem = b.ins().band_imm_u(k, (unroll - 1) as i64);
         let args = |a: Value, bb: Value, cnt: Value, acc: &[Value]| {
             let mut v = acc.to_vec();
             v.extend_from_slice(&[a, bb, cnt]);
@@ -570,8 +573,8 @@ fn compile(jit: &mut Jit, kc: Kernel, a_rep: usize) -> Result<KernelFn, String> 
             st[nacc + 2],
             main_body,
             &to_args(&st),
-            tail_head,
-            &to_args(&args(st[nacc], st[nacc + 1], rem, &st[..nacc])),
+            tail_start,
+            &to_args(&st[..nacc + 2]),
         );
         b.switch_to_block(main_body);
         let st = b.block_params(main_body).to_vec();
@@ -586,7 +589,15 @@ fn compile(jit: &mut Jit, kc: Kernel, a_rep: usize) -> Result<KernelFn, String> 
         let c1 = b.ins().iadd_imm_s(st[nacc + 2], -1);
         b.ins().jump(main_head, &to_args(&args(a1, b1, c1, &acc)));
 
-        // Tail: the remaining k % unroll steps, one at a time.
+        // Tail: the remaining k % unroll steps, one at a time. (Their count is computed
+        // here, once: computed before the main loop, it was recomputed in its head.)
+        b.switch_to_block(tail_start);
+        let st = b.block_params(tail_start).to_vec();
+        let rem = b.ins().band_imm_u(k, (unroll - 1) as i64);
+        b.ins().jump(
+            tail_head,
+            &to_args(&args(st[nacc], st[nacc + 1], rem, &st[..nacc])),
+        );
         b.switch_to_block(tail_head);
         let st = b.block_params(tail_head).to_vec();
         b.ins().brif(
