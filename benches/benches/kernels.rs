@@ -1,14 +1,19 @@
-//! JIT kernels: gemm at 512³ (GFLOP/s) and a fused elementwise update loop (GB/s).
-//! Whole training steps are in `train_step.rs`. Run: `cargo bench -p dlc-benches --bench kernels`.
+//! JIT kernels: gemm at 512³ (GFLOP/s), both GEMM paths of `sgemm::matmul` at 512³ (GFLOP/s,
+//! with their fractions of the core's FMA peaks printed first) and a fused elementwise update
+//! loop (GB/s). Whole training steps are in `train_step.rs`.
+//! Run: `cargo bench -p dlc-benches --bench kernels`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use dlc_benches::gemm::{Operands, Peaks, min_ns};
 use dlc_compiler::interp::Env;
 use dlc_compiler::ir::Graph;
 use dlc_compiler::jit::exec::JitGraph;
+use dlc_compiler::jit::sgemm::GemmPath;
 use dlc_compiler::ops::{KernelKind, Op};
 use dlc_compiler::types::{DType, shape_of};
 use ndarray::{ArrayD, IxDyn};
 use std::hint::black_box;
+use std::time::Duration;
 
 /// One fused kernel of `kind` around `body` (inputs `in0…` become graph inputs `x0…`).
 fn kernel_graph(body: Graph, inputs: &[Vec<usize>], kind: KernelKind) -> Graph {
@@ -93,6 +98,31 @@ fn gemm_512(c: &mut Criterion) {
     group.finish();
 }
 
+/// C = A·B at 512³ on one thread through each GEMM path. Criterion reports the rate in
+/// elements/s, one element per flop (2·512³ per product); the fractions of the FMA peaks
+/// (clock and FMA throughput measured here) are printed before it, from the fastest of 20
+/// runs.
+fn gemm_paths(c: &mut Criterion) {
+    let n = 512;
+    let mut o = Operands::new(n, n, n);
+    let peaks = Peaks::measure();
+    if let Some(p) = &peaks {
+        eprintln!("{p}");
+    }
+    let mut group = c.benchmark_group("gemm_path");
+    group.throughput(Throughput::Elements(o.flops() as u64));
+    for path in [GemmPath::Jit, GemmPath::Crate] {
+        if let Some(p) = &peaks {
+            let gf = o.flops() / min_ns(|| o.run(path), 20, 20, Duration::ZERO);
+            eprintln!("{path} 512³: {gf:.1} GFLOP/s, {}", p.fractions(gf));
+        }
+        group.bench_function(format!("{path}_512x512x512_1thread_flops"), |bch| {
+            bch.iter(|| o.run(path))
+        });
+    }
+    group.finish();
+}
+
 fn adam_loop(c: &mut Criterion) {
     // p, g, m, v → p', m', v' for a million parameters: the shape of the update kernel.
     let n = 1 << 20;
@@ -145,5 +175,5 @@ fn adam_loop(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gemm_512, adam_loop);
+criterion_group!(benches, gemm_512, gemm_paths, adam_loop);
 criterion_main!(benches);

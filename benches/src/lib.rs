@@ -1,5 +1,8 @@
 //! Shared set-up for the benchmarks: compile a model file into its training step and
-//! take batches from its data set, as `dlc train` does.
+//! take batches from its data set, as `dlc train` does; `gemm` measures the GEMM paths
+//! against the core's FMA peak.
+
+pub mod gemm;
 
 use dlc_compiler::interp::Env;
 use dlc_runtime::engine::EngineKind;

@@ -16,6 +16,7 @@
 use super::Jit;
 use super::loops::{self, LoopKernel};
 use super::rows;
+use super::sgemm::{self, GemmPath};
 use crate::interp::{self, Env};
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
@@ -88,6 +89,8 @@ enum Plan {
         ta: bool,
         tb: bool,
         epilogue: Option<LoopKernel>,
+        /// The GEMM core for this product's shape (from the committed cost table).
+        path: GemmPath,
     },
     Interpret,
 }
@@ -170,6 +173,21 @@ fn split_matmul(body: &Graph) -> Option<(usize, usize, bool, bool, Graph)> {
         epi.set_output(name.clone(), map[n]);
     }
     Some((a, b, ta, tb, epi))
+}
+
+/// The concrete shape of kernel input `in{k}` of a body.
+fn input_shape(
+    body: &Graph,
+    k: usize,
+    syms: &HashMap<String, usize>,
+) -> Result<Vec<usize>, String> {
+    let name = format!("in{k}");
+    let n = body
+        .g
+        .node_indices()
+        .find(|&n| matches!(&body.node(n).op, Op::Input { name: x, .. } if *x == name))
+        .ok_or_else(|| format!("kernel has no input {name}"))?;
+    loops::concrete(&body.ty(n).shape, syms)
 }
 
 /// Symbolic sizes in a canonical order, as a plan key.
@@ -366,9 +384,17 @@ impl JitGraph {
                     format!("native loop, {} inputs, outputs {:?}", k.inputs, k.outputs)
                 }
                 Plan::MatMul {
-                    ta, tb, epilogue, ..
+                    ta,
+                    tb,
+                    epilogue,
+                    path,
+                    ..
                 } => format!(
-                    "gemm (ta={ta}, tb={tb}){}",
+                    "matmul (ta={ta}, tb={tb}) by {}{}",
+                    match path {
+                        GemmPath::Jit => "the JIT's F32X4 micro-kernel",
+                        GemmPath::Crate => "the gemm crate",
+                    },
                     if epilogue.is_some() {
                         " + native epilogue loop"
                     } else {
@@ -417,6 +443,15 @@ impl JitGraph {
             } else if let Some((a, b, ta, tb, epi)) = split_matmul(body) {
                 let trivial = body.outputs.len() == 1
                     && matches!(body.node(body.outputs[0].1).op, Op::MatMul { .. });
+                let a_shape = input_shape(body, a, syms)?;
+                let (m, k) = if ta {
+                    (a_shape[1], a_shape[0])
+                } else {
+                    (a_shape[0], a_shape[1])
+                };
+                let b_shape = input_shape(body, b, syms)?;
+                let n = if tb { b_shape[0] } else { b_shape[1] };
+                let path = sgemm::choose(m, n, k);
                 if trivial {
                     Plan::MatMul {
                         a,
@@ -424,6 +459,7 @@ impl JitGraph {
                         ta,
                         tb,
                         epilogue: None,
+                        path,
                     }
                 } else if loops::supported(&epi) {
                     Plan::MatMul {
@@ -432,6 +468,7 @@ impl JitGraph {
                         ta,
                         tb,
                         epilogue: Some(loops::compile(&mut self.jit, &epi, syms)?),
+                        path,
                     }
                 } else {
                     Plan::Interpret
@@ -614,7 +651,14 @@ impl JitGraph {
         self.pool.borrow_mut().give(a);
     }
 
-    fn gemm(&self, a: &ArrayViewD<f32>, b: &ArrayViewD<f32>, ta: bool, tb: bool) -> ArrayD<f32> {
+    fn gemm(
+        &self,
+        a: &ArrayViewD<f32>,
+        b: &ArrayViewD<f32>,
+        ta: bool,
+        tb: bool,
+        path: GemmPath,
+    ) -> ArrayD<f32> {
         let (a, b) = (a.as_standard_layout(), b.as_standard_layout());
         let (ar, ac) = (a.shape()[0], a.shape()[1]);
         let (br, bc) = (b.shape()[0], b.shape()[1]);
@@ -643,30 +687,24 @@ impl JitGraph {
         // Rows [r0, r1) of C from rows [r0, r1) of A: independent of every other row, so a
         // split across threads gives the same bits as one call.
         let rows = |r0: usize, r1: usize| {
-            let a_off = r0 as isize * a_rs;
-            // SAFETY: pointers, offsets and strides stay inside the buffers above; each
-            // call writes its own rows of C, which is not read.
+            // SAFETY: pointers and strides describe the buffers above; each call writes
+            // its own rows of C, which overlaps neither operand, and nothing writes the
+            // operands meanwhile.
             unsafe {
-                gemm::gemm(
-                    r1 - r0,
+                sgemm::matmul_rows(
+                    path,
+                    r0,
+                    r1,
                     n,
                     k,
-                    (cp as *mut f32).add(r0 * n),
-                    1,
-                    n as isize,
-                    false,
-                    (ap as *const f32).offset(a_off),
-                    a_cs,
+                    ap as *const f32,
                     a_rs,
+                    a_cs,
                     bp as *const f32,
-                    b_cs,
                     b_rs,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                    b_cs,
+                    cp as *mut f32,
+                    n as isize,
                 );
             }
         };
@@ -716,8 +754,9 @@ impl JitGraph {
                 ta,
                 tb,
                 epilogue,
+                path,
             } => {
-                let c = self.gemm(&ins[*a], &ins[*b], *ta, *tb);
+                let c = self.gemm(&ins[*a], &ins[*b], *ta, *tb, *path);
                 match epilogue {
                     None => vec![c],
                     Some(k) => {

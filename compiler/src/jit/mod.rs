@@ -7,8 +7,11 @@
 //! - `math.rs` emits `exp`, `log`, `tanh` and `sigmoid` inline, as straight-line
 //!   polynomial code for F32 and F32X4 values;
 //! - `exec.rs` runs an optimized graph: loop and row kernels natively, matmuls through
-//!   the `gemm` crate followed by their JIT epilogue, other reductions staged around
-//!   native loops, and data movement through the reference interpreter.
+//!   `sgemm.rs` followed by their JIT epilogue, other reductions staged around
+//!   native loops, and data movement through the reference interpreter;
+//! - `sgemm.rs` is the GEMM core: the JIT's own F32X4 micro-kernel and the `gemm` crate
+//!   behind one `matmul` interface, with the path per shape chosen from a committed,
+//!   measured cost table.
 //!
 //! A `Jit` owns its `JITModule`: Cranelift cannot free single functions, so a compiled
 //! model drops its module whole.
@@ -17,6 +20,7 @@ pub mod exec;
 pub mod loops;
 pub mod math;
 pub mod rows;
+pub mod sgemm;
 
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::FunctionBuilderContext;
@@ -39,11 +43,16 @@ pub struct Jit {
 
 impl Jit {
     pub fn new() -> Result<Jit, String> {
+        Jit::with_opt_level("speed")
+    }
+
+    /// A JIT whose functions Cranelift compiles at `opt_level` ("none", "speed", …).
+    pub(crate) fn with_opt_level(opt_level: &str) -> Result<Jit, String> {
         let mut flags = settings::builder();
         let set = |f: &mut settings::Builder, k: &str, v: &str| {
             f.set(k, v).map_err(|e| format!("cranelift flag {k}: {e}"))
         };
-        set(&mut flags, "opt_level", "speed")?;
+        set(&mut flags, "opt_level", opt_level)?;
         set(&mut flags, "use_colocated_libcalls", "false")?;
         set(&mut flags, "is_pic", "false")?;
         let isa = cranelift_native::builder()
