@@ -296,6 +296,18 @@ fn compile(
         _ => say_raw!("{}", print_graph(opt.as_ref().map_or(&step, |o| &o.graph))),
     }
     if stats {
+        // The JIT's memory plan of one run of the (optimized) graph.
+        let g = opt.as_ref().map_or(&step, |o| &o.graph).clone();
+        let outs: Vec<String> = g.outputs.iter().map(|(n, _)| n.clone()).collect();
+        let refs: Vec<&str> = outs.iter().map(|s| s.as_str()).collect();
+        let b = batch.unwrap_or(64);
+        let syms: std::collections::HashMap<String, usize> =
+            [("B".to_string(), b)].into_iter().collect();
+        let mem = dlc_compiler::jit::exec::JitGraph::new(g, 1)?.memory_plan(&refs, &syms)?;
+        say!("peak_bytes: {}", mem.arena_bytes);
+        say!("peak_live_bytes: {}", mem.peak_live_bytes);
+        say!("intermediate_bytes: {}", mem.total_bytes);
+        say!("memory_plan_batch: {b}");
         let before = step.schedule().len();
         if let Some(s) = &grad_stats {
             say!("grad_egraph_nodes: {}", s.egraph_nodes);

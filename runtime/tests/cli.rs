@@ -390,6 +390,18 @@ fn optimized_and_unoptimized_training_agree() {
     ] {
         assert!(t.contains(key), "missing {key} in --stats:\n{t}");
     }
+    // The memory plan reuses memory: its arena is smaller than all intermediates together.
+    let field = |k: &str| -> u64 {
+        t.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {k} in --stats:\n{t}"))
+    };
+    let (peak, total) = (field("peak_bytes:"), field("intermediate_bytes:"));
+    assert!(
+        0 < peak && peak < total,
+        "peak_bytes {peak}, intermediates {total}"
+    );
 }
 
 #[test]

@@ -15,6 +15,7 @@
 
 use super::Jit;
 use super::loops::{self, LoopKernel};
+use super::memory::{self, Life, MemPlan};
 use super::rows;
 use super::sgemm::{self, GemmPath};
 use crate::interp::{self, Env};
@@ -95,6 +96,17 @@ enum Plan {
     Interpret,
 }
 
+/// Where the native kernels of one schedule at one set of sizes write their
+/// intermediate values: fixed offsets in one arena (`memory.rs`).
+struct Layout {
+    /// Float offset in the arena of each (kernel body, output) placed there.
+    slots: HashMap<(u32, u32), usize>,
+    arena: Vec<f32>,
+    /// Float offset of the arena's first cache-aligned byte.
+    base: usize,
+    plan: MemPlan,
+}
+
 pub struct JitGraph {
     graph: Graph,
     jit: Jit,
@@ -104,6 +116,8 @@ pub struct JitGraph {
     prepared: HashMap<(Vec<NodeId>, Vec<(usize, String)>), std::rc::Rc<Prepared>>,
     threads: usize,
     pool: std::cell::RefCell<Pool>,
+    /// Memory layouts by schedule and sizes.
+    layouts: HashMap<(usize, Vec<(String, usize)>), Layout>,
     /// Seconds spent per kernel body, when `DLC_PROFILE` is set (printed on drop).
     profile: Option<HashMap<u32, (f64, usize)>>,
 }
@@ -207,6 +221,8 @@ enum Action {
 
 /// A schedule with operand positions, so a run does no graph walks.
 struct Prepared {
+    /// Distinct per schedule (keys its memory layouts).
+    id: usize,
     order: Vec<NodeId>,
     actions: Vec<Action>,
     /// Operands of each scheduled node, as positions in `order`.
@@ -350,6 +366,7 @@ impl JitGraph {
             prepared: HashMap::new(),
             threads: threads.max(1),
             pool: Default::default(),
+            layouts: HashMap::new(),
         })
     }
 
@@ -658,7 +675,8 @@ impl JitGraph {
         ta: bool,
         tb: bool,
         path: GemmPath,
-    ) -> ArrayD<f32> {
+        out: Option<*mut f32>,
+    ) -> Option<ArrayD<f32>> {
         let (a, b) = (a.as_standard_layout(), b.as_standard_layout());
         let (ar, ac) = (a.shape()[0], a.shape()[1]);
         let (br, bc) = (b.shape()[0], b.shape()[1]);
@@ -675,15 +693,21 @@ impl JitGraph {
         } else {
             (bc as isize, 1)
         };
+        let mut c = match out {
+            Some(_) => None,
+            None => Some(self.pool.borrow_mut().array(&[m, n])),
+        };
+        let cp = match (&mut c, out) {
+            (Some(c), _) => c.as_mut_ptr(),
+            (None, Some(p)) => p,
+            (None, None) => unreachable!("one of the two"),
+        };
         if k == 0 {
-            return ArrayD::zeros(IxDyn(&[m, n]));
+            // SAFETY: `cp` holds m·n floats.
+            unsafe { std::ptr::write_bytes(cp, 0, m * n) };
+            return c;
         }
-        let mut c = self.pool.borrow_mut().array(&[m, n]);
-        let (cp, ap, bp) = (
-            c.as_mut_ptr() as usize,
-            a.as_ptr() as usize,
-            b.as_ptr() as usize,
-        );
+        let (cp, ap, bp) = (cp as usize, a.as_ptr() as usize, b.as_ptr() as usize);
         // Rows [r0, r1) of C from rows [r0, r1) of A: independent of every other row, so a
         // split across threads gives the same bits as one call.
         let rows = |r0: usize, r1: usize| {
@@ -737,7 +761,8 @@ impl JitGraph {
         env: &Env<f32>,
         syms: &HashMap<String, usize>,
         key: &[(String, usize)],
-    ) -> Result<Vec<ArrayD<f32>>, String> {
+        into: &[(usize, *mut f32)],
+    ) -> Result<Vec<Option<ArrayD<f32>>>, String> {
         let planned = self
             .plans
             .get(key)
@@ -746,8 +771,11 @@ impl JitGraph {
             self.plan(body_id, syms)?;
         }
         let plan = &self.plans[key][&body_id];
+        if !into.is_empty() && !matches!(plan, Plan::Loop(_) | Plan::MatMul { .. }) {
+            return Err(format!("kernel {body_id} cannot write into given buffers"));
+        }
         Ok(match plan {
-            Plan::Loop(k) => self.call_loop(k, ins, env),
+            Plan::Loop(k) => self.call_loop_into(k, ins, env, into),
             Plan::MatMul {
                 a,
                 b,
@@ -755,24 +783,34 @@ impl JitGraph {
                 tb,
                 epilogue,
                 path,
-            } => {
-                let c = self.gemm(&ins[*a], &ins[*b], *ta, *tb, *path);
-                match epilogue {
-                    None => vec![c],
-                    Some(k) => {
-                        let mut all: Vec<ArrayViewD<f32>> = ins.to_vec();
-                        all.push(c.view());
-                        let outs = self.call_loop(k, &all, env);
-                        self.recycle(c);
-                        outs
-                    }
+            } => match epilogue {
+                None => {
+                    let out = into.iter().find(|(o, _)| *o == 0).map(|x| x.1);
+                    vec![self.gemm(&ins[*a], &ins[*b], *ta, *tb, *path, out)]
                 }
-            }
-            Plan::Staged(stages) => self.run_staged(body_id, stages, ins, env, syms)?,
+                Some(k) => {
+                    let c = self
+                        .gemm(&ins[*a], &ins[*b], *ta, *tb, *path, None)
+                        .expect("a pool buffer");
+                    let mut all: Vec<ArrayViewD<f32>> = ins.to_vec();
+                    all.push(c.view());
+                    let outs = self.call_loop_into(k, &all, env, into);
+                    self.recycle(c);
+                    outs
+                }
+            },
+            Plan::Staged(stages) => self
+                .run_staged(body_id, stages, ins, env, syms)?
+                .into_iter()
+                .map(Some)
+                .collect(),
             Plan::Interpret => {
                 let owned: Vec<ArrayD<f32>> = ins.iter().map(|v| v.to_owned()).collect();
                 let refs: Vec<&ArrayD<f32>> = owned.iter().collect();
                 interp::run_kernel(&self.graph.bodies[body_id as usize], &refs, env, syms)?
+                    .into_iter()
+                    .map(Some)
+                    .collect()
             }
         })
     }
@@ -804,6 +842,7 @@ impl JitGraph {
             .collect();
         let inplace = inplace_candidates(&actions, &inputs, &roots, &pos, donate);
         let p = std::rc::Rc::new(Prepared {
+            id: self.prepared.len(),
             roots: roots.iter().map(|r| pos[r]).collect(),
             order,
             actions,
@@ -877,6 +916,13 @@ impl JitGraph {
         let mut in_place: Vec<(u32, u32)> = Vec::new();
         let syms = interp::bind_symbols(&self.graph, env, &prep.order)?;
         let key = sym_key(&syms);
+        self.layout(&prep, &syms)?;
+        let lkey = (prep.id, key.clone());
+        let arena_base = {
+            let l = self.layouts.get_mut(&lkey).expect("laid out");
+            // SAFETY: `base` is inside the arena, which is not resized while it is used.
+            unsafe { l.arena.as_mut_ptr().add(l.base) as usize }
+        };
         let mut vals: Vec<Option<CowArray<f32, IxDyn>>> =
             (0..prep.order.len()).map(|_| None).collect();
         let mut kernels: HashMap<u32, Vec<Option<ArrayD<f32>>>> = HashMap::new();
@@ -897,30 +943,28 @@ impl JitGraph {
                         // Calls that plan (and compile) the kernel are not profiled.
                         let planned = self.plans.get(&key).is_some_and(|m| m.contains_key(body));
                         let t0 = (self.profile.is_some() && planned).then(std::time::Instant::now);
-                        let into = match prep.inplace.get(&i) {
+                        let inplace = match prep.inplace.get(&i) {
                             Some(cands) => self.inplace_buffers(*body, &syms, cands, bufs)?,
                             None => Vec::new(),
                         };
-                        let out = if into.is_empty() {
-                            self.run_kernel(*body, &refs, env, &syms, &key)?
-                                .into_iter()
-                                .map(Some)
-                                .collect()
-                        } else {
-                            let Some(Plan::Loop(k)) = self.plans[&key].get(body) else {
-                                unreachable!("in-place outputs are planned for loop kernels")
-                            };
-                            let ptrs: Vec<(usize, *mut f32)> = into
-                                .iter()
-                                .map(|c| (c.output, bufs[&c.leaf].0 as *mut f32))
-                                .collect();
-                            let out = self.call_loop_into(k, &refs, env, &ptrs);
-                            for c in into {
-                                written.push((c.root, c.leaf.clone()));
-                                in_place.push((*body, c.output as u32));
+                        // Outputs written over donated leaves, then outputs in the arena.
+                        let mut into: Vec<(usize, *mut f32)> = inplace
+                            .iter()
+                            .map(|c| (c.output, bufs[&c.leaf].0 as *mut f32))
+                            .collect();
+                        for c in &inplace {
+                            written.push((c.root, c.leaf.clone()));
+                            in_place.push((*body, c.output as u32));
+                        }
+                        for (&(bd, o), &off) in &self.layouts[&lkey].slots {
+                            if bd == *body {
+                                // SAFETY: the slot lies inside the arena (memory plan).
+                                into.push((o as usize, unsafe {
+                                    (arena_base as *mut f32).add(off)
+                                }));
                             }
-                            out
-                        };
+                        }
+                        let out = self.run_kernel(*body, &refs, env, &syms, &key, &into)?;
                         if let (Some(p), Some(t0)) = (&mut self.profile, t0) {
                             let e = p.entry(*body).or_default();
                             e.0 += t0.elapsed().as_secs_f64();
@@ -931,6 +975,21 @@ impl JitGraph {
                     if in_place.contains(&(*body, *output)) {
                         // Written over its leaf; the caller takes it from there.
                         vals[i] = Some(CowArray::from(ArrayD::zeros(IxDyn(&[0]))));
+                        continue;
+                    }
+                    if let Some(&off) = self.layouts[&lkey].slots.get(&(*body, *output)) {
+                        let dims =
+                            interp::concrete_shape(&self.graph.ty(prep.order[i]).shape, &syms)?;
+                        // SAFETY: the kernel wrote this slot of the arena; no other value
+                        // uses it while this one lives (memory plan), and the arena is not
+                        // touched otherwise until the run ends.
+                        let view = unsafe {
+                            ArrayViewD::from_shape_ptr(
+                                IxDyn(&dims),
+                                (arena_base as *const f32).add(off),
+                            )
+                        };
+                        vals[i] = Some(CowArray::from(view));
                         continue;
                     }
                     let slot = kernels
@@ -995,6 +1054,116 @@ impl JitGraph {
             }
         }
         Ok((out, written))
+    }
+
+    /// The memory layout of a schedule at some sizes (planned once): every value a loop or
+    /// matmul kernel writes that is not a requested output gets a slot in the arena.
+    fn layout(&mut self, prep: &Prepared, syms: &HashMap<String, usize>) -> Result<(), String> {
+        let key = sym_key(syms);
+        if self.layouts.contains_key(&(prep.id, key.clone())) {
+            return Ok(());
+        }
+        let actions = &prep.actions;
+        let mut first: HashMap<u32, usize> = HashMap::new();
+        for (i, a) in actions.iter().enumerate() {
+            if let Action::Kernel { body, .. } = a {
+                first.entry(*body).or_insert(i);
+            }
+        }
+        let mut bodies: Vec<u32> = first.keys().copied().collect();
+        bodies.sort();
+        for b in bodies {
+            self.plan(b, syms)?;
+        }
+        let mut users: Vec<Vec<usize>> = vec![Vec::new(); actions.len()];
+        for (u, ins) in prep.inputs.iter().enumerate() {
+            for &i in ins {
+                users[i].push(u);
+            }
+        }
+        // Last reader, following reshapes (views of the value) to their readers; None if
+        // the value or a view of it is requested (it must outlive the run).
+        let is_root = |p: usize| prep.roots.contains(&p);
+        fn last_use(
+            p: usize,
+            users: &[Vec<usize>],
+            actions: &[Action],
+            is_root: &dyn Fn(usize) -> bool,
+        ) -> Option<usize> {
+            if is_root(p) {
+                return None;
+            }
+            let mut last = p;
+            for &u in &users[p] {
+                last = last.max(u);
+                if matches!(actions[u], Action::Reshape(_)) {
+                    last = last.max(last_use(u, users, actions, is_root)?);
+                }
+            }
+            Some(last)
+        }
+        let mut lives = Vec::new();
+        let mut keys = Vec::new();
+        for (i, a) in actions.iter().enumerate() {
+            let Action::Kernel { body, output } = a else {
+                continue;
+            };
+            let native = matches!(
+                self.plans[&key].get(body),
+                Some(Plan::Loop(_) | Plan::MatMul { .. })
+            );
+            let Some(last) = last_use(i, &users, actions, &is_root) else {
+                continue;
+            };
+            if !native {
+                continue;
+            }
+            let dims = interp::concrete_shape(&self.graph.ty(prep.order[i]).shape, syms)?;
+            lives.push(Life {
+                first: first[body],
+                last,
+                bytes: 4 * dims.iter().product::<usize>(),
+            });
+            keys.push((*body, *output));
+        }
+        let plan = memory::plan(&lives);
+        let align = memory::ALIGN / 4;
+        let arena = vec![0.0f32; plan.arena_bytes / 4 + align];
+        let base = arena.as_ptr().align_offset(memory::ALIGN);
+        let slots = keys
+            .into_iter()
+            .zip(&plan.offsets)
+            .map(|(k, off)| (k, off / 4))
+            .collect();
+        self.layouts.insert(
+            (prep.id, key),
+            Layout {
+                slots,
+                arena,
+                base,
+                plan,
+            },
+        );
+        Ok(())
+    }
+
+    /// The memory plan of a run of the given outputs at the given sizes (for `--stats`).
+    pub fn memory_plan(
+        &mut self,
+        outputs: &[&str],
+        syms: &HashMap<String, usize>,
+    ) -> Result<MemPlan, String> {
+        let roots: Vec<NodeId> = outputs
+            .iter()
+            .map(|o| {
+                self.graph
+                    .output(o)
+                    .ok_or_else(|| format!("the graph has no output `{o}`"))
+            })
+            .collect::<Result<_, _>>()?;
+        let prep = self.prepare(roots, &[]);
+        self.layout(&prep, syms)?;
+        Ok(self.layouts[&(prep.id, sym_key(syms))].plan.clone())
     }
 
     /// The in-place candidates of a kernel that its plan allows: a loop kernel whose

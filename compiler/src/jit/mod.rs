@@ -19,6 +19,7 @@
 pub mod exec;
 pub mod loops;
 pub mod math;
+pub mod memory;
 pub mod rows;
 pub mod sgemm;
 
