@@ -3,15 +3,23 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = dlc_runtime::cli::Cli::parse();
-    // Deeply nested models lower and print by recursion; give it room.
-    let child = std::thread::Builder::new()
+    // Everything runs on a worker of the thread pool that splits kernels, so a split
+    // kernel runs its first part in place and hands the others over without a round trip
+    // through a sleeping caller. Deeply nested models lower and print by recursion: the
+    // workers get room for it.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cores)
         .stack_size(256 << 20)
-        .spawn(move || dlc_runtime::cli::run(cli));
-    let result = match child {
-        Ok(h) => h.join().unwrap_or_else(|_| {
-            Err("internal error: the compiler panicked (please report this)".into())
+        .build();
+    let result = match pool {
+        Ok(pool) => pool.install(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dlc_runtime::cli::run(cli)))
+                .unwrap_or_else(|_| {
+                    Err("internal error: the compiler panicked (please report this)".into())
+                })
         }),
-        Err(e) => Err(format!("cannot start the worker thread: {e}")),
+        Err(e) => Err(format!("cannot start the worker threads: {e}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
