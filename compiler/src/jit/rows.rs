@@ -190,6 +190,21 @@ fn fresh(g: &mut Gen) {
     g.splats.clear();
 }
 
+/// A lane mask (as F32X4 bits) selecting the last `t` of the four lanes.
+fn tail_mask(b: &mut FunctionBuilder, t: usize) -> Value {
+    let zero = b.ins().iconst(types::I32, 0);
+    let mut m = b.ins().splat(types::I32X4, zero);
+    let ones = b.ins().iconst(types::I32, -1);
+    for lane in LANES - t..LANES {
+        m = b.ins().insertlane(m, ones, lane as u8);
+    }
+    b.ins().bitcast(
+        types::F32X4,
+        MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little),
+        m,
+    )
+}
+
 /// The four lanes of a vector combined into one.
 fn horizontal(b: &mut FunctionBuilder, red: Red, v: Value) -> Value {
     let mut acc = b.ins().extractlane(v, 0);
@@ -429,22 +444,32 @@ pub fn compile(
                             };
                             Ok(combine(b, red, acc, v))
                         };
-                        let mut acc = start(b, red);
-                        if c4 > 0 {
-                            g.vec = true;
-                            let v0 = b.ins().splat(types::F32X4, acc);
-                            let v = span(b, 0, c4, LANES, &[v0], |b, ci, a| {
+                        let acc = start(b, red);
+                        if c4 == 0 {
+                            let a = span(b, 0, c, 1, &[acc], |b, ci, a| {
                                 Ok(vec![step(b, g, ci, a[0])?])
                             })?;
-                            g.vec = false;
                             fresh(g);
-                            acc = horizontal(b, red, v[0]);
+                            return Ok(a[0]);
                         }
-                        let a = span(b, c4, c, 1, &[acc], |b, ci, a| {
+                        g.vec = true;
+                        let v0 = b.ins().splat(types::F32X4, acc);
+                        let mut v = span(b, 0, c4, LANES, &[v0], |b, ci, a| {
                             Ok(vec![step(b, g, ci, a[0])?])
-                        })?;
+                        })?[0];
+                        if c4 < c {
+                            // The last four columns, without those already counted.
+                            fresh(g);
+                            let ci = b.ins().iconst(types::I64, (c - LANES) as i64);
+                            let neutral = b.ins().splat(types::F32X4, acc);
+                            let w = step(b, g, ci, neutral)?;
+                            let mask = tail_mask(b, c - c4);
+                            let w = b.ins().bitselect(mask, w, neutral);
+                            v = combine(b, red, v, w);
+                        }
+                        g.vec = false;
                         fresh(g);
-                        Ok(a[0])
+                        Ok(horizontal(b, red, v))
                     };
                     match kinds[&n] {
                         Kind::Row(red) => {
@@ -478,7 +503,8 @@ pub fn compile(
                 for (&c, ts) in &groups {
                     let shape = shapes[&ts[0].0].clone();
                     let base = b.ins().imul_imm_s(ri, c as i64);
-                    let one = |b: &mut FunctionBuilder, g: &mut Gen, ci: Value| {
+                    // `mask`: lanes to accumulate (the last, overlapping vector of a row).
+                    let one = |b: &mut FunctionBuilder, g: &mut Gen, ci: Value, mask: Option<Value>| {
                         fresh(g);
                         let idx = b.ins().iadd(base, ci);
                         g.rc = Some((ri, ci));
@@ -501,6 +527,11 @@ pub fn compile(
                                 let a = b.ins().iadd(acc_buf[&n], coff);
                                 let old = b.ins().load(ty, flags, a, 0);
                                 let new = combine(b, red, old, v);
+                                // Lanes outside the mask keep their old value, bit for bit.
+                                let new = match mask {
+                                    Some(m) => b.ins().bitselect(m, new, old),
+                                    None => new,
+                                };
                                 b.ins().store(flags, new, a, 0);
                             }
                         }
@@ -517,17 +548,23 @@ pub fn compile(
                     if c4 > 0 {
                         g.vec = true;
                         span(b, 0, c4, LANES, &[], |b, ci, _| {
-                            one(b, &mut g, ci)?;
+                            one(b, &mut g, ci, None)?;
                             Ok(vec![])
                         })?;
+                        if c4 < c {
+                            // The last four columns again: stores rewrite the same values;
+                            // accumulations take only the new lanes.
+                            let ci = b.ins().iconst(types::I64, (c - LANES) as i64);
+                            let mask = tail_mask(b, c - c4);
+                            one(b, &mut g, ci, Some(mask))?;
+                        }
                         g.vec = false;
-                    }
-                    if c == 1 {
+                    } else if c == 1 {
                         let zero = b.ins().iconst(types::I64, 0);
-                        one(b, &mut g, zero)?;
-                    } else if c4 < c {
-                        span(b, c4, c, 1, &[], |b, ci, _| {
-                            one(b, &mut g, ci)?;
+                        one(b, &mut g, zero, None)?;
+                    } else {
+                        span(b, 0, c, 1, &[], |b, ci, _| {
+                            one(b, &mut g, ci, None)?;
                             Ok(vec![])
                         })?;
                     }
