@@ -586,7 +586,7 @@ fn bench(
             data.train.n
         ));
     }
-    let batches: Vec<(ArrayD<f32>, ArrayD<f32>)> = (0..4)
+    let mut batches: Vec<(ArrayD<f32>, ArrayD<f32>)> = (0..4)
         .map(|i| {
             let rows: Vec<usize> = (0..b).map(|r| (i * b + r) % data.train.n).collect();
             trainer::batch(&data.train, &rows, &data.x_shape, data.task)
@@ -595,12 +595,14 @@ fn bench(
     let mut st = TrainState::fresh(&setup, 0);
     let runner = trainer::StepRunner::new(&st);
     let mut k = 0;
+    // Batches stay in memory: each step borrows its inputs and gives them back.
     let mut one = |st: &mut TrainState| -> Result<(), String> {
-        let (x, y) = &batches[k % 4];
+        let (x, y) = &mut batches[k % 4];
         k += 1;
-        runner
-            .run(&setup.train_engine, st, x.clone(), y)
-            .map(|_| ())
+        let taken = std::mem::take(x);
+        let (_, _, back) = runner.run(&setup.train_engine, st, taken, y)?;
+        *x = back;
+        Ok(())
     };
     for _ in 0..steps.max(10) {
         one(&mut st)?;

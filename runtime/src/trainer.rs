@@ -226,14 +226,15 @@ impl StepRunner {
         }
     }
 
-    /// Run one step on a batch; returns the loss and the predictions.
+    /// Run one step on a batch; returns the loss, the predictions and the batch's inputs
+    /// (for the caller to reuse).
     pub fn run(
         &self,
         engine: &Engine,
         st: &mut TrainState,
         x: ArrayD<f32>,
         y: &ArrayD<f32>,
-    ) -> Result<(f32, ArrayD<f32>), String> {
+    ) -> Result<(f32, ArrayD<f32>, ArrayD<f32>), String> {
         let mut env = Env::new(st.seed, st.step);
         env.values.extend(std::mem::take(&mut st.params));
         env.values.extend(std::mem::take(&mut st.opt));
@@ -286,11 +287,9 @@ impl StepRunner {
                 engine.recycle(old);
             }
         }
-        if let Some(x) = env.values.remove("x") {
-            engine.recycle(x);
-        }
+        let x = env.values.remove("x").ok_or("the step lost its inputs")?;
         st.step += 1;
-        Ok((loss, pred))
+        Ok((loss, pred, x))
     }
 }
 
@@ -463,7 +462,8 @@ pub fn train(
                 break;
             }
             let (x, y) = batch(&data.train, chunk, &data.x_shape, data.task);
-            let (loss, pred) = step.run(engine, &mut st, x, &y)?;
+            let (loss, pred, x) = step.run(engine, &mut st, x, &y)?;
+            engine.recycle(x);
             if !loss.is_finite() {
                 return Err(format!(
                     "epoch {epoch}, step {}: the loss is {loss}; try a smaller learning rate (--lr)",

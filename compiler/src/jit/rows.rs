@@ -504,40 +504,41 @@ pub fn compile(
                     let shape = shapes[&ts[0].0].clone();
                     let base = b.ins().imul_imm_s(ri, c as i64);
                     // `mask`: lanes to accumulate (the last, overlapping vector of a row).
-                    let one = |b: &mut FunctionBuilder, g: &mut Gen, ci: Value, mask: Option<Value>| {
-                        fresh(g);
-                        let idx = b.ins().iadd(base, ci);
-                        g.rc = Some((ri, ci));
-                        let mut vals = Vec::new();
-                        for (t, _) in ts {
-                            vals.push(g.emit(b, *t, idx)?);
-                        }
-                        let off = b.ins().imul_imm_s(idx, 4);
-                        let coff = b.ins().imul_imm_s(ci, 4);
-                        let ty = if g.vec { types::F32X4 } else { types::F32 };
-                        for ((t, js), v) in ts.iter().zip(vals) {
-                            for &j in js {
-                                let a = b.ins().iadd(out_ptr[j], off);
-                                b.ins().store(flags, v, a, 0);
+                    let one =
+                        |b: &mut FunctionBuilder, g: &mut Gen, ci: Value, mask: Option<Value>| {
+                            fresh(g);
+                            let idx = b.ins().iadd(base, ci);
+                            g.rc = Some((ri, ci));
+                            let mut vals = Vec::new();
+                            for (t, _) in ts {
+                                vals.push(g.emit(b, *t, idx)?);
                             }
-                            for &n in batches.iter().filter(|&&n| body.inputs(n)[0] == *t) {
-                                let Kind::Batch(red) = kinds[&n] else {
-                                    unreachable!()
-                                };
-                                let a = b.ins().iadd(acc_buf[&n], coff);
-                                let old = b.ins().load(ty, flags, a, 0);
-                                let new = combine(b, red, old, v);
-                                // Lanes outside the mask keep their old value, bit for bit.
-                                let new = match mask {
-                                    Some(m) => b.ins().bitselect(m, new, old),
-                                    None => new,
-                                };
-                                b.ins().store(flags, new, a, 0);
+                            let off = b.ins().imul_imm_s(idx, 4);
+                            let coff = b.ins().imul_imm_s(ci, 4);
+                            let ty = if g.vec { types::F32X4 } else { types::F32 };
+                            for ((t, js), v) in ts.iter().zip(vals) {
+                                for &j in js {
+                                    let a = b.ins().iadd(out_ptr[j], off);
+                                    b.ins().store(flags, v, a, 0);
+                                }
+                                for &n in batches.iter().filter(|&&n| body.inputs(n)[0] == *t) {
+                                    let Kind::Batch(red) = kinds[&n] else {
+                                        unreachable!()
+                                    };
+                                    let a = b.ins().iadd(acc_buf[&n], coff);
+                                    let old = b.ins().load(ty, flags, a, 0);
+                                    let new = combine(b, red, old, v);
+                                    // Lanes outside the mask keep their old value, bit for bit.
+                                    let new = match mask {
+                                        Some(m) => b.ins().bitselect(m, new, old),
+                                        None => new,
+                                    };
+                                    b.ins().store(flags, new, a, 0);
+                                }
                             }
-                        }
-                        fresh(g);
-                        Ok::<(), String>(())
-                    };
+                            fresh(g);
+                            Ok::<(), String>(())
+                        };
                     g.loop_shape = shape.clone();
                     g.rc_shape = shape.clone();
                     let c4 = if c >= LANES && ts.iter().all(|(t, _)| g.vectorizable(*t)) {
