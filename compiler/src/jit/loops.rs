@@ -115,6 +115,8 @@ pub(super) struct Gen<'a> {
     pub(super) rowvals: HashMap<NodeId, Value>,
     /// ... the row maximum and log of the sum of exponentials of a (log-)softmax...
     pub(super) rowstats: HashMap<NodeId, (Value, Value)>,
+    /// ... the row of exp(x - max) and 1/sum of a softmax...
+    pub(super) rowexp: HashMap<NodeId, (Value, Value)>,
     /// ... and buffers holding finished batch reductions, read at the node's index.
     pub(super) mem: HashMap<NodeId, Value>,
     /// ... and the (row, column) of the element being computed, for values of shape
@@ -451,6 +453,25 @@ impl Gen<'_> {
             Sigmoid => {
                 let x = arg(self, b, 0)?;
                 math::sigmoid(b, x)
+            }
+            Softmax { .. }
+                if self.rowexp.contains_key(&n)
+                    && self.rc.is_some()
+                    && self.shapes[&n] == self.rc_shape =>
+            {
+                // The row's exp(x - max), kept by its row reduction, times 1/sum.
+                let (row, inv) = self.rowexp[&n];
+                let (_, c) = self.rc.expect("checked");
+                let off = b.ins().imul_imm_s(c, 4);
+                let a = b.ins().iadd(row, off);
+                let t = self.ty();
+                let e = b.ins().load(t, MemFlagsData::trusted(), a, 0);
+                let inv = if self.vec {
+                    b.ins().splat(types::F32X4, inv)
+                } else {
+                    inv
+                };
+                b.ins().fmul(e, inv)
             }
             Softmax { .. } | LogSoftmax { .. } => {
                 let x = arg(self, b, 0)?;
@@ -861,6 +882,7 @@ impl<'a> Gen<'a> {
             recips: HashMap::new(),
             rowvals: HashMap::new(),
             rowstats: HashMap::new(),
+            rowexp: HashMap::new(),
             mem: HashMap::new(),
             rc: None,
             rc_shape: Vec::new(),

@@ -306,6 +306,21 @@ pub fn compile(
             }
         }
         let flags = MemFlagsData::trusted();
+        // A row of exp(x - max) per (log-)softmax operand x.
+        let mut row_buf: HashMap<NodeId, Value> = HashMap::new();
+        for &n in &order {
+            if kinds[&n] == Kind::Softmax {
+                let x = body.inputs(n)[0];
+                if let std::collections::hash_map::Entry::Vacant(e) = row_buf.entry(x) {
+                    let slot = b.create_sized_stack_slot(StackSlotData::new(
+                        StackSlotKind::ExplicitSlot,
+                        (4 * per_row(x).max(1)) as u32,
+                        4,
+                    ));
+                    e.insert(b.ins().stack_addr(types::I64, slot, 0));
+                }
+            }
+        }
         // A stack buffer per reduction over the rows, set to its starting value.
         let mut acc_buf: HashMap<NodeId, Value> = HashMap::new();
         for &n in &order {
@@ -402,8 +417,10 @@ pub fn compile(
             }
             g.rowvals.clear();
             g.rowstats.clear();
+            g.rowexp.clear();
             counted(&mut b, r, &[], |b, ri, _| {
                 let mut stats: HashMap<NodeId, (Value, Value)> = HashMap::new();
+                let mut exps: HashMap<NodeId, (Value, Value)> = HashMap::new();
                 for &n in &row_reds {
                     let x = body.inputs(n)[0];
                     let c = per_row(x);
@@ -419,7 +436,7 @@ pub fn compile(
                     let reduce = |b: &mut FunctionBuilder,
                                   g: &mut Gen,
                                   red: Red,
-                                  shift: Option<Value>|
+                                  shift: Option<(Value, Value)>|
                      -> Result<Value, String> {
                         let step = |b: &mut FunctionBuilder,
                                     g: &mut Gen,
@@ -431,14 +448,19 @@ pub fn compile(
                             g.rc = Some((ri, ci));
                             let v = g.emit(b, x, idx)?;
                             let v = match shift {
-                                Some(m) => {
+                                Some((m, row)) => {
                                     let m = if g.vec {
                                         b.ins().splat(types::F32X4, m)
                                     } else {
                                         m
                                     };
                                     let d = b.ins().fsub(v, m);
-                                    math::exp(b, d)
+                                    let e = math::exp(b, d);
+                                    // Kept for the row's softmax values.
+                                    let off = b.ins().imul_imm_s(ci, 4);
+                                    let a = b.ins().iadd(row, off);
+                                    b.ins().store(MemFlagsData::trusted(), e, a, 0);
+                                    e
                                 }
                                 None => v,
                             };
@@ -483,6 +505,9 @@ pub fn compile(
                         _ if stats.contains_key(&x) => {
                             // softmax and log_softmax of one value share their statistics.
                             g.rowstats.insert(n, stats[&x]);
+                            if let Some(&e) = exps.get(&x) {
+                                g.rowexp.insert(n, e);
+                            }
                         }
                         _ => {
                             // The row maximum (0 if infinite, as the reference does), then
@@ -493,10 +518,16 @@ pub fn compile(
                             let is_inf = b.ins().fcmp(FloatCC::Equal, a, inf);
                             let zero = b.ins().f32const(0.0);
                             let m = b.ins().select(is_inf, zero, m);
-                            let s = reduce(b, &mut g, Red::Sum, Some(m))?;
+                            let row = row_buf[&x];
+                            let s = reduce(b, &mut g, Red::Sum, Some((m, row)))?;
                             let ls = math::log(b, s);
                             g.rowstats.insert(n, (m, ls));
                             stats.insert(x, (m, ls));
+                            // softmax = exp(x - max) (kept above) / sum.
+                            let one = b.ins().f32const(1.0);
+                            let inv = b.ins().fdiv(one, s);
+                            exps.insert(x, (row, inv));
+                            g.rowexp.insert(n, (row, inv));
                         }
                     }
                 }
