@@ -291,6 +291,11 @@ fn compile(
                 for (name, text) in jit.clif() {
                     say!("; {name}\n{text}");
                 }
+                let (mr, nr) = dlc_compiler::jit::sgemm::Sgemm::global().tile();
+                say!(
+                    "; sgemm: the JIT's {mr}×{nr} F32X4 GEMM micro-kernel (for the shapes the cost table gives it)\n{}",
+                    dlc_compiler::jit::sgemm::Sgemm::global().clif()
+                );
             }
         }
         _ => say_raw!("{}", print_graph(opt.as_ref().map_or(&step, |o| &o.graph))),

@@ -226,7 +226,9 @@ proptest! {
     }
 }
 
-/// The whole MLP of models/mlp.dl: ∂loss/∂parameters in f64 against finite differences.
+/// The whole MLP of models/mlp.dl: ∂loss/∂parameters in f64 against finite differences,
+/// and the same gradients computed in f32 by the optimized graph on the JIT (fused
+/// kernels, row kernels, the GEMM core) against the same differences.
 #[test]
 fn mlp_loss_gradient() {
     use dlc_compiler::lower::{Mode, Program};
@@ -272,7 +274,22 @@ fn mlp_loss_gradient() {
             .copied()
             .unwrap_or(f64::NAN)
     };
-    for p in &l.params {
+    let names: Vec<String> = l
+        .params
+        .iter()
+        .map(|p| format!("grad:{}", p.name))
+        .collect();
+    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    let mut env32: Env<f32> = Env::new(3, 0);
+    for (k, v) in &env.values {
+        env32.values.insert(k.clone(), v.mapv(|x| x as f32));
+    }
+    let optimized = dlc_compiler::opt::optimize(&gg).graph;
+    let jit_grads = dlc_compiler::jit::exec::JitGraph::new(optimized, 2)
+        .expect("jit")
+        .run(&env32, &refs)
+        .expect("jit runs");
+    for (p, jit_grad) in l.params.iter().zip(&jit_grads) {
         let grad = interp::run(&gg, &env, &[&format!("grad:{}", p.name)])
             .expect("grad runs")
             .remove(0);
@@ -299,6 +316,12 @@ fn mlp_loss_gradient() {
             assert!(
                 (ana - num).abs() <= 1e-6 + 1e-4 * num.abs(),
                 "{} [{j}]: {ana} vs {num}",
+                p.name
+            );
+            let jit = jit_grad.as_slice().expect("std")[j] as f64;
+            assert!(
+                (jit - num).abs() <= 1e-5 + 1e-3 * num.abs(),
+                "{} [{j}] on the JIT: {jit} vs {num}",
                 p.name
             );
         }
