@@ -142,6 +142,24 @@ pub(super) const LANES: usize = 4;
 /// Vectors per iteration of the main vector loop.
 const UNROLL: usize = 2;
 
+/// `x / d` for a constant d: a shift when d is a power of two (a division otherwise).
+fn udiv(b: &mut FunctionBuilder, x: Value, d: usize) -> Value {
+    if d.is_power_of_two() {
+        b.ins().ushr_imm_u(x, d.trailing_zeros() as i64)
+    } else {
+        b.ins().udiv_imm_u(x, d as i64)
+    }
+}
+
+/// `x mod d` for a constant d: a mask when d is a power of two (a division otherwise).
+fn urem(b: &mut FunctionBuilder, x: Value, d: usize) -> Value {
+    if d.is_power_of_two() {
+        b.ins().band_imm_s(x, d as i64 - 1)
+    } else {
+        b.ins().urem_imm_u(x, d as i64)
+    }
+}
+
 pub(super) fn numel(s: &[usize]) -> usize {
     s.iter().product()
 }
@@ -179,7 +197,7 @@ impl Gen<'_> {
         }
         // A suffix of the shape (a bias along the last axes): idx mod its size.
         if to.len() <= from.len() && from[from.len() - to.len()..] == *to {
-            return b.ins().urem_imm_u(idx, numel(to) as i64);
+            return urem(b, idx, numel(to));
         }
         let (sf, st) = (strides(from), strides(to));
         let off = from.len() - to.len();
@@ -188,8 +206,8 @@ impl Gen<'_> {
             if t == 1 {
                 continue;
             }
-            let q = b.ins().udiv_imm_u(idx, sf[d + off] as i64);
-            let c = b.ins().urem_imm_u(q, from[d + off] as i64);
+            let q = udiv(b, idx, sf[d + off]);
+            let c = urem(b, q, from[d + off]);
             let term = b.ins().imul_imm_s(c, st[d] as i64);
             acc = b.ins().iadd(acc, term);
         }
@@ -562,7 +580,7 @@ impl Gen<'_> {
                 let d = *depth as i64;
                 let (li, cls) = match self.rc {
                     Some(rc) if shape == self.rc_shape => rc,
-                    _ => (b.ins().udiv_imm_u(idx, d), b.ins().urem_imm_u(idx, d)),
+                    _ => (udiv(b, idx, d as usize), urem(b, idx, d as usize)),
                 };
                 if self.vec {
                     // Columns cls..cls+4 of one row: the label once, against each column.
