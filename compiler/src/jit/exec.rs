@@ -1,4 +1,5 @@
-//! Running an optimized graph natively. Per kernel body and batch size, a plan is made
+//! Running an optimized graph natively (`plan.rs` decides how each kernel runs,
+//! `buffers.rs` where its values live). Per kernel body and batch size, a plan is made
 //! once and cached:
 //!
 //! - loop kernels (elementwise bodies, the optimizer update) run as one Cranelift
@@ -14,9 +15,9 @@
 //!   fully native kernels; `dlc compile --emit plan` shows the plan of each.
 
 use super::Jit;
-use super::loops::{self, LoopKernel};
-use super::memory::{self, Life, MemPlan};
-use super::rows;
+use super::buffers::{Layout, Pool, inplace_candidates};
+use super::loops::LoopKernel;
+use super::plan::{Plan, Stage, sym_key};
 use super::sgemm::{self, GemmPath};
 use crate::interp::{self, Env};
 use crate::ir::{Graph, NodeId};
@@ -24,102 +25,25 @@ use crate::ops::Op;
 use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
 use std::collections::HashMap;
 
-/// Buffers of finished values, by length, reused for kernel outputs: a training step
-/// then allocates (and page-faults) nothing once it has run once.
-#[derive(Default)]
-pub struct Pool {
-    free: HashMap<usize, Vec<Vec<f32>>>,
-}
-
-impl Pool {
-    /// Buffers kept per length.
-    const KEEP: usize = 16;
-
-    /// A buffer of `n` elements whose contents are stale: the caller overwrites all.
-    fn take(&mut self, n: usize) -> Vec<f32> {
-        self.free
-            .get_mut(&n)
-            .and_then(|v| v.pop())
-            .unwrap_or_else(|| vec![0.0; n])
-    }
-
-    fn array(&mut self, shape: &[usize]) -> ArrayD<f32> {
-        let n = shape.iter().product();
-        ArrayD::from_shape_vec(IxDyn(shape), self.take(n)).expect("length matches the shape")
-    }
-
-    pub fn give(&mut self, a: ArrayD<f32>) {
-        if !a.is_standard_layout() {
-            return;
-        }
-        let (v, off) = a.into_raw_vec_and_offset();
-        if off.unwrap_or(0) == 0 {
-            let slot = self.free.entry(v.len()).or_default();
-            if slot.len() < Self::KEEP {
-                slot.push(v);
-            }
-        }
-    }
-}
-
 /// Output elements from which a loop kernel is split across threads.
 pub const PARALLEL_LOOP_MIN: usize = 1 << 17;
 
 /// Multiply-adds from which a gemm is split across threads.
 pub const PARALLEL_GEMM_MIN: usize = 1 << 22;
 
-/// A step of a staged kernel (reductions with elementwise work around them).
-enum Stage {
-    /// Elementwise nodes of one level, as one native loop.
-    Loop {
-        kernel: LoopKernel,
-        inputs: Vec<NodeId>,
-        outputs: Vec<NodeId>,
-    },
-    /// One reduction (or other op) of the body, evaluated by the reference semantics.
-    Op(NodeId),
-}
-
-enum Plan {
-    Loop(LoopKernel),
-    /// Reductions and the elementwise levels between them.
-    Staged(Vec<Stage>),
-    MatMul {
-        a: usize,
-        b: usize,
-        ta: bool,
-        tb: bool,
-        epilogue: Option<LoopKernel>,
-        /// The GEMM core for this product's shape (from the committed cost table).
-        path: GemmPath,
-    },
-    Interpret,
-}
-
-/// Where the native kernels of one schedule at one set of sizes write their
-/// intermediate values: fixed offsets in one arena (`memory.rs`).
-struct Layout {
-    /// Float offset in the arena of each (kernel body, output) placed there.
-    slots: HashMap<(u32, u32), usize>,
-    arena: Vec<f32>,
-    /// Float offset of the arena's first cache-aligned byte.
-    base: usize,
-    plan: MemPlan,
-}
-
 pub struct JitGraph {
-    graph: Graph,
-    jit: Jit,
+    pub(super) graph: Graph,
+    pub(super) jit: Jit,
     /// Plans by symbolic sizes, then by kernel body.
-    plans: HashMap<Vec<(String, usize)>, HashMap<u32, Plan>>,
+    pub(super) plans: HashMap<Vec<(String, usize)>, HashMap<u32, Plan>>,
     /// Schedules by requested outputs and donated leaves.
-    prepared: HashMap<(Vec<NodeId>, Vec<(usize, String)>), std::rc::Rc<Prepared>>,
-    threads: usize,
-    pool: std::cell::RefCell<Pool>,
+    pub(super) prepared: HashMap<(Vec<NodeId>, Vec<(usize, String)>), std::rc::Rc<Prepared>>,
+    pub(super) threads: usize,
+    pub(super) pool: std::cell::RefCell<Pool>,
     /// Memory layouts by schedule and sizes.
-    layouts: HashMap<(usize, Vec<(String, usize)>), Layout>,
+    pub(super) layouts: HashMap<(usize, Vec<(String, usize)>), Layout>,
     /// Seconds spent per kernel body, when `DLC_PROFILE` is set (printed on drop).
-    profile: Option<HashMap<u32, (f64, usize)>>,
+    pub(super) profile: Option<HashMap<u32, (f64, usize)>>,
 }
 
 impl Drop for JitGraph {
@@ -137,82 +61,8 @@ impl Drop for JitGraph {
     }
 }
 
-/// The matmul of a matmul kernel whose operands are kernel inputs, and the body with the
-/// matmul replaced by one more input (`in{K}`): the epilogue.
-fn split_matmul(body: &Graph) -> Option<(usize, usize, bool, bool, Graph)> {
-    let order = body.schedule();
-    let mms: Vec<NodeId> = order
-        .iter()
-        .copied()
-        .filter(|&n| matches!(body.node(n).op, Op::MatMul { .. }))
-        .collect();
-    let [m] = mms[..] else { return None };
-    let Op::MatMul { ta, tb } = body.node(m).op else {
-        return None;
-    };
-    let input_index = |n: NodeId| match &body.node(n).op {
-        Op::Input { name, .. } => name
-            .strip_prefix("in")
-            .and_then(|s| s.parse::<usize>().ok()),
-        _ => None,
-    };
-    let ops = body.inputs(m);
-    let (a, b) = (input_index(ops[0])?, input_index(ops[1])?);
-    if body.ty(ops[0]).rank() != 2 || body.ty(ops[1]).rank() != 2 {
-        return None;
-    }
-    let k = order
-        .iter()
-        .filter(|&&n| matches!(body.node(n).op, Op::Input { .. }))
-        .count();
-    let mut epi = Graph::new();
-    let mut map: HashMap<NodeId, NodeId> = HashMap::new();
-    for &n in &order {
-        let node = body.node(n);
-        let id = if n == m {
-            epi.add_ok(
-                Op::Input {
-                    name: format!("in{k}"),
-                    ty: (node.ty.dtype, node.ty.shape.clone()),
-                },
-                &[],
-            )
-        } else {
-            let ins: Vec<NodeId> = body.inputs(n).iter().map(|i| map[i]).collect();
-            epi.add_ok(node.op.clone(), &ins)
-        };
-        map.insert(n, id);
-    }
-    for (name, n) in &body.outputs {
-        epi.set_output(name.clone(), map[n]);
-    }
-    Some((a, b, ta, tb, epi))
-}
-
-/// The concrete shape of kernel input `in{k}` of a body.
-fn input_shape(
-    body: &Graph,
-    k: usize,
-    syms: &HashMap<String, usize>,
-) -> Result<Vec<usize>, String> {
-    let name = format!("in{k}");
-    let n = body
-        .g
-        .node_indices()
-        .find(|&n| matches!(&body.node(n).op, Op::Input { name: x, .. } if *x == name))
-        .ok_or_else(|| format!("kernel has no input {name}"))?;
-    loops::concrete(&body.ty(n).shape, syms)
-}
-
-/// Symbolic sizes in a canonical order, as a plan key.
-fn sym_key(syms: &HashMap<String, usize>) -> Vec<(String, usize)> {
-    let mut k: Vec<(String, usize)> = syms.iter().map(|(a, b)| (a.clone(), *b)).collect();
-    k.sort();
-    k
-}
-
 /// What running one node of the schedule means, worked out once per set of outputs.
-enum Action {
+pub(super) enum Action {
     Leaf(String),
     Kernel { body: u32, output: u32 },
     Reshape(crate::types::Shape),
@@ -220,139 +70,28 @@ enum Action {
 }
 
 /// A schedule with operand positions, so a run does no graph walks.
-struct Prepared {
+pub(super) struct Prepared {
     /// Distinct per schedule (keys its memory layouts).
-    id: usize,
-    order: Vec<NodeId>,
-    actions: Vec<Action>,
+    pub(super) id: usize,
+    pub(super) order: Vec<NodeId>,
+    pub(super) actions: Vec<Action>,
     /// Operands of each scheduled node, as positions in `order`.
-    inputs: Vec<Vec<usize>>,
+    pub(super) inputs: Vec<Vec<usize>>,
     /// Positions of the requested outputs.
-    roots: Vec<usize>,
+    pub(super) roots: Vec<usize>,
     /// Outputs a kernel may write over a donated leaf, by the schedule position of the
     /// kernel's first node.
-    inplace: HashMap<usize, Vec<InPlace>>,
+    pub(super) inplace: HashMap<usize, Vec<InPlace>>,
 }
 
 /// A kernel output written into the buffer of a donated leaf (an in-place update).
-struct InPlace {
+pub(super) struct InPlace {
     /// Kernel output and kernel operand (the leaf).
-    output: usize,
-    operand: usize,
-    leaf: String,
+    pub(super) output: usize,
+    pub(super) operand: usize,
+    pub(super) leaf: String,
     /// Index of the output in the requested outputs.
-    root: usize,
-}
-
-fn is_reduction(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Sum { .. }
-            | Op::Mean { .. }
-            | Op::Max { .. }
-            | Op::ArgMax { .. }
-            | Op::SumTo { .. }
-            | Op::Softmax { .. }
-            | Op::LogSoftmax { .. }
-    )
-}
-
-/// Split a kernel body into levels: every reduction starts a new level, and the
-/// elementwise nodes of one level run as one native loop. None if some op has neither.
-fn stage(
-    jit: &mut Jit,
-    body: &Graph,
-    syms: &HashMap<String, usize>,
-) -> Result<Option<Vec<Stage>>, String> {
-    let order = body.schedule();
-    let mut level: HashMap<NodeId, usize> = HashMap::new();
-    for &n in &order {
-        let op = &body.node(n).op;
-        let l = body.inputs(n).iter().map(|i| level[i]).max().unwrap_or(0);
-        level.insert(n, if is_reduction(op) { l + 1 } else { l });
-    }
-    let is_leafish =
-        |op: &Op| matches!(op, Op::Input { .. } | Op::Const { .. } | Op::Random { .. });
-    let users = |n: NodeId| -> Vec<NodeId> {
-        order
-            .iter()
-            .copied()
-            .filter(|&u| body.inputs(u).contains(&n))
-            .collect()
-    };
-    let outputs: Vec<NodeId> = body.outputs.iter().map(|(_, n)| *n).collect();
-    let max_level = level.values().copied().max().unwrap_or(0);
-    let mut stages = Vec::new();
-    for l in 0..=max_level {
-        // Reductions of this level first (they read lower levels), in schedule order.
-        for &n in &order {
-            if level[&n] == l && is_reduction(&body.node(n).op) {
-                stages.push(Stage::Op(n));
-            }
-        }
-        let members: Vec<NodeId> = order
-            .iter()
-            .copied()
-            .filter(|&n| {
-                level[&n] == l && !is_reduction(&body.node(n).op) && !is_leafish(&body.node(n).op)
-            })
-            .collect();
-        if members.is_empty() {
-            continue;
-        }
-        // The loop's body: members, with outside values as inputs and constants copied in.
-        let mut sub = Graph::new();
-        let mut map: HashMap<NodeId, NodeId> = HashMap::new();
-        let mut inputs: Vec<NodeId> = Vec::new();
-        for &m in &members {
-            let mut args = Vec::new();
-            for i in body.inputs(m) {
-                let id = match map.get(&i) {
-                    Some(&id) => id,
-                    None => {
-                        let node = body.node(i);
-                        let id = if matches!(node.op, Op::Const { .. } | Op::Random { .. }) {
-                            sub.add_ok(node.op.clone(), &[])
-                        } else {
-                            let k = inputs.len();
-                            inputs.push(i);
-                            sub.add_ok(
-                                Op::Input {
-                                    name: format!("in{k}"),
-                                    ty: (node.ty.dtype, node.ty.shape.clone()),
-                                },
-                                &[],
-                            )
-                        };
-                        map.insert(i, id);
-                        id
-                    }
-                };
-                args.push(id);
-            }
-            let id = sub.add(body.node(m).op.clone(), &args)?;
-            map.insert(m, id);
-        }
-        let member_set: std::collections::HashSet<NodeId> = members.iter().copied().collect();
-        let outs: Vec<NodeId> = members
-            .iter()
-            .copied()
-            .filter(|&m| outputs.contains(&m) || users(m).iter().any(|u| !member_set.contains(u)))
-            .collect();
-        for (j, &o) in outs.iter().enumerate() {
-            sub.set_output(format!("out{j}"), map[&o]);
-        }
-        if !loops::supported(&sub) {
-            return Ok(None);
-        }
-        let kernel = loops::compile(jit, &sub, syms)?;
-        stages.push(Stage::Loop {
-            kernel,
-            inputs,
-            outputs: outs,
-        });
-    }
-    Ok(Some(stages))
+    pub(super) root: usize,
 }
 
 impl JitGraph {
@@ -379,134 +118,7 @@ impl JitGraph {
         &self.jit.clif
     }
 
-    /// Plan (and compile) every kernel at the given sizes; one line per kernel saying how
-    /// it runs. This is `dlc compile --emit plan`.
-    pub fn plan_all(&mut self, syms: &HashMap<String, usize>) -> Result<Vec<String>, String> {
-        let mut kernels: Vec<(u32, crate::ops::KernelKind)> = Vec::new();
-        for n in self.graph.schedule() {
-            if let Op::Fused { body, kind, .. } = self.graph.node(n).op {
-                if !kernels.iter().any(|(b, _)| *b == body) {
-                    kernels.push((body, kind));
-                }
-            }
-        }
-        let mut lines = Vec::new();
-        for (body, kind) in kernels {
-            let how = match self.plan(body, syms)? {
-                Plan::Loop(k) if !k.splittable => format!(
-                    "native row kernel (reductions in JIT code), {} inputs, outputs {:?}",
-                    k.inputs, k.outputs
-                ),
-                Plan::Loop(k) => {
-                    format!("native loop, {} inputs, outputs {:?}", k.inputs, k.outputs)
-                }
-                Plan::MatMul {
-                    ta,
-                    tb,
-                    epilogue,
-                    path,
-                    ..
-                } => format!(
-                    "matmul (ta={ta}, tb={tb}) by {}{}",
-                    match path {
-                        GemmPath::Jit => "the JIT's F32X4 micro-kernel",
-                        GemmPath::Crate => "the gemm crate",
-                    },
-                    if epilogue.is_some() {
-                        " + native epilogue loop"
-                    } else {
-                        ""
-                    }
-                ),
-                Plan::Staged(st) => {
-                    let loops = st
-                        .iter()
-                        .filter(|x| matches!(x, Stage::Loop { .. }))
-                        .count();
-                    format!(
-                        "staged: {loops} native loops around {} reductions (reductions by the reference semantics)",
-                        st.len() - loops
-                    )
-                }
-                Plan::Interpret => {
-                    "reference interpreter (no code generator for this kernel yet)".to_string()
-                }
-            };
-            lines.push(format!("kernel body={body} kind={}: {how}", kind.name()));
-        }
-        Ok(lines)
-    }
-
-    /// (fully native, planned) kernels: loops and matmuls count; staged kernels (whose
-    /// reductions run by the reference semantics) and interpreted ones do not.
-    pub fn native_kernels(&self) -> (usize, usize) {
-        let all = || self.plans.values().flat_map(|m| m.values());
-        let native = all()
-            .filter(|p| matches!(p, Plan::Loop(_) | Plan::MatMul { .. }))
-            .count();
-        (native, all().count())
-    }
-
-    fn plan(&mut self, body_id: u32, syms: &HashMap<String, usize>) -> Result<&Plan, String> {
-        let key = sym_key(syms);
-        if !self
-            .plans
-            .get(&key)
-            .is_some_and(|m| m.contains_key(&body_id))
-        {
-            let body = &self.graph.bodies[body_id as usize];
-            let plan = if loops::supported(body) {
-                Plan::Loop(loops::compile(&mut self.jit, body, syms)?)
-            } else if let Some((a, b, ta, tb, epi)) = split_matmul(body) {
-                let trivial = body.outputs.len() == 1
-                    && matches!(body.node(body.outputs[0].1).op, Op::MatMul { .. });
-                let a_shape = input_shape(body, a, syms)?;
-                let (m, k) = if ta {
-                    (a_shape[1], a_shape[0])
-                } else {
-                    (a_shape[0], a_shape[1])
-                };
-                let b_shape = input_shape(body, b, syms)?;
-                let n = if tb { b_shape[0] } else { b_shape[1] };
-                let path = sgemm::choose(m, n, k);
-                if trivial {
-                    Plan::MatMul {
-                        a,
-                        b,
-                        ta,
-                        tb,
-                        epilogue: None,
-                        path,
-                    }
-                } else if loops::supported(&epi) {
-                    Plan::MatMul {
-                        a,
-                        b,
-                        ta,
-                        tb,
-                        epilogue: Some(loops::compile(&mut self.jit, &epi, syms)?),
-                        path,
-                    }
-                } else {
-                    Plan::Interpret
-                }
-            } else if rows::supported(body) {
-                Plan::Loop(rows::compile(&mut self.jit, body, syms)?)
-            } else {
-                match stage(&mut self.jit, body, syms)? {
-                    Some(stages) => Plan::Staged(stages),
-                    None => Plan::Interpret,
-                }
-            };
-            self.plans
-                .entry(key.clone())
-                .or_default()
-                .insert(body_id, plan);
-        }
-        Ok(&self.plans[&key][&body_id])
-    }
-
-    fn call_loop(
+    pub(super) fn call_loop(
         &self,
         k: &LoopKernel,
         ins: &[ArrayViewD<f32>],
@@ -520,7 +132,7 @@ impl JitGraph {
 
     /// Run a loop kernel; outputs listed in `into` (output, buffer) are written to the
     /// given buffers (an in-place update) and come back as `None`.
-    fn call_loop_into(
+    pub(super) fn call_loop_into(
         &self,
         k: &LoopKernel,
         ins: &[ArrayViewD<f32>],
@@ -569,7 +181,7 @@ impl JitGraph {
         outs
     }
 
-    fn run_staged(
+    pub(super) fn run_staged(
         &self,
         body_id: u32,
         stages: &[Stage],
@@ -668,7 +280,7 @@ impl JitGraph {
         self.pool.borrow_mut().give(a);
     }
 
-    fn gemm(
+    pub(super) fn gemm(
         &self,
         a: &ArrayViewD<f32>,
         b: &ArrayViewD<f32>,
@@ -754,7 +366,7 @@ impl JitGraph {
         c
     }
 
-    fn run_kernel(
+    pub(super) fn run_kernel(
         &mut self,
         body_id: u32,
         ins: &[ArrayViewD<f32>],
@@ -815,7 +427,11 @@ impl JitGraph {
         })
     }
 
-    fn prepare(&mut self, roots: Vec<NodeId>, donate: &[(usize, String)]) -> std::rc::Rc<Prepared> {
+    pub(super) fn prepare(
+        &mut self,
+        roots: Vec<NodeId>,
+        donate: &[(usize, String)],
+    ) -> std::rc::Rc<Prepared> {
         let key = (roots.clone(), donate.to_vec());
         if let Some(p) = self.prepared.get(&key) {
             return p.clone();
@@ -1055,197 +671,4 @@ impl JitGraph {
         }
         Ok((out, written))
     }
-
-    /// The memory layout of a schedule at some sizes (planned once): every value a loop or
-    /// matmul kernel writes that is not a requested output gets a slot in the arena.
-    fn layout(&mut self, prep: &Prepared, syms: &HashMap<String, usize>) -> Result<(), String> {
-        let key = sym_key(syms);
-        if self.layouts.contains_key(&(prep.id, key.clone())) {
-            return Ok(());
-        }
-        let actions = &prep.actions;
-        let mut first: HashMap<u32, usize> = HashMap::new();
-        for (i, a) in actions.iter().enumerate() {
-            if let Action::Kernel { body, .. } = a {
-                first.entry(*body).or_insert(i);
-            }
-        }
-        let mut bodies: Vec<u32> = first.keys().copied().collect();
-        bodies.sort();
-        for b in bodies {
-            self.plan(b, syms)?;
-        }
-        let mut users: Vec<Vec<usize>> = vec![Vec::new(); actions.len()];
-        for (u, ins) in prep.inputs.iter().enumerate() {
-            for &i in ins {
-                users[i].push(u);
-            }
-        }
-        // Last reader, following reshapes (views of the value) to their readers; None if
-        // the value or a view of it is requested (it must outlive the run).
-        let is_root = |p: usize| prep.roots.contains(&p);
-        fn last_use(
-            p: usize,
-            users: &[Vec<usize>],
-            actions: &[Action],
-            is_root: &dyn Fn(usize) -> bool,
-        ) -> Option<usize> {
-            if is_root(p) {
-                return None;
-            }
-            let mut last = p;
-            for &u in &users[p] {
-                last = last.max(u);
-                if matches!(actions[u], Action::Reshape(_)) {
-                    last = last.max(last_use(u, users, actions, is_root)?);
-                }
-            }
-            Some(last)
-        }
-        let mut lives = Vec::new();
-        let mut keys = Vec::new();
-        for (i, a) in actions.iter().enumerate() {
-            let Action::Kernel { body, output } = a else {
-                continue;
-            };
-            let native = matches!(
-                self.plans[&key].get(body),
-                Some(Plan::Loop(_) | Plan::MatMul { .. })
-            );
-            let Some(last) = last_use(i, &users, actions, &is_root) else {
-                continue;
-            };
-            if !native {
-                continue;
-            }
-            let dims = interp::concrete_shape(&self.graph.ty(prep.order[i]).shape, syms)?;
-            lives.push(Life {
-                first: first[body],
-                last,
-                bytes: 4 * dims.iter().product::<usize>(),
-            });
-            keys.push((*body, *output));
-        }
-        let plan = memory::plan(&lives);
-        let align = memory::ALIGN / 4;
-        let arena = vec![0.0f32; plan.arena_bytes / 4 + align];
-        let base = arena.as_ptr().align_offset(memory::ALIGN);
-        let slots = keys
-            .into_iter()
-            .zip(&plan.offsets)
-            .map(|(k, off)| (k, off / 4))
-            .collect();
-        self.layouts.insert(
-            (prep.id, key),
-            Layout {
-                slots,
-                arena,
-                base,
-                plan,
-            },
-        );
-        Ok(())
-    }
-
-    /// The memory plan of a run of the given outputs at the given sizes (for `--stats`).
-    pub fn memory_plan(
-        &mut self,
-        outputs: &[&str],
-        syms: &HashMap<String, usize>,
-    ) -> Result<MemPlan, String> {
-        let roots: Vec<NodeId> = outputs
-            .iter()
-            .map(|o| {
-                self.graph
-                    .output(o)
-                    .ok_or_else(|| format!("the graph has no output `{o}`"))
-            })
-            .collect::<Result<_, _>>()?;
-        let prep = self.prepare(roots, &[]);
-        self.layout(&prep, syms)?;
-        Ok(self.layouts[&(prep.id, sym_key(syms))].plan.clone())
-    }
-
-    /// The in-place candidates of a kernel that its plan allows: a loop kernel whose
-    /// output may share the operand's buffer, with the donated buffer of the right shape.
-    fn inplace_buffers<'c>(
-        &mut self,
-        body: u32,
-        syms: &HashMap<String, usize>,
-        cands: &'c [InPlace],
-        bufs: &HashMap<String, (usize, Vec<usize>)>,
-    ) -> Result<Vec<&'c InPlace>, String> {
-        let Plan::Loop(k) = self.plan(body, syms)? else {
-            return Ok(Vec::new());
-        };
-        Ok(cands
-            .iter()
-            .filter(|c| {
-                k.aliasable.contains(&(c.output, c.operand))
-                    && bufs
-                        .get(&c.leaf)
-                        .is_some_and(|(_, shape)| *shape == k.outputs[c.output])
-            })
-            .collect())
-    }
-}
-
-/// Kernel outputs that may be written over a donated leaf, by the schedule position of
-/// the kernel's first node: the output is requested once and read by no other node, and
-/// every reader of the leaf is a kernel that runs no later than this one.
-fn inplace_candidates(
-    actions: &[Action],
-    inputs: &[Vec<usize>],
-    roots: &[NodeId],
-    pos: &HashMap<NodeId, usize>,
-    donate: &[(usize, String)],
-) -> HashMap<usize, Vec<InPlace>> {
-    let mut users: Vec<Vec<usize>> = vec![Vec::new(); actions.len()];
-    for (u, ins) in inputs.iter().enumerate() {
-        for &i in ins {
-            users[i].push(u);
-        }
-    }
-    let mut first: HashMap<u32, usize> = HashMap::new();
-    for (i, a) in actions.iter().enumerate() {
-        if let Action::Kernel { body, .. } = a {
-            first.entry(*body).or_insert(i);
-        }
-    }
-    let runs_at = |p: usize| match &actions[p] {
-        Action::Kernel { body, .. } => Some(first[body]),
-        _ => None,
-    };
-    let mut out: HashMap<usize, Vec<InPlace>> = HashMap::new();
-    let mut used_leaves: Vec<&str> = Vec::new();
-    for (root, leaf) in donate {
-        let Some(&r) = roots.get(*root) else { continue };
-        let p = pos[&r];
-        let Action::Kernel { body, output } = &actions[p] else {
-            continue;
-        };
-        if roots.iter().filter(|&&x| x == r).count() != 1 || !users[p].is_empty() {
-            continue;
-        }
-        let at = first[body];
-        let is_leaf = |q: usize| matches!(&actions[q], Action::Leaf(n) if n == leaf);
-        let operands: Vec<usize> = (0..inputs[at].len())
-            .filter(|&j| is_leaf(inputs[at][j]))
-            .collect();
-        let [operand] = operands[..] else { continue };
-        let lp = inputs[at][operand];
-        let last_reader = users[lp]
-            .iter()
-            .all(|&u| runs_at(u).is_some_and(|t| t <= at));
-        if last_reader && !used_leaves.contains(&leaf.as_str()) {
-            used_leaves.push(leaf);
-            out.entry(at).or_default().push(InPlace {
-                output: *output as usize,
-                operand,
-                leaf: leaf.clone(),
-                root: *root,
-            });
-        }
-    }
-    out
 }

@@ -9,6 +9,9 @@
 //! - `exec.rs` runs an optimized graph: loop and row kernels natively, matmuls through
 //!   `sgemm.rs` followed by their JIT epilogue, other reductions staged around
 //!   native loops, and data movement through the reference interpreter;
+//!   `plan.rs` decides how each kernel runs (and prints `--emit plan`), `buffers.rs`
+//!   where values live (the arena laid out by `memory.rs`, the buffer pool, in-place
+//!   outputs);
 //! - `sgemm.rs` is the GEMM core: the JIT's own F32X4 micro-kernel and the `gemm` crate
 //!   behind one `matmul` interface, with the path per shape chosen from a committed,
 //!   measured cost table.
@@ -16,10 +19,12 @@
 //! A `Jit` owns its `JITModule`: Cranelift cannot free single functions, so a compiled
 //! model drops its module whole.
 
+pub mod buffers;
 pub mod exec;
 pub mod loops;
 pub mod math;
 pub mod memory;
+pub mod plan;
 pub mod rows;
 pub mod sgemm;
 

@@ -1,0 +1,259 @@
+//! Where values live: the arena of the memory plan (`memory.rs`) laid out per schedule and
+//! sizes, the pool of buffers for what the arena does not hold, and the outputs written in
+//! place over donated leaves.
+
+use super::exec::{Action, InPlace, JitGraph, Prepared};
+use super::memory::{self, Life, MemPlan};
+use super::plan::{Plan, sym_key};
+use crate::interp;
+use crate::ir::NodeId;
+use ndarray::{ArrayD, IxDyn};
+use std::collections::HashMap;
+
+/// Buffers of finished values, by length, reused for kernel outputs: a training step
+/// then allocates (and page-faults) nothing once it has run once.
+#[derive(Default)]
+pub struct Pool {
+    free: HashMap<usize, Vec<Vec<f32>>>,
+}
+
+impl Pool {
+    /// Buffers kept per length.
+    const KEEP: usize = 16;
+
+    /// A buffer of `n` elements whose contents are stale: the caller overwrites all.
+    pub(super) fn take(&mut self, n: usize) -> Vec<f32> {
+        self.free
+            .get_mut(&n)
+            .and_then(|v| v.pop())
+            .unwrap_or_else(|| vec![0.0; n])
+    }
+
+    pub(super) fn array(&mut self, shape: &[usize]) -> ArrayD<f32> {
+        let n = shape.iter().product();
+        ArrayD::from_shape_vec(IxDyn(shape), self.take(n)).expect("length matches the shape")
+    }
+
+    pub fn give(&mut self, a: ArrayD<f32>) {
+        if !a.is_standard_layout() {
+            return;
+        }
+        let (v, off) = a.into_raw_vec_and_offset();
+        if off.unwrap_or(0) == 0 {
+            let slot = self.free.entry(v.len()).or_default();
+            if slot.len() < Self::KEEP {
+                slot.push(v);
+            }
+        }
+    }
+}
+
+/// Where the native kernels of one schedule at one set of sizes write their
+/// intermediate values: fixed offsets in one arena (`memory.rs`).
+pub(super) struct Layout {
+    /// Float offset in the arena of each (kernel body, output) placed there.
+    pub(super) slots: HashMap<(u32, u32), usize>,
+    pub(super) arena: Vec<f32>,
+    /// Float offset of the arena's first cache-aligned byte.
+    pub(super) base: usize,
+    pub(super) plan: MemPlan,
+}
+
+impl JitGraph {
+    /// The memory layout of a schedule at some sizes (planned once): every value a loop or
+    /// matmul kernel writes that is not a requested output gets a slot in the arena.
+    pub(super) fn layout(
+        &mut self,
+        prep: &Prepared,
+        syms: &HashMap<String, usize>,
+    ) -> Result<(), String> {
+        let key = sym_key(syms);
+        if self.layouts.contains_key(&(prep.id, key.clone())) {
+            return Ok(());
+        }
+        let actions = &prep.actions;
+        let mut first: HashMap<u32, usize> = HashMap::new();
+        for (i, a) in actions.iter().enumerate() {
+            if let Action::Kernel { body, .. } = a {
+                first.entry(*body).or_insert(i);
+            }
+        }
+        let mut bodies: Vec<u32> = first.keys().copied().collect();
+        bodies.sort();
+        for b in bodies {
+            self.plan(b, syms)?;
+        }
+        let mut users: Vec<Vec<usize>> = vec![Vec::new(); actions.len()];
+        for (u, ins) in prep.inputs.iter().enumerate() {
+            for &i in ins {
+                users[i].push(u);
+            }
+        }
+        // Last reader, following reshapes (views of the value) to their readers; None if
+        // the value or a view of it is requested (it must outlive the run).
+        let is_root = |p: usize| prep.roots.contains(&p);
+        fn last_use(
+            p: usize,
+            users: &[Vec<usize>],
+            actions: &[Action],
+            is_root: &dyn Fn(usize) -> bool,
+        ) -> Option<usize> {
+            if is_root(p) {
+                return None;
+            }
+            let mut last = p;
+            for &u in &users[p] {
+                last = last.max(u);
+                if matches!(actions[u], Action::Reshape(_)) {
+                    last = last.max(last_use(u, users, actions, is_root)?);
+                }
+            }
+            Some(last)
+        }
+        let mut lives = Vec::new();
+        let mut keys = Vec::new();
+        for (i, a) in actions.iter().enumerate() {
+            let Action::Kernel { body, output } = a else {
+                continue;
+            };
+            let native = matches!(
+                self.plans[&key].get(body),
+                Some(Plan::Loop(_) | Plan::MatMul { .. })
+            );
+            let Some(last) = last_use(i, &users, actions, &is_root) else {
+                continue;
+            };
+            if !native {
+                continue;
+            }
+            let dims = interp::concrete_shape(&self.graph.ty(prep.order[i]).shape, syms)?;
+            lives.push(Life {
+                first: first[body],
+                last,
+                bytes: 4 * dims.iter().product::<usize>(),
+            });
+            keys.push((*body, *output));
+        }
+        let plan = memory::plan(&lives);
+        let align = memory::ALIGN / 4;
+        let arena = vec![0.0f32; plan.arena_bytes / 4 + align];
+        let base = arena.as_ptr().align_offset(memory::ALIGN);
+        let slots = keys
+            .into_iter()
+            .zip(&plan.offsets)
+            .map(|(k, off)| (k, off / 4))
+            .collect();
+        self.layouts.insert(
+            (prep.id, key),
+            Layout {
+                slots,
+                arena,
+                base,
+                plan,
+            },
+        );
+        Ok(())
+    }
+
+    /// The memory plan of a run of the given outputs at the given sizes (for `--stats`).
+    pub fn memory_plan(
+        &mut self,
+        outputs: &[&str],
+        syms: &HashMap<String, usize>,
+    ) -> Result<MemPlan, String> {
+        let roots: Vec<NodeId> = outputs
+            .iter()
+            .map(|o| {
+                self.graph
+                    .output(o)
+                    .ok_or_else(|| format!("the graph has no output `{o}`"))
+            })
+            .collect::<Result<_, _>>()?;
+        let prep = self.prepare(roots, &[]);
+        self.layout(&prep, syms)?;
+        Ok(self.layouts[&(prep.id, sym_key(syms))].plan.clone())
+    }
+
+    /// The in-place candidates of a kernel that its plan allows: a loop kernel whose
+    /// output may share the operand's buffer, with the donated buffer of the right shape.
+    pub(super) fn inplace_buffers<'c>(
+        &mut self,
+        body: u32,
+        syms: &HashMap<String, usize>,
+        cands: &'c [InPlace],
+        bufs: &HashMap<String, (usize, Vec<usize>)>,
+    ) -> Result<Vec<&'c InPlace>, String> {
+        let Plan::Loop(k) = self.plan(body, syms)? else {
+            return Ok(Vec::new());
+        };
+        Ok(cands
+            .iter()
+            .filter(|c| {
+                k.aliasable.contains(&(c.output, c.operand))
+                    && bufs
+                        .get(&c.leaf)
+                        .is_some_and(|(_, shape)| *shape == k.outputs[c.output])
+            })
+            .collect())
+    }
+}
+
+/// Kernel outputs that may be written over a donated leaf, by the schedule position of
+/// the kernel's first node: the output is requested once and read by no other node, and
+/// every reader of the leaf is a kernel that runs no later than this one.
+pub(super) fn inplace_candidates(
+    actions: &[Action],
+    inputs: &[Vec<usize>],
+    roots: &[NodeId],
+    pos: &HashMap<NodeId, usize>,
+    donate: &[(usize, String)],
+) -> HashMap<usize, Vec<InPlace>> {
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); actions.len()];
+    for (u, ins) in inputs.iter().enumerate() {
+        for &i in ins {
+            users[i].push(u);
+        }
+    }
+    let mut first: HashMap<u32, usize> = HashMap::new();
+    for (i, a) in actions.iter().enumerate() {
+        if let Action::Kernel { body, .. } = a {
+            first.entry(*body).or_insert(i);
+        }
+    }
+    let runs_at = |p: usize| match &actions[p] {
+        Action::Kernel { body, .. } => Some(first[body]),
+        _ => None,
+    };
+    let mut out: HashMap<usize, Vec<InPlace>> = HashMap::new();
+    let mut used_leaves: Vec<&str> = Vec::new();
+    for (root, leaf) in donate {
+        let Some(&r) = roots.get(*root) else { continue };
+        let p = pos[&r];
+        let Action::Kernel { body, output } = &actions[p] else {
+            continue;
+        };
+        if roots.iter().filter(|&&x| x == r).count() != 1 || !users[p].is_empty() {
+            continue;
+        }
+        let at = first[body];
+        let is_leaf = |q: usize| matches!(&actions[q], Action::Leaf(n) if n == leaf);
+        let operands: Vec<usize> = (0..inputs[at].len())
+            .filter(|&j| is_leaf(inputs[at][j]))
+            .collect();
+        let [operand] = operands[..] else { continue };
+        let lp = inputs[at][operand];
+        let last_reader = users[lp]
+            .iter()
+            .all(|&u| runs_at(u).is_some_and(|t| t <= at));
+        if last_reader && !used_leaves.contains(&leaf.as_str()) {
+            used_leaves.push(leaf);
+            out.entry(at).or_default().push(InPlace {
+                output: *output as usize,
+                operand,
+                leaf: leaf.clone(),
+                root: *root,
+            });
+        }
+    }
+    out
+}

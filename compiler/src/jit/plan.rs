@@ -1,0 +1,358 @@
+//! How each fused kernel runs: its `Plan`, made once per kernel body and set of sizes
+//! (a native loop or row kernel, a matmul through the GEMM core with a native epilogue,
+//! reductions staged around native loops, or the interpreter), and `--emit plan`.
+
+use super::Jit;
+use super::exec::JitGraph;
+use super::loops::{self, LoopKernel};
+use super::rows;
+use super::sgemm::{self, GemmPath};
+use crate::ir::{Graph, NodeId};
+use crate::ops::Op;
+use std::collections::HashMap;
+
+/// A step of a staged kernel (reductions with elementwise work around them).
+pub(super) enum Stage {
+    /// Elementwise nodes of one level, as one native loop.
+    Loop {
+        kernel: LoopKernel,
+        inputs: Vec<NodeId>,
+        outputs: Vec<NodeId>,
+    },
+    /// One reduction (or other op) of the body, evaluated by the reference semantics.
+    Op(NodeId),
+}
+
+pub(super) enum Plan {
+    Loop(LoopKernel),
+    /// Reductions and the elementwise levels between them.
+    Staged(Vec<Stage>),
+    MatMul {
+        a: usize,
+        b: usize,
+        ta: bool,
+        tb: bool,
+        epilogue: Option<LoopKernel>,
+        /// The GEMM core for this product's shape (from the committed cost table).
+        path: GemmPath,
+    },
+    Interpret,
+}
+
+/// The matmul of a matmul kernel whose operands are kernel inputs, and the body with the
+/// matmul replaced by one more input (`in{K}`): the epilogue.
+fn split_matmul(body: &Graph) -> Option<(usize, usize, bool, bool, Graph)> {
+    let order = body.schedule();
+    let mms: Vec<NodeId> = order
+        .iter()
+        .copied()
+        .filter(|&n| matches!(body.node(n).op, Op::MatMul { .. }))
+        .collect();
+    let [m] = mms[..] else { return None };
+    let Op::MatMul { ta, tb } = body.node(m).op else {
+        return None;
+    };
+    let input_index = |n: NodeId| match &body.node(n).op {
+        Op::Input { name, .. } => name
+            .strip_prefix("in")
+            .and_then(|s| s.parse::<usize>().ok()),
+        _ => None,
+    };
+    let ops = body.inputs(m);
+    let (a, b) = (input_index(ops[0])?, input_index(ops[1])?);
+    if body.ty(ops[0]).rank() != 2 || body.ty(ops[1]).rank() != 2 {
+        return None;
+    }
+    let k = order
+        .iter()
+        .filter(|&&n| matches!(body.node(n).op, Op::Input { .. }))
+        .count();
+    let mut epi = Graph::new();
+    let mut map: HashMap<NodeId, NodeId> = HashMap::new();
+    for &n in &order {
+        let node = body.node(n);
+        let id = if n == m {
+            epi.add_ok(
+                Op::Input {
+                    name: format!("in{k}"),
+                    ty: (node.ty.dtype, node.ty.shape.clone()),
+                },
+                &[],
+            )
+        } else {
+            let ins: Vec<NodeId> = body.inputs(n).iter().map(|i| map[i]).collect();
+            epi.add_ok(node.op.clone(), &ins)
+        };
+        map.insert(n, id);
+    }
+    for (name, n) in &body.outputs {
+        epi.set_output(name.clone(), map[n]);
+    }
+    Some((a, b, ta, tb, epi))
+}
+
+/// The concrete shape of kernel input `in{k}` of a body.
+fn input_shape(
+    body: &Graph,
+    k: usize,
+    syms: &HashMap<String, usize>,
+) -> Result<Vec<usize>, String> {
+    let name = format!("in{k}");
+    let n = body
+        .g
+        .node_indices()
+        .find(|&n| matches!(&body.node(n).op, Op::Input { name: x, .. } if *x == name))
+        .ok_or_else(|| format!("kernel has no input {name}"))?;
+    loops::concrete(&body.ty(n).shape, syms)
+}
+
+/// Symbolic sizes in a canonical order, as a plan key.
+pub(super) fn sym_key(syms: &HashMap<String, usize>) -> Vec<(String, usize)> {
+    let mut k: Vec<(String, usize)> = syms.iter().map(|(a, b)| (a.clone(), *b)).collect();
+    k.sort();
+    k
+}
+
+fn is_reduction(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Sum { .. }
+            | Op::Mean { .. }
+            | Op::Max { .. }
+            | Op::ArgMax { .. }
+            | Op::SumTo { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+    )
+}
+
+/// Split a kernel body into levels: every reduction starts a new level, and the
+/// elementwise nodes of one level run as one native loop. None if some op has neither.
+pub(super) fn stage(
+    jit: &mut Jit,
+    body: &Graph,
+    syms: &HashMap<String, usize>,
+) -> Result<Option<Vec<Stage>>, String> {
+    let order = body.schedule();
+    let mut level: HashMap<NodeId, usize> = HashMap::new();
+    for &n in &order {
+        let op = &body.node(n).op;
+        let l = body.inputs(n).iter().map(|i| level[i]).max().unwrap_or(0);
+        level.insert(n, if is_reduction(op) { l + 1 } else { l });
+    }
+    let is_leafish =
+        |op: &Op| matches!(op, Op::Input { .. } | Op::Const { .. } | Op::Random { .. });
+    let users = |n: NodeId| -> Vec<NodeId> {
+        order
+            .iter()
+            .copied()
+            .filter(|&u| body.inputs(u).contains(&n))
+            .collect()
+    };
+    let outputs: Vec<NodeId> = body.outputs.iter().map(|(_, n)| *n).collect();
+    let max_level = level.values().copied().max().unwrap_or(0);
+    let mut stages = Vec::new();
+    for l in 0..=max_level {
+        // Reductions of this level first (they read lower levels), in schedule order.
+        for &n in &order {
+            if level[&n] == l && is_reduction(&body.node(n).op) {
+                stages.push(Stage::Op(n));
+            }
+        }
+        let members: Vec<NodeId> = order
+            .iter()
+            .copied()
+            .filter(|&n| {
+                level[&n] == l && !is_reduction(&body.node(n).op) && !is_leafish(&body.node(n).op)
+            })
+            .collect();
+        if members.is_empty() {
+            continue;
+        }
+        // The loop's body: members, with outside values as inputs and constants copied in.
+        let mut sub = Graph::new();
+        let mut map: HashMap<NodeId, NodeId> = HashMap::new();
+        let mut inputs: Vec<NodeId> = Vec::new();
+        for &m in &members {
+            let mut args = Vec::new();
+            for i in body.inputs(m) {
+                let id = match map.get(&i) {
+                    Some(&id) => id,
+                    None => {
+                        let node = body.node(i);
+                        let id = if matches!(node.op, Op::Const { .. } | Op::Random { .. }) {
+                            sub.add_ok(node.op.clone(), &[])
+                        } else {
+                            let k = inputs.len();
+                            inputs.push(i);
+                            sub.add_ok(
+                                Op::Input {
+                                    name: format!("in{k}"),
+                                    ty: (node.ty.dtype, node.ty.shape.clone()),
+                                },
+                                &[],
+                            )
+                        };
+                        map.insert(i, id);
+                        id
+                    }
+                };
+                args.push(id);
+            }
+            let id = sub.add(body.node(m).op.clone(), &args)?;
+            map.insert(m, id);
+        }
+        let member_set: std::collections::HashSet<NodeId> = members.iter().copied().collect();
+        let outs: Vec<NodeId> = members
+            .iter()
+            .copied()
+            .filter(|&m| outputs.contains(&m) || users(m).iter().any(|u| !member_set.contains(u)))
+            .collect();
+        for (j, &o) in outs.iter().enumerate() {
+            sub.set_output(format!("out{j}"), map[&o]);
+        }
+        if !loops::supported(&sub) {
+            return Ok(None);
+        }
+        let kernel = loops::compile(jit, &sub, syms)?;
+        stages.push(Stage::Loop {
+            kernel,
+            inputs,
+            outputs: outs,
+        });
+    }
+    Ok(Some(stages))
+}
+
+impl JitGraph {
+    /// Plan (and compile) every kernel at the given sizes; one line per kernel saying how
+    /// it runs. This is `dlc compile --emit plan`.
+    pub fn plan_all(&mut self, syms: &HashMap<String, usize>) -> Result<Vec<String>, String> {
+        let mut kernels: Vec<(u32, crate::ops::KernelKind)> = Vec::new();
+        for n in self.graph.schedule() {
+            if let Op::Fused { body, kind, .. } = self.graph.node(n).op {
+                if !kernels.iter().any(|(b, _)| *b == body) {
+                    kernels.push((body, kind));
+                }
+            }
+        }
+        let mut lines = Vec::new();
+        for (body, kind) in kernels {
+            let how = match self.plan(body, syms)? {
+                Plan::Loop(k) if !k.splittable => format!(
+                    "native row kernel (reductions in JIT code), {} inputs, outputs {:?}",
+                    k.inputs, k.outputs
+                ),
+                Plan::Loop(k) => {
+                    format!("native loop, {} inputs, outputs {:?}", k.inputs, k.outputs)
+                }
+                Plan::MatMul {
+                    ta,
+                    tb,
+                    epilogue,
+                    path,
+                    ..
+                } => format!(
+                    "matmul (ta={ta}, tb={tb}) by {}{}",
+                    match path {
+                        GemmPath::Jit => "the JIT's F32X4 micro-kernel",
+                        GemmPath::Crate => "the gemm crate",
+                    },
+                    if epilogue.is_some() {
+                        " + native epilogue loop"
+                    } else {
+                        ""
+                    }
+                ),
+                Plan::Staged(st) => {
+                    let loops = st
+                        .iter()
+                        .filter(|x| matches!(x, Stage::Loop { .. }))
+                        .count();
+                    format!(
+                        "staged: {loops} native loops around {} reductions (reductions by the reference semantics)",
+                        st.len() - loops
+                    )
+                }
+                Plan::Interpret => {
+                    "reference interpreter (no code generator for this kernel yet)".to_string()
+                }
+            };
+            lines.push(format!("kernel body={body} kind={}: {how}", kind.name()));
+        }
+        Ok(lines)
+    }
+
+    /// (fully native, planned) kernels: loops and matmuls count; staged kernels (whose
+    /// reductions run by the reference semantics) and interpreted ones do not.
+    pub fn native_kernels(&self) -> (usize, usize) {
+        let all = || self.plans.values().flat_map(|m| m.values());
+        let native = all()
+            .filter(|p| matches!(p, Plan::Loop(_) | Plan::MatMul { .. }))
+            .count();
+        (native, all().count())
+    }
+
+    pub(super) fn plan(
+        &mut self,
+        body_id: u32,
+        syms: &HashMap<String, usize>,
+    ) -> Result<&Plan, String> {
+        let key = sym_key(syms);
+        if !self
+            .plans
+            .get(&key)
+            .is_some_and(|m| m.contains_key(&body_id))
+        {
+            let body = &self.graph.bodies[body_id as usize];
+            let plan = if loops::supported(body) {
+                Plan::Loop(loops::compile(&mut self.jit, body, syms)?)
+            } else if let Some((a, b, ta, tb, epi)) = split_matmul(body) {
+                let trivial = body.outputs.len() == 1
+                    && matches!(body.node(body.outputs[0].1).op, Op::MatMul { .. });
+                let a_shape = input_shape(body, a, syms)?;
+                let (m, k) = if ta {
+                    (a_shape[1], a_shape[0])
+                } else {
+                    (a_shape[0], a_shape[1])
+                };
+                let b_shape = input_shape(body, b, syms)?;
+                let n = if tb { b_shape[0] } else { b_shape[1] };
+                let path = sgemm::choose(m, n, k);
+                if trivial {
+                    Plan::MatMul {
+                        a,
+                        b,
+                        ta,
+                        tb,
+                        epilogue: None,
+                        path,
+                    }
+                } else if loops::supported(&epi) {
+                    Plan::MatMul {
+                        a,
+                        b,
+                        ta,
+                        tb,
+                        epilogue: Some(loops::compile(&mut self.jit, &epi, syms)?),
+                        path,
+                    }
+                } else {
+                    Plan::Interpret
+                }
+            } else if rows::supported(body) {
+                Plan::Loop(rows::compile(&mut self.jit, body, syms)?)
+            } else {
+                match stage(&mut self.jit, body, syms)? {
+                    Some(stages) => Plan::Staged(stages),
+                    None => Plan::Interpret,
+                }
+            };
+            self.plans
+                .entry(key.clone())
+                .or_default()
+                .insert(body_id, plan);
+        }
+        Ok(&self.plans[&key][&body_id])
+    }
+}
