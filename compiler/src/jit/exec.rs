@@ -37,7 +37,7 @@ pub struct JitGraph {
     /// Plans by symbolic sizes, then by kernel body.
     pub(super) plans: HashMap<Vec<(String, usize)>, HashMap<u32, Plan>>,
     /// Schedules by requested outputs and donated leaves.
-    pub(super) prepared: HashMap<(Vec<NodeId>, Vec<(usize, String)>), std::rc::Rc<Prepared>>,
+    pub(super) prepared: HashMap<(Vec<NodeId>, Donations), std::rc::Rc<Prepared>>,
     pub(super) threads: usize,
     pub(super) pool: std::cell::RefCell<Pool>,
     /// Memory layouts by schedule and sizes.
@@ -60,6 +60,9 @@ impl Drop for JitGraph {
         }
     }
 }
+
+/// (output index, leaf name) pairs: outputs given a donated leaf's buffer.
+type Donations = Vec<(usize, String)>;
 
 /// What running one node of the schedule means, worked out once per set of outputs.
 pub(super) enum Action {
@@ -496,10 +499,10 @@ impl JitGraph {
             .collect();
         let mut bufs: HashMap<String, (usize, Vec<usize>)> = HashMap::new();
         for (_, leaf) in &pairs {
-            if let Some(a) = env.values.get_mut(leaf) {
-                if a.is_standard_layout() {
-                    bufs.insert(leaf.clone(), (a.as_mut_ptr() as usize, a.shape().to_vec()));
-                }
+            if let Some(a) = env.values.get_mut(leaf)
+                && a.is_standard_layout()
+            {
+                bufs.insert(leaf.clone(), (a.as_mut_ptr() as usize, a.shape().to_vec()));
             }
         }
         let (mut out, written) = self.run_inner(env, outputs, &pairs, &bufs)?;
@@ -517,7 +520,7 @@ impl JitGraph {
         outputs: &[&str],
         donate: &[(usize, String)],
         bufs: &HashMap<String, (usize, Vec<usize>)>,
-    ) -> Result<(Vec<ArrayD<f32>>, Vec<(usize, String)>), String> {
+    ) -> Result<(Vec<ArrayD<f32>>, Donations), String> {
         let roots: Vec<NodeId> = outputs
             .iter()
             .map(|o| {

@@ -185,14 +185,14 @@ impl Gen<'_> {
         if numel(to) == 1 {
             return b.ins().iconst(types::I64, 0);
         }
-        if let (Some((r, c)), [rows, cols]) = (self.rc, from) {
-            if from == self.rc_shape.as_slice() {
-                if to == [*cols] || to == [1, *cols] {
-                    return c;
-                }
-                if to == [*rows, 1] {
-                    return r;
-                }
+        if let (Some((r, c)), [rows, cols]) = (self.rc, from)
+            && from == self.rc_shape.as_slice()
+        {
+            if to == [*cols] || to == [1, *cols] {
+                return c;
+            }
+            if to == [*rows, 1] {
+                return r;
             }
         }
         // A suffix of the shape (a bias along the last axes): idx mod its size.
@@ -248,11 +248,12 @@ impl Gen<'_> {
                 }
                 let to = &self.shapes[&c];
                 // A row kernel reads a `[C]` operand of a `[R, C]` value at the column.
-                if let [_, cols] = from[..] {
-                    if *from == self.rc_shape && (to[..] == [cols] || to[..] == [1, cols]) {
-                        stack.push(c);
-                        continue;
-                    }
+                if let [_, cols] = from[..]
+                    && *from == self.rc_shape
+                    && (to[..] == [cols] || to[..] == [1, cols])
+                {
+                    stack.push(c);
+                    continue;
                 }
                 let same = numel(from) == numel(to)
                     && to
@@ -261,7 +262,7 @@ impl Gen<'_> {
                         .eq(from.iter().filter(|&&d| d != 1));
                 let suffix = to.len() <= from.len()
                     && from[from.len() - to.len()..] == **to
-                    && numel(to) % LANES == 0;
+                    && numel(to).is_multiple_of(LANES);
                 if numel(to) == 1 {
                     if !self.hoisted.contains_key(&c) && !self.mem.contains_key(&c) {
                         return false;
@@ -403,10 +404,8 @@ impl Gen<'_> {
         }
         let shape = self.shapes[&n].clone();
         let at_loop = shape == self.loop_shape;
-        if at_loop {
-            if let Some(&v) = self.memo.get(&n) {
-                return Ok(v);
-            }
+        if at_loop && let Some(&v) = self.memo.get(&n) {
+            return Ok(v);
         }
         let ins = self.body.inputs(n);
         let arg = |s: &mut Self, b: &mut FunctionBuilder, k: usize| -> Result<Value, String> {

@@ -230,10 +230,10 @@ impl JitGraph {
     pub fn plan_all(&mut self, syms: &HashMap<String, usize>) -> Result<Vec<String>, String> {
         let mut kernels: Vec<(u32, crate::ops::KernelKind)> = Vec::new();
         for n in self.graph.schedule() {
-            if let Op::Fused { body, kind, .. } = self.graph.node(n).op {
-                if !kernels.iter().any(|(b, _)| *b == body) {
-                    kernels.push((body, kind));
-                }
+            if let Op::Fused { body, kind, .. } = self.graph.node(n).op
+                && !kernels.iter().any(|(b, _)| *b == body)
+            {
+                kernels.push((body, kind));
             }
         }
         let mut lines = Vec::new();

@@ -631,7 +631,7 @@ fn infer_reshape(from: &[Dim], target: &[i64]) -> Result<Shape, String> {
         }
         if syms.len() == 1 && fixed == known {
             out.push(syms[0].clone());
-        } else if syms.is_empty() && fixed > 0 && known % fixed == 0 {
+        } else if syms.is_empty() && fixed > 0 && known.is_multiple_of(fixed) {
             out.push(Dim::Known(known / fixed));
         } else {
             return Err(format!(
