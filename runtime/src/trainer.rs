@@ -471,6 +471,7 @@ pub fn train(
                 ));
             }
             tally.add(loss, &pred, &y);
+            engine.recycle(pred);
             progress.step(tally.scores().loss);
         }
         if tally.n == 0 {

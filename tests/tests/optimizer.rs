@@ -230,3 +230,39 @@ fn updates_run_in_place_with_the_same_values() {
     }
     assert!(trained >= 4, "{trained} models with a training step");
 }
+
+/// Steps run the way the trainer runs them (parameters and states donated and moved back,
+/// the outputs it is done with recycled) allocate no tensor buffer once every kernel has
+/// run: intermediates live in the arena, updates are in place, the rest is pooled.
+#[test]
+fn training_steps_allocate_no_buffers_after_the_first() {
+    let g = optimize(&step_graph(&dlc_tests::root().join("models/mlp.dl"))).graph;
+    let e64 = random_env(&g, 5, 64);
+    let mut env: Env<f32> = Env::new(e64.seed, e64.step);
+    for (k, v) in &e64.values {
+        env.values.insert(k.clone(), v.mapv(|x| x as f32));
+    }
+    let names: Vec<&str> = g.outputs.iter().map(|(n, _)| n.as_str()).collect();
+    let donate: Vec<(&str, &str)> = names
+        .iter()
+        .filter_map(|n| Some((*n, n.strip_prefix("new:")?)))
+        .collect();
+    let mut jit = dlc_compiler::jit::exec::JitGraph::new(g.clone(), 2).expect("jit");
+    let mut after = Vec::new();
+    for _ in 0..4 {
+        let outs = jit
+            .run_donating(&mut env, &names, &donate)
+            .expect("step runs");
+        for (name, v) in names.iter().zip(outs) {
+            match name.strip_prefix("new:") {
+                Some(leaf) => {
+                    env.values.insert(leaf.to_string(), v);
+                }
+                None => jit.recycle(v),
+            }
+        }
+        after.push(jit.buffers_allocated());
+    }
+    assert!(after[0] > 0, "the first step takes its buffers: {after:?}");
+    assert_eq!(after[1], after[3], "later steps allocate: {after:?}");
+}

@@ -15,6 +15,8 @@ use std::collections::HashMap;
 #[derive(Default)]
 pub struct Pool {
     free: HashMap<usize, Vec<Vec<f32>>>,
+    /// Buffers allocated because none of their length was free.
+    pub(super) allocated: usize,
 }
 
 impl Pool {
@@ -23,10 +25,13 @@ impl Pool {
 
     /// A buffer of `n` elements whose contents are stale: the caller overwrites all.
     pub(super) fn take(&mut self, n: usize) -> Vec<f32> {
-        self.free
-            .get_mut(&n)
-            .and_then(|v| v.pop())
-            .unwrap_or_else(|| vec![0.0; n])
+        match self.free.get_mut(&n).and_then(|v| v.pop()) {
+            Some(v) => v,
+            None => {
+                self.allocated += 1;
+                vec![0.0; n]
+            }
+        }
     }
 
     pub(super) fn array(&mut self, shape: &[usize]) -> ArrayD<f32> {

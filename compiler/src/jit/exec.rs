@@ -278,6 +278,12 @@ impl JitGraph {
         Ok(result)
     }
 
+    /// Tensor buffers allocated so far (outside the arena): once every kernel has run and
+    /// the caller recycles what it is done with, a training step allocates none.
+    pub fn buffers_allocated(&self) -> usize {
+        self.pool.borrow().allocated
+    }
+
     /// Give a tensor the caller no longer needs (an old parameter) back for reuse.
     pub fn recycle(&self, a: ArrayD<f32>) {
         self.pool.borrow_mut().give(a);
