@@ -419,6 +419,21 @@ impl Op {
         }
     }
 
+    /// Whether the op reduces along axes (its output element reads many input elements):
+    /// the JIT's staged and row kernels cut bodies at these.
+    pub fn is_reduction(&self) -> bool {
+        matches!(
+            self,
+            Op::Sum { .. }
+                | Op::Mean { .. }
+                | Op::Max { .. }
+                | Op::ArgMax { .. }
+                | Op::SumTo { .. }
+                | Op::Softmax { .. }
+                | Op::LogSoftmax { .. }
+        )
+    }
+
     /// A plain matmul (no transposed operand).
     pub fn matmul() -> Op {
         Op::MatMul {

@@ -37,6 +37,16 @@ fn step_graph(path: &std::path::Path) -> Graph {
 }
 
 /// Random values for every leaf: labels as integers, second moments non-negative.
+/// [`random_env`] in f32, for the JIT.
+fn random_env_f32(g: &Graph, seed: u64, batch: usize) -> Env<f32> {
+    let e64 = random_env(g, seed, batch);
+    let mut env = Env::new(e64.seed, e64.step);
+    for (k, v) in &e64.values {
+        env.values.insert(k.clone(), v.mapv(|x| x as f32));
+    }
+    env
+}
+
 fn random_env(g: &Graph, seed: u64, batch: usize) -> Env<f64> {
     let mut env = Env::new(seed, 3);
     let mut k = seed as f64 * 0.618;
@@ -158,11 +168,7 @@ fn every_model_runs_the_same_on_the_jit() {
     for path in dlc_tests::model_files() {
         let g = optimize(&step_graph(&path)).graph;
         for batch in [1usize, 5, 64] {
-            let e64 = random_env(&g, 7, batch);
-            let mut env: Env<f32> = Env::new(e64.seed, e64.step);
-            for (k, v) in &e64.values {
-                env.values.insert(k.clone(), v.mapv(|x| x as f32));
-            }
+            let env = random_env_f32(&g, 7, batch);
             let names: Vec<&str> = g.outputs.iter().map(|(n, _)| n.as_str()).collect();
             let want = run(&g, &env, &names).expect("interpreter");
             let got = dlc_compiler::jit::exec::JitGraph::new(g.clone(), 2)
@@ -191,11 +197,7 @@ fn updates_run_in_place_with_the_same_values() {
     let mut trained = 0;
     for path in dlc_tests::model_files() {
         let g = optimize(&step_graph(&path)).graph;
-        let e64 = random_env(&g, 3, 8);
-        let mut env: Env<f32> = Env::new(e64.seed, e64.step);
-        for (k, v) in &e64.values {
-            env.values.insert(k.clone(), v.mapv(|x| x as f32));
-        }
+        let mut env = random_env_f32(&g, 3, 8);
         let names: Vec<&str> = g.outputs.iter().map(|(n, _)| n.as_str()).collect();
         let donate: Vec<(&str, &str)> = names
             .iter()
@@ -237,11 +239,7 @@ fn updates_run_in_place_with_the_same_values() {
 #[test]
 fn training_steps_allocate_no_buffers_after_the_first() {
     let g = optimize(&step_graph(&dlc_tests::root().join("models/mlp.dl"))).graph;
-    let e64 = random_env(&g, 5, 64);
-    let mut env: Env<f32> = Env::new(e64.seed, e64.step);
-    for (k, v) in &e64.values {
-        env.values.insert(k.clone(), v.mapv(|x| x as f32));
-    }
+    let mut env = random_env_f32(&g, 5, 64);
     let names: Vec<&str> = g.outputs.iter().map(|(n, _)| n.as_str()).collect();
     let donate: Vec<(&str, &str)> = names
         .iter()

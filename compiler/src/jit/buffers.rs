@@ -54,10 +54,13 @@ impl Pool {
 }
 
 /// Where the native kernels of one schedule at one set of sizes write their
+/// Arena slots by kernel body: (kernel output, float offset) of each output placed there.
+pub(super) type Slots = HashMap<u32, Vec<(u32, usize)>>;
+
 /// intermediate values: fixed offsets in one arena (`memory.rs`).
 pub(super) struct Layout {
     /// Float offset in the arena of each (kernel body, output) placed there.
-    pub(super) slots: HashMap<(u32, u32), usize>,
+    pub(super) slots: std::rc::Rc<Slots>,
     pub(super) arena: Vec<f32>,
     /// Float offset of the arena's first cache-aligned byte.
     pub(super) base: usize,
@@ -143,11 +146,11 @@ impl JitGraph {
         let align = memory::ALIGN / 4;
         let arena = vec![0.0f32; plan.arena_bytes / 4 + align];
         let base = arena.as_ptr().align_offset(memory::ALIGN);
-        let slots = keys
-            .into_iter()
-            .zip(&plan.offsets)
-            .map(|(k, off)| (k, off / 4))
-            .collect();
+        let mut slots = Slots::new();
+        for ((body, output), off) in keys.into_iter().zip(&plan.offsets) {
+            slots.entry(body).or_default().push((output, off / 4));
+        }
+        let slots = std::rc::Rc::new(slots);
         self.layouts.insert(
             (prep.id, key),
             Layout {

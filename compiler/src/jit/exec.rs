@@ -542,11 +542,14 @@ impl JitGraph {
         let syms = interp::bind_symbols(&self.graph, env, &prep.order)?;
         let key = sym_key(&syms);
         self.layout(&prep, &syms)?;
-        let lkey = (prep.id, key.clone());
-        let arena_base = {
-            let l = self.layouts.get_mut(&lkey).expect("laid out");
+        let (arena_base, slots) = {
+            let l = self
+                .layouts
+                .get_mut(&(prep.id, key.clone()))
+                .expect("laid out");
             // SAFETY: `base` is inside the arena, which is not resized while it is used.
-            unsafe { l.arena.as_mut_ptr().add(l.base) as usize }
+            let base = unsafe { l.arena.as_mut_ptr().add(l.base) as usize };
+            (base, l.slots.clone())
         };
         let mut vals: Vec<Option<CowArray<f32, IxDyn>>> =
             (0..prep.order.len()).map(|_| None).collect();
@@ -566,8 +569,9 @@ impl JitGraph {
                             .map(|&j| vals[j].as_ref().expect("operand computed").view())
                             .collect();
                         // Calls that plan (and compile) the kernel are not profiled.
-                        let planned = self.plans.get(&key).is_some_and(|m| m.contains_key(body));
-                        let t0 = (self.profile.is_some() && planned).then(std::time::Instant::now);
+                        let t0 = (self.profile.is_some()
+                            && self.plans.get(&key).is_some_and(|m| m.contains_key(body)))
+                        .then(std::time::Instant::now);
                         let inplace = match prep.inplace.get(&i) {
                             Some(cands) => self.inplace_buffers(*body, &syms, cands, bufs)?,
                             None => Vec::new(),
@@ -581,13 +585,9 @@ impl JitGraph {
                             written.push((c.root, c.leaf.clone()));
                             in_place.push((*body, c.output as u32));
                         }
-                        for (&(bd, o), &off) in &self.layouts[&lkey].slots {
-                            if bd == *body {
-                                // SAFETY: the slot lies inside the arena (memory plan).
-                                into.push((o as usize, unsafe {
-                                    (arena_base as *mut f32).add(off)
-                                }));
-                            }
+                        for &(o, off) in slots.get(body).map_or(&[][..], |v| v) {
+                            // SAFETY: the slot lies inside the arena (memory plan).
+                            into.push((o as usize, unsafe { (arena_base as *mut f32).add(off) }));
                         }
                         let out = self.run_kernel(*body, &refs, env, &syms, &key, &into)?;
                         if let (Some(p), Some(t0)) = (&mut self.profile, t0) {
@@ -602,7 +602,10 @@ impl JitGraph {
                         vals[i] = Some(CowArray::from(ArrayD::zeros(IxDyn(&[0]))));
                         continue;
                     }
-                    if let Some(&off) = self.layouts[&lkey].slots.get(&(*body, *output)) {
+                    let slot = slots
+                        .get(body)
+                        .and_then(|v| v.iter().find(|(o, _)| o == output));
+                    if let Some(&(_, off)) = slot {
                         let dims =
                             interp::concrete_shape(&self.graph.ty(prep.order[i]).shape, &syms)?;
                         // SAFETY: the kernel wrote this slot of the arena; no other value

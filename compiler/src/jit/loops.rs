@@ -675,15 +675,8 @@ pub fn compile(
     let (fid, name, math) = begin(jit)?;
     {
         let mut b = FunctionBuilder::new(&mut jit.ctx.func, &mut jit.fctx);
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        let p = b.block_params(entry).to_vec();
-        let (ptrs, seed, step, part, parts) = (p[0], p[1], p[2], p[3], p[4]);
-        let in_ptr: Vec<Value> = (0..n_inputs).map(|k| load_ptr(&mut b, ptrs, k)).collect();
-        let out_ptr: Vec<Value> = (0..outs.len())
-            .map(|j| load_ptr(&mut b, ptrs, n_inputs + j))
-            .collect();
+        let (p, in_ptr, out_ptr) = entry(&mut b, n_inputs, outs.len());
+        let (seed, step, part, parts) = (p[1], p[2], p[3], p[4]);
         let mut g = Gen::new(
             &mut jit.module,
             &mut b,
@@ -869,10 +862,24 @@ pub(super) fn finish(jit: &mut Jit, fid: FuncId, name: String) -> Result<KernelF
     Ok(unsafe { std::mem::transmute::<*const u8, KernelFn>(code) })
 }
 
-/// Buffer `k` of the kernel's pointer table.
-pub(super) fn load_ptr(b: &mut FunctionBuilder, ptrs: Value, k: usize) -> Value {
-    b.ins()
-        .load(types::I64, MemFlagsData::trusted(), ptrs, (8 * k) as i32)
+/// The kernel's entry block: its parameters (ptrs, seed, step, part, parts), then the
+/// input and the output buffers read from the pointer table.
+pub(super) fn entry(
+    b: &mut FunctionBuilder,
+    n_inputs: usize,
+    n_outputs: usize,
+) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
+    let block = b.create_block();
+    b.append_block_params_for_function_params(block);
+    b.switch_to_block(block);
+    let p = b.block_params(block).to_vec();
+    let load = |b: &mut FunctionBuilder, k: usize| {
+        b.ins()
+            .load(types::I64, MemFlagsData::trusted(), p[0], (8 * k) as i32)
+    };
+    let ins = (0..n_inputs).map(|k| load(b, k)).collect();
+    let outs = (0..n_outputs).map(|j| load(b, n_inputs + j)).collect();
+    (p, ins, outs)
 }
 
 impl<'a> Gen<'a> {

@@ -113,19 +113,6 @@ pub(super) fn sym_key(syms: &HashMap<String, usize>) -> Vec<(String, usize)> {
     k
 }
 
-fn is_reduction(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Sum { .. }
-            | Op::Mean { .. }
-            | Op::Max { .. }
-            | Op::ArgMax { .. }
-            | Op::SumTo { .. }
-            | Op::Softmax { .. }
-            | Op::LogSoftmax { .. }
-    )
-}
-
 /// Split a kernel body into levels: every reduction starts a new level, and the
 /// elementwise nodes of one level run as one native loop. None if some op has neither.
 pub(super) fn stage(
@@ -138,7 +125,7 @@ pub(super) fn stage(
     for &n in &order {
         let op = &body.node(n).op;
         let l = body.inputs(n).iter().map(|i| level[i]).max().unwrap_or(0);
-        level.insert(n, if is_reduction(op) { l + 1 } else { l });
+        level.insert(n, if op.is_reduction() { l + 1 } else { l });
     }
     let is_leafish =
         |op: &Op| matches!(op, Op::Input { .. } | Op::Const { .. } | Op::Random { .. });
@@ -155,7 +142,7 @@ pub(super) fn stage(
     for l in 0..=max_level {
         // Reductions of this level first (they read lower levels), in schedule order.
         for &n in &order {
-            if level[&n] == l && is_reduction(&body.node(n).op) {
+            if level[&n] == l && body.node(n).op.is_reduction() {
                 stages.push(Stage::Op(n));
             }
         }
@@ -163,7 +150,7 @@ pub(super) fn stage(
             .iter()
             .copied()
             .filter(|&n| {
-                level[&n] == l && !is_reduction(&body.node(n).op) && !is_leafish(&body.node(n).op)
+                level[&n] == l && !body.node(n).op.is_reduction() && !is_leafish(&body.node(n).op)
             })
             .collect();
         if members.is_empty() {

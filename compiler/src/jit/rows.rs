@@ -17,7 +17,7 @@
 //! are used rather than stored. Invariant outputs are computed at the end.
 
 use super::Jit;
-use super::loops::{self, Gen, Io, LANES, LoopKernel, begin, finish, load_ptr, numel};
+use super::loops::{self, Gen, Io, LANES, LoopKernel, begin, entry, finish, numel};
 use super::math;
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
@@ -53,7 +53,7 @@ enum Kind {
 fn row_sym(body: &Graph) -> Option<String> {
     let mut sym = None;
     for n in body.schedule() {
-        if is_reduction(&body.node(n).op) {
+        if body.node(n).op.is_reduction() {
             let x = body.inputs(n)[0];
             let Some(Dim::Sym(s)) = body.ty(x).shape.first() else {
                 return None;
@@ -66,25 +66,13 @@ fn row_sym(body: &Graph) -> Option<String> {
     sym
 }
 
-fn is_reduction(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Sum { .. }
-            | Op::Mean { .. }
-            | Op::Max { .. }
-            | Op::SumTo { .. }
-            | Op::Softmax { .. }
-            | Op::LogSoftmax { .. }
-    )
-}
-
 fn is_row(body: &Graph, n: NodeId, row: &str) -> bool {
     matches!(body.ty(n).shape.first(), Some(Dim::Sym(s)) if s == row)
 }
 
 fn kind(body: &Graph, n: NodeId, row: &str) -> Option<Kind> {
     let op = &body.node(n).op;
-    if !is_reduction(op) {
+    if !op.is_reduction() {
         return loops::loop_op(op).map(|_| Kind::Elem);
     }
     let x = body.inputs(n)[0];
@@ -272,15 +260,9 @@ pub fn compile(
     let (fid, name, math) = begin(jit)?;
     {
         let mut b = FunctionBuilder::new(&mut jit.ctx.func, &mut jit.fctx);
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        let p = b.block_params(entry).to_vec();
-        let (ptrs, seed, step) = (p[0], p[1], p[2]);
-        let in_ptr: Vec<Value> = (0..n_inputs).map(|k| load_ptr(&mut b, ptrs, k)).collect();
-        let out_ptr: Vec<Value> = (0..outs.len())
-            .map(|j| load_ptr(&mut b, ptrs, n_inputs + j))
-            .collect();
+        // Row kernels run whole: `part` and `parts` are not read.
+        let (p, in_ptr, out_ptr) = entry(&mut b, n_inputs, outs.len());
+        let (seed, step) = (p[1], p[2]);
         let mut g = Gen::new(
             &mut jit.module,
             &mut b,

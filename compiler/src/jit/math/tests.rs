@@ -441,7 +441,7 @@ fn exp_by_calls(b: &mut FunctionBuilder, x: Value) -> Value {
 /// Nanoseconds per element, in-cache: `cargo test --release -p dlc-compiler --lib
 /// math_speed -- --ignored --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "a timing, not a check: run by hand to measure ns per element"]
 fn math_speed() {
     let mut jit = Jit::new().unwrap();
     let xs: Vec<f32> = (0..4096).map(|i| (i as f32 - 2048.0) / 200.0).collect();
