@@ -242,6 +242,65 @@ fn split_gemm_is_exact_and_deterministic() {
     compare(&g, &env, 2).expect("matches the interpreter");
 }
 
+/// A matmul epilogue runs on row panels of the product right after the GEMM: on one
+/// thread the product below is done as two panels, on two threads as one per thread, with
+/// a width (7) whose rows do not end on a vector boundary and a dropout-style random
+/// mask. Same bits either way, and the interpreter's values.
+#[test]
+fn matmul_epilogues_run_per_panel_exactly() {
+    let (m, k, n) = (40_003, 16, 7);
+    let input = |body: &mut Graph, i: usize, s: &[usize]| {
+        body.add_ok(
+            Op::Input {
+                name: format!("in{i}"),
+                ty: (DType::F32, shape_of(s)),
+            },
+            &[],
+        )
+    };
+    let mut body = Graph::new();
+    let a = input(&mut body, 0, &[m, k]);
+    let b = input(&mut body, 1, &[k, n]);
+    let bias = input(&mut body, 2, &[n]);
+    let mm = body.add_ok(
+        Op::MatMul {
+            ta: false,
+            tb: false,
+        },
+        &[a, b],
+    );
+    let s = body.add_ok(Op::Add, &[mm, bias]);
+    let r = body.add_ok(Op::Relu, &[s]);
+    let u = body.add_ok(
+        Op::Random {
+            key: 7,
+            dist: Dist::Uniform,
+            shape: shape_of(&[m, n]),
+        },
+        &[],
+    );
+    let out = body.add_ok(Op::Mul, &[r, u]);
+    body.set_output("out0", out);
+    body.set_output("out1", s);
+    let g = wrap(body, KernelKind::MatMul);
+    assert!(m * n * k >= dlc_compiler::jit::exec::PARALLEL_GEMM_MIN);
+    let mut env = Env::new(3, 4);
+    env.values.insert("x0".into(), values(&[m, k], 1));
+    env.values.insert("x1".into(), values(&[k, n], 2));
+    env.values.insert("x2".into(), values(&[n], 3));
+    let mut one = JitGraph::new(g.clone(), 1).expect("jit");
+    let lines = one.plan_all(&HashMap::new()).expect("plans");
+    assert!(lines[0].contains("epilogue per row panel"), "{lines:?}");
+    let one = one.run(&env, &["r0", "r1"]).expect("runs");
+    let two = JitGraph::new(g.clone(), 2)
+        .expect("jit")
+        .run(&env, &["r0", "r1"])
+        .expect("runs");
+    assert_eq!(one, two, "the thread count must not change the result");
+    compare(&g, &env, 1).expect("matches the interpreter");
+    compare(&g, &env, 2).expect("matches the interpreter");
+}
+
 /// A loop kernel big enough to be split across threads: same bits on 1 and 2 threads
 /// (odd sizes included, so the vector slices and the scalar tail meet correctly).
 #[test]

@@ -4,8 +4,9 @@
 //!
 //! - loop kernels (elementwise bodies, the optimizer update) run as one Cranelift
 //!   function;
-//! - matmul kernels run the `gemm` crate (transposed operands read through strides, no
-//!   copies), then their elementwise epilogue as a Cranelift loop kernel;
+//! - matmul kernels run the GEMM core (transposed operands read through strides, no
+//!   copies) and their elementwise epilogue as a Cranelift loop kernel, on each row panel
+//!   of the product right after the GEMM computed it, on the same thread;
 //! - reduce and softmax-xent kernels whose reductions run along or across the rows of
 //!   `[B, C]` values run as one Cranelift row kernel (`rows.rs`); other bodies with
 //!   reductions are staged: their elementwise levels run as native loops, their
@@ -30,6 +31,40 @@ pub const PARALLEL_LOOP_MIN: usize = 1 << 17;
 
 /// Multiply-adds from which a gemm is split across threads.
 pub const PARALLEL_GEMM_MIN: usize = 1 << 22;
+
+/// Largest row panel of a product (bytes) whose epilogue runs right after it: half the
+/// 1 MB L2 of a Zen 4 core, so the panel is still there when its epilogue reads it.
+const EPILOGUE_PANEL_BYTES: usize = 512 << 10;
+
+/// A loop kernel's pointer table and the buffers behind it (see `loop_args`).
+struct LoopArgs<'v> {
+    _contiguous: Vec<CowArray<'v, f32, IxDyn>>,
+    outs: Vec<Option<ArrayD<f32>>>,
+    ptrs: Vec<*mut f32>,
+}
+
+/// Whether no output of a matmul kernel is written over one of its operands: then its
+/// epilogue may run panel by panel (otherwise later panels would read overwritten rows).
+fn writes_clear_of_operands(
+    k: &LoopKernel,
+    a: &ArrayViewD<f32>,
+    b: &ArrayViewD<f32>,
+    into: &[(usize, *mut f32)],
+) -> bool {
+    let span = |p: *const f32, len: usize| (p as usize, p as usize + 4 * len);
+    let operands = [span(a.as_ptr(), a.len()), span(b.as_ptr(), b.len())];
+    into.iter().all(|&(j, p)| {
+        let (lo, hi) = span(p, k.outputs[j].iter().product());
+        operands.iter().all(|&(x, y)| hi <= x || y <= lo)
+    })
+}
+
+/// The shape [m, n] of op(a)·op(b) for row-major matrices.
+fn product_shape(a: &ArrayViewD<f32>, b: &ArrayViewD<f32>, ta: bool, tb: bool) -> (usize, usize) {
+    let m = if ta { a.shape()[1] } else { a.shape()[0] };
+    let n = if tb { b.shape()[0] } else { b.shape()[1] };
+    (m, n)
+}
 
 pub struct JitGraph {
     pub(super) graph: Graph,
@@ -133,6 +168,39 @@ impl JitGraph {
             .collect()
     }
 
+    /// A loop kernel's pointer table: its inputs (made contiguous; `extra`, when given, is
+    /// one more input after them), then its outputs: pool buffers, or for outputs listed
+    /// in `into` (output, buffer) the given buffer (an in-place update).
+    fn loop_args<'v>(
+        &self,
+        k: &LoopKernel,
+        ins: &'v [ArrayViewD<'v, f32>],
+        extra: Option<*mut f32>,
+        into: &[(usize, *mut f32)],
+    ) -> LoopArgs<'v> {
+        let contiguous: Vec<CowArray<'v, f32, IxDyn>> =
+            ins.iter().map(|a| a.as_standard_layout()).collect();
+        let mut outs: Vec<Option<ArrayD<f32>>> = {
+            let mut pool = self.pool.borrow_mut();
+            (0..k.outputs.len())
+                .map(|j| (!into.iter().any(|(o, _)| *o == j)).then(|| pool.array(&k.outputs[j])))
+                .collect()
+        };
+        let mut ptrs: Vec<*mut f32> = contiguous.iter().map(|a| a.as_ptr() as *mut f32).collect();
+        ptrs.extend(extra);
+        for (j, o) in outs.iter_mut().enumerate() {
+            ptrs.push(match o {
+                Some(a) => a.as_mut_ptr(),
+                None => into.iter().find(|(o, _)| *o == j).expect("listed").1,
+            });
+        }
+        LoopArgs {
+            _contiguous: contiguous,
+            outs,
+            ptrs,
+        }
+    }
+
     /// Run a loop kernel; outputs listed in `into` (output, buffer) are written to the
     /// given buffers (an in-place update) and come back as `None`.
     pub(super) fn call_loop_into(
@@ -142,21 +210,7 @@ impl JitGraph {
         env: &Env<f32>,
         into: &[(usize, *mut f32)],
     ) -> Vec<Option<ArrayD<f32>>> {
-        let owned: Vec<ndarray::CowArray<f32, IxDyn>> =
-            ins.iter().map(|a| a.as_standard_layout()).collect();
-        let mut outs: Vec<Option<ArrayD<f32>>> = {
-            let mut pool = self.pool.borrow_mut();
-            (0..k.outputs.len())
-                .map(|j| (!into.iter().any(|(o, _)| *o == j)).then(|| pool.array(&k.outputs[j])))
-                .collect()
-        };
-        let mut ptrs: Vec<*mut f32> = owned.iter().map(|a| a.as_ptr() as *mut f32).collect();
-        for (j, o) in outs.iter_mut().enumerate() {
-            ptrs.push(match o {
-                Some(a) => a.as_mut_ptr(),
-                None => into.iter().find(|(o, _)| *o == j).expect("listed").1,
-            });
-        }
+        let args = self.loop_args(k, ins, None, into);
         let elems: usize = k.outputs.iter().map(|s| s.iter().product::<usize>()).sum();
         let parts = if k.splittable && elems >= PARALLEL_LOOP_MIN {
             self.threads
@@ -164,24 +218,68 @@ impl JitGraph {
             1
         };
         let (f, seed, step) = (k.f, env.seed, env.step);
+        let table = args.ptrs.as_ptr() as usize;
+        // SAFETY (every call): the table holds the kernel's input and output buffers, each
+        // of the shape it was compiled for (checked by the shape binding); calls with
+        // disjoint fractions write disjoint slices of the outputs.
+        let part = move |p: usize| unsafe {
+            f(
+                table as *const *mut f32,
+                seed,
+                step,
+                p as u64,
+                p as u64 + 1,
+                parts as u64,
+            )
+        };
         if parts == 1 {
-            // SAFETY: the kernel reads `k.inputs` buffers and writes its outputs, each of
-            // the shape it was compiled for (checked by the shape binding).
-            unsafe { f(ptrs.as_ptr(), seed, step, 0, 1) };
+            part(0);
         } else {
-            let addr = ptrs.as_ptr() as usize;
-            // SAFETY (both calls): as above; the parts write disjoint slices of the outputs.
             rayon::scope(|s| {
                 for p in 1..parts {
-                    s.spawn(move |_| unsafe {
-                        f(addr as *const *mut f32, seed, step, p as u64, parts as u64)
-                    });
+                    s.spawn(move |_| part(p));
                 }
                 // Part 0 on this thread: no thread is left waiting for the others.
-                unsafe { f(addr as *const *mut f32, seed, step, 0, parts as u64) };
+                part(0);
             });
         }
-        outs
+        args.outs
+    }
+
+    /// A matmul kernel whose epilogue runs on each row panel of the product right after
+    /// the GEMM has computed it, on the same thread, while the panel is in cache. The
+    /// product lives in a pool buffer for the duration of the call.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_panels(
+        &self,
+        (a, b, ta, tb, path): (usize, usize, bool, bool, GemmPath),
+        k: &LoopKernel,
+        ins: &[ArrayViewD<f32>],
+        env: &Env<f32>,
+        into: &[(usize, *mut f32)],
+    ) -> Vec<Option<ArrayD<f32>>> {
+        let (m, n) = product_shape(&ins[a], &ins[b], ta, tb);
+        let mut c = self.pool.borrow_mut().array(&[m, n]);
+        let cp = c.as_mut_ptr();
+        let args = self.loop_args(k, ins, Some(cp), into);
+        let (f, seed, step) = (k.f, env.seed, env.step);
+        let table = args.ptrs.as_ptr() as usize;
+        // SAFETY: as in `call_loop_into`; rows [r0, r1) of every output of shape [m, n]
+        // read only rows [r0, r1) of the product, which the GEMM has just written (panel
+        // bounds keep n·r a multiple of 4, so the kernel's slice is exactly those rows).
+        let epilogue = move |r0: usize, r1: usize| unsafe {
+            f(
+                table as *const *mut f32,
+                seed,
+                step,
+                r0 as u64,
+                r1 as u64,
+                m as u64,
+            )
+        };
+        self.gemm(&ins[a], &ins[b], ta, tb, path, Some(cp), Some(&epilogue));
+        self.recycle(c);
+        args.outs
     }
 
     pub(super) fn run_staged(
@@ -297,6 +395,7 @@ impl JitGraph {
         tb: bool,
         path: GemmPath,
         out: Option<*mut f32>,
+        epilogue: Option<&(dyn Fn(usize, usize) + Sync)>,
     ) -> Option<ArrayD<f32>> {
         let (a, b) = (a.as_standard_layout(), b.as_standard_layout());
         let (ar, ac) = (a.shape()[0], a.shape()[1]);
@@ -326,12 +425,15 @@ impl JitGraph {
         if k == 0 {
             // SAFETY: `cp` holds m·n floats.
             unsafe { std::ptr::write_bytes(cp, 0, m * n) };
+            if let Some(e) = epilogue {
+                e(0, m);
+            }
             return c;
         }
         let (cp, ap, bp) = (cp as usize, a.as_ptr() as usize, b.as_ptr() as usize);
         // Rows [r0, r1) of C from rows [r0, r1) of A: independent of every other row, so a
         // split across threads gives the same bits as one call.
-        let rows = |r0: usize, r1: usize| {
+        let product = |r0: usize, r1: usize| {
             // SAFETY: pointers and strides describe the buffers above; each call writes
             // its own rows of C, which overlaps neither operand, and nothing writes the
             // operands meanwhile.
@@ -353,6 +455,21 @@ impl JitGraph {
                 );
             }
         };
+        // With an epilogue, rows are computed in panels of at most EPILOGUE_PANEL_BYTES
+        // of C, each followed by its epilogue; panel bounds are multiples of 4 rows.
+        let panel = (EPILOGUE_PANEL_BYTES / (4 * n.max(1))).max(4) & !3;
+        let rows = |r0: usize, r1: usize| match epilogue {
+            None => product(r0, r1),
+            Some(e) => {
+                let mut p0 = r0;
+                while p0 < r1 {
+                    let p1 = if r1 - p0 < 2 * panel { r1 } else { p0 + panel };
+                    product(p0, p1);
+                    e(p0, p1);
+                    p0 = p1;
+                }
+            }
+        };
         let parts = if m * n * k >= PARALLEL_GEMM_MIN {
             self.threads.min(m / 16).max(1)
         } else {
@@ -361,8 +478,11 @@ impl JitGraph {
         if parts == 1 {
             rows(0, m);
         } else {
-            // Fixed partition per thread count (DESIGN §3): row blocks of equal size.
-            let bounds: Vec<usize> = (0..=parts).map(|p| p * m / parts).collect();
+            // Fixed partition per thread count (DESIGN §3): row blocks of equal size,
+            // starting at multiples of 4 rows (an epilogue's slices are then exact).
+            let bounds: Vec<usize> = (0..=parts)
+                .map(|p| if p == parts { m } else { (p * m / parts) & !3 })
+                .collect();
             rayon::scope(|s| {
                 for w in bounds.windows(2).skip(1) {
                     let (r0, r1) = (w[0], w[1]);
@@ -403,15 +523,19 @@ impl JitGraph {
                 ta,
                 tb,
                 epilogue,
+                panels,
                 path,
             } => match epilogue {
                 None => {
                     let out = into.iter().find(|(o, _)| *o == 0).map(|x| x.1);
-                    vec![self.gemm(&ins[*a], &ins[*b], *ta, *tb, *path, out)]
+                    vec![self.gemm(&ins[*a], &ins[*b], *ta, *tb, *path, out, None)]
+                }
+                Some(k) if *panels && writes_clear_of_operands(k, &ins[*a], &ins[*b], into) => {
+                    self.matmul_panels((*a, *b, *ta, *tb, *path), k, ins, env, into)
                 }
                 Some(k) => {
                     let c = self
-                        .gemm(&ins[*a], &ins[*b], *ta, *tb, *path, None)
+                        .gemm(&ins[*a], &ins[*b], *ta, *tb, *path, None, None)
                         .expect("a pool buffer");
                     let mut all: Vec<ArrayViewD<f32>> = ins.to_vec();
                     all.push(c.view());

@@ -1,8 +1,8 @@
 //! Loop kernels: an elementwise kernel body (any broadcasting pattern, several outputs of
 //! several shapes) compiled by Cranelift into one function
-//! `fn(ptrs: *const *mut f32, seed: u64, step: u64, part: u64, parts: u64)`, where `ptrs`
-//! holds the kernel's input buffers then its output buffers, all contiguous row-major
-//! f32, and (part, parts) picks the slice of every output this call computes.
+//! `fn(ptrs: *const *mut f32, seed: u64, step: u64, from: u64, to: u64, of: u64)`, where
+//! `ptrs` holds the kernel's input buffers then its output buffers, all contiguous
+//! row-major f32, and the call computes the fraction [from/of, to/of) of every output.
 //!
 //! Outputs of the same shape are computed in one loop, sharing subexpressions (the Adam
 //! update of a parameter reads the gradient once and writes p, m and v in one pass).
@@ -21,10 +21,14 @@ use cranelift_frontend::FunctionBuilder;
 use cranelift_module::{FuncId, Linkage, Module};
 use std::collections::{BTreeMap, HashMap};
 
-/// `fn(ptrs, seed, step, part, parts)`: computes part `part` of `parts` equal slices of
-/// every output (disjoint, so threads can run the parts at once; any split gives the same
-/// bits, as every element is computed the same way).
-pub type KernelFn = unsafe extern "C" fn(*const *mut f32, u64, u64, u64, u64);
+/// `fn(ptrs, seed, step, from, to, of)`: computes elements [⌊len·from/of⌋₄, ⌊len·to/of⌋₄)
+/// of every output of `len` elements, where ⌊·⌋₄ rounds down to a multiple of the vector
+/// width inside the vector range and `to == of` means the end. Calls with disjoint
+/// fractions write disjoint slices (threads run them at once; any split gives the same
+/// bits, as every element is computed the same way). Thread `p` of `n` calls `(p, p+1, n)`;
+/// a matmul epilogue calls `(r0, r1, m)` for rows [r0, r1) of an [m, n] product: exactly
+/// those rows when `n·r0` and `n·r1` are multiples of 4.
+pub type KernelFn = unsafe extern "C" fn(*const *mut f32, u64, u64, u64, u64, u64);
 
 /// A compiled loop kernel.
 pub struct LoopKernel {
@@ -34,8 +38,8 @@ pub struct LoopKernel {
     pub outputs: Vec<Vec<usize>>,
     /// (output, input) pairs that may be given the same buffer (see [`aliasable`]).
     pub aliasable: Vec<(usize, usize)>,
-    /// Whether calls may compute slices of the outputs in parallel (`part` of `parts`);
-    /// a kernel that reduces across its rows runs whole.
+    /// Whether calls may compute slices of the outputs (`from`, `to`, `of`); a kernel that
+    /// reduces across its rows runs whole.
     pub splittable: bool,
 }
 
@@ -676,7 +680,7 @@ pub fn compile(
     {
         let mut b = FunctionBuilder::new(&mut jit.ctx.func, &mut jit.fctx);
         let (p, in_ptr, out_ptr) = entry(&mut b, n_inputs, outs.len());
-        let (seed, step, part, parts) = (p[1], p[2], p[3], p[4]);
+        let (seed, step, from, to, of) = (p[1], p[2], p[3], p[4], p[5]);
         let mut g = Gen::new(
             &mut jit.module,
             &mut b,
@@ -712,23 +716,20 @@ pub fn compile(
             g.loop_shape = shape.clone();
             let vec_ok = n >= LANES && js.iter().all(|&j| g.vectorizable(outs[j]));
             let split = if vec_ok { n - n % LANES } else { 0 };
-            // This part's slice: [len·part/parts, len·(part+1)/parts), kept a multiple of
-            // the vector width inside the vector range; the scalar tail goes to the last part.
-            let slice = |b: &mut FunctionBuilder, len: usize, align: i64| {
-                let lo = b.ins().imul_imm_s(part, len as i64);
-                let lo = b.ins().udiv(lo, parts);
-                let lo = b.ins().band_imm_s(lo, !(align - 1));
-                let p1 = b.ins().iadd_imm_s(part, 1);
-                let hi = b.ins().imul_imm_s(p1, len as i64);
-                let hi = b.ins().udiv(hi, parts);
-                let hi = b.ins().band_imm_s(hi, !(align - 1));
-                let last = b.ins().icmp(IntCC::Equal, p1, parts);
-                let full = b.ins().iconst(types::I64, len as i64);
-                let hi = b.ins().select(last, full, hi);
-                (lo, hi)
+            // This call's slice of the vector range [0, split): [⌊len·from/of⌋₄, ⌊len·to/of⌋₄),
+            // or up to `split` for the last slice (`to == of`), which also runs the
+            // scalar tail [split, n).
+            let last = b.ins().icmp(IntCC::Equal, to, of);
+            let at = |b: &mut FunctionBuilder, x: Value, align: i64| {
+                let v = b.ins().imul_imm_s(x, n as i64);
+                let v = b.ins().udiv(v, of);
+                b.ins().band_imm_s(v, !(align - 1))
             };
             if split > 0 {
-                let (lo, hi) = slice(&mut b, split, LANES as i64);
+                let lo = at(&mut b, from, LANES as i64);
+                let hi = at(&mut b, to, LANES as i64);
+                let end = b.ins().iconst(types::I64, split as i64);
+                let hi = b.ins().select(last, end, hi);
                 g.vec = true;
                 // Two vectors per iteration (independent chains keep the divider and the
                 // square root busy), then one at a time for what is left.
@@ -741,13 +742,14 @@ pub fn compile(
             }
             if split < n {
                 let (lo, hi) = if split > 0 {
-                    let p1 = b.ins().iadd_imm_s(part, 1);
-                    let last = b.ins().icmp(IntCC::Equal, p1, parts);
                     let s = b.ins().iconst(types::I64, split as i64);
                     let e = b.ins().iconst(types::I64, n as i64);
                     (b.ins().select(last, s, e), e)
                 } else {
-                    slice(&mut b, n, 1)
+                    let lo = at(&mut b, from, 1);
+                    let hi = at(&mut b, to, 1);
+                    let e = b.ins().iconst(types::I64, n as i64);
+                    (lo, b.ins().select(last, e, hi))
                 };
                 emit_loop(&mut b, &mut g, lo, hi, 1, &js, &outs, &out_ptr)?;
             }
@@ -811,13 +813,14 @@ pub(super) struct MathIds {
     pow: FuncId,
 }
 
-/// Declare a new kernel `fn(ptrs, seed, step, part, parts)` (and the math it may call)
+/// Declare a new kernel `fn(ptrs, seed, step, from, to, of)` (and the math it may call)
 /// and set up the context to build it.
 pub(super) fn begin(jit: &mut Jit) -> Result<(FuncId, String, MathIds), String> {
     let ptr = types::I64;
     let mut sig = Signature::new(jit.module.isa().default_call_conv());
     sig.params.extend([
         AbiParam::new(ptr),
+        AbiParam::new(types::I64),
         AbiParam::new(types::I64),
         AbiParam::new(types::I64),
         AbiParam::new(types::I64),
@@ -862,7 +865,7 @@ pub(super) fn finish(jit: &mut Jit, fid: FuncId, name: String) -> Result<KernelF
     Ok(unsafe { std::mem::transmute::<*const u8, KernelFn>(code) })
 }
 
-/// The kernel's entry block: its parameters (ptrs, seed, step, part, parts), then the
+/// The kernel's entry block: its parameters (ptrs, seed, step, from, to, of), then the
 /// input and the output buffers read from the pointer table.
 pub(super) fn entry(
     b: &mut FunctionBuilder,

@@ -33,6 +33,9 @@ pub(super) enum Plan {
         ta: bool,
         tb: bool,
         epilogue: Option<LoopKernel>,
+        /// Whether the epilogue can run on each row panel right after the GEMM computes
+        /// it: every output has the product's shape [m, n].
+        panels: bool,
         /// The GEMM core for this product's shape (from the committed cost table).
         path: GemmPath,
     },
@@ -237,6 +240,7 @@ impl JitGraph {
                     ta,
                     tb,
                     epilogue,
+                    panels,
                     path,
                     ..
                 } => format!(
@@ -245,10 +249,10 @@ impl JitGraph {
                         GemmPath::Jit => "the JIT's F32X4 micro-kernel",
                         GemmPath::Crate => "the gemm crate",
                     },
-                    if epilogue.is_some() {
-                        " + native epilogue loop"
-                    } else {
-                        ""
+                    match (epilogue, panels) {
+                        (None, _) => "",
+                        (Some(_), true) => " + native epilogue per row panel",
+                        (Some(_), false) => " + native epilogue loop after the product",
                     }
                 ),
                 Plan::Staged(st) => {
@@ -313,15 +317,18 @@ impl JitGraph {
                         ta,
                         tb,
                         epilogue: None,
+                        panels: false,
                         path,
                     }
                 } else if loops::supported(&epi) {
+                    let k = loops::compile(&mut self.jit, &epi, syms)?;
                     Plan::MatMul {
                         a,
                         b,
                         ta,
                         tb,
-                        epilogue: Some(loops::compile(&mut self.jit, &epi, syms)?),
+                        panels: k.outputs.iter().all(|s| s[..] == [m, n]),
+                        epilogue: Some(k),
                         path,
                     }
                 } else {

@@ -260,7 +260,7 @@ pub fn compile(
     let (fid, name, math) = begin(jit)?;
     {
         let mut b = FunctionBuilder::new(&mut jit.ctx.func, &mut jit.fctx);
-        // Row kernels run whole: `part` and `parts` are not read.
+        // Row kernels run whole: `from`, `to` and `of` are not read.
         let (p, in_ptr, out_ptr) = entry(&mut b, n_inputs, outs.len());
         let (seed, step) = (p[1], p[2]);
         let mut g = Gen::new(
