@@ -70,14 +70,20 @@ pub(super) struct Layout {
 impl JitGraph {
     /// The memory layout of a schedule at some sizes (planned once): every value a loop or
     /// matmul kernel writes that is not a requested output gets a slot in the arena.
+    /// The index in `layouts` of the layout of this schedule at these sizes (`key`, from
+    /// [`sym_key`]), made (with the plan of every kernel) on first use.
     pub(super) fn layout(
         &mut self,
         prep: &Prepared,
         syms: &HashMap<String, usize>,
-    ) -> Result<(), String> {
-        let key = sym_key(syms);
-        if self.layouts.contains_key(&(prep.id, key.clone())) {
-            return Ok(());
+        key: &[(String, usize)],
+    ) -> Result<usize, String> {
+        if let Some(i) = self
+            .layouts
+            .iter()
+            .position(|(id, k, _)| *id == prep.id && k[..] == *key)
+        {
+            return Ok(i);
         }
         let actions = &prep.actions;
         let mut first: HashMap<u32, usize> = HashMap::new();
@@ -125,7 +131,7 @@ impl JitGraph {
                 continue;
             };
             let native = matches!(
-                self.plans[&key].get(body),
+                self.plans[key].get(body),
                 Some(Plan::Loop(_) | Plan::MatMul { .. })
             );
             let Some(last) = last_use(i, &users, actions, &is_root) else {
@@ -151,16 +157,17 @@ impl JitGraph {
             slots.entry(body).or_default().push((output, off / 4));
         }
         let slots = std::rc::Rc::new(slots);
-        self.layouts.insert(
-            (prep.id, key),
+        self.layouts.push((
+            prep.id,
+            key.to_vec(),
             Layout {
                 slots,
                 arena,
                 base,
                 plan,
             },
-        );
-        Ok(())
+        ));
+        Ok(self.layouts.len() - 1)
     }
 
     /// The memory plan of a run of the given outputs at the given sizes (for `--stats`).
@@ -177,24 +184,22 @@ impl JitGraph {
                     .ok_or_else(|| format!("the graph has no output `{o}`"))
             })
             .collect::<Result<_, _>>()?;
-        let prep = self.prepare(roots, &[]);
-        self.layout(&prep, syms)?;
-        Ok(self.layouts[&(prep.id, sym_key(syms))].plan.clone())
+        let prep = self.prepare(&roots, &[]);
+        let l = self.layout(&prep, syms, &sym_key(syms))?;
+        Ok(self.layouts[l].2.plan.clone())
     }
 
     /// The in-place candidates of a kernel that its plan allows: a loop kernel whose
     /// output may share the operand's buffer, with the donated buffer of the right shape.
     pub(super) fn inplace_buffers<'c>(
-        &mut self,
-        body: u32,
-        syms: &HashMap<String, usize>,
+        plan: &Plan,
         cands: &'c [InPlace],
         bufs: &HashMap<String, (usize, Vec<usize>)>,
-    ) -> Result<Vec<&'c InPlace>, String> {
-        let Plan::Loop(k) = self.plan(body, syms)? else {
-            return Ok(Vec::new());
+    ) -> Vec<&'c InPlace> {
+        let Plan::Loop(k) = plan else {
+            return Vec::new();
         };
-        Ok(cands
+        cands
             .iter()
             .filter(|c| {
                 k.aliasable.contains(&(c.output, c.operand))
@@ -202,7 +207,7 @@ impl JitGraph {
                         .get(&c.leaf)
                         .is_some_and(|(_, shape)| *shape == k.outputs[c.output])
             })
-            .collect())
+            .collect()
     }
 }
 

@@ -71,12 +71,13 @@ pub struct JitGraph {
     pub(super) jit: Jit,
     /// Plans by symbolic sizes, then by kernel body.
     pub(super) plans: HashMap<Vec<(String, usize)>, HashMap<u32, Plan>>,
-    /// Schedules by requested outputs and donated leaves.
-    pub(super) prepared: HashMap<(Vec<NodeId>, Donations), std::rc::Rc<Prepared>>,
+    /// Schedules by requested outputs and donated leaves (a few per model: found by
+    /// comparison, without hashing or copying the key each run).
+    pub(super) prepared: Vec<((Vec<NodeId>, Donations), std::rc::Rc<Prepared>)>,
     pub(super) threads: usize,
     pub(super) pool: std::cell::RefCell<Pool>,
-    /// Memory layouts by schedule and sizes.
-    pub(super) layouts: HashMap<(usize, Vec<(String, usize)>), Layout>,
+    /// Memory layouts by schedule (`Prepared::id`) and sizes (`sym_key`).
+    pub(super) layouts: Vec<(usize, Vec<(String, usize)>, Layout)>,
     /// Seconds spent per kernel body, when `DLC_PROFILE` is set (printed on drop).
     pub(super) profile: Option<HashMap<u32, (f64, usize)>>,
 }
@@ -140,10 +141,10 @@ impl JitGraph {
             graph,
             jit: Jit::new()?,
             plans: HashMap::new(),
-            prepared: HashMap::new(),
+            prepared: Vec::new(),
             threads: threads.max(1),
             pool: Default::default(),
-            layouts: HashMap::new(),
+            layouts: Vec::new(),
         })
     }
 
@@ -495,23 +496,16 @@ impl JitGraph {
         c
     }
 
+    /// Run kernel `body_id` by its plan.
     pub(super) fn run_kernel(
-        &mut self,
+        &self,
+        plan: &Plan,
         body_id: u32,
         ins: &[ArrayViewD<f32>],
         env: &Env<f32>,
         syms: &HashMap<String, usize>,
-        key: &[(String, usize)],
         into: &[(usize, *mut f32)],
     ) -> Result<Vec<Option<ArrayD<f32>>>, String> {
-        let planned = self
-            .plans
-            .get(key)
-            .is_some_and(|m| m.contains_key(&body_id));
-        if !planned {
-            self.plan(body_id, syms)?;
-        }
-        let plan = &self.plans[key][&body_id];
         if !into.is_empty() && !matches!(plan, Plan::Loop(_) | Plan::MatMul { .. }) {
             return Err(format!("kernel {body_id} cannot write into given buffers"));
         }
@@ -562,14 +556,17 @@ impl JitGraph {
 
     pub(super) fn prepare(
         &mut self,
-        roots: Vec<NodeId>,
+        roots: &[NodeId],
         donate: &[(usize, String)],
     ) -> std::rc::Rc<Prepared> {
-        let key = (roots.clone(), donate.to_vec());
-        if let Some(p) = self.prepared.get(&key) {
+        if let Some((_, p)) = self
+            .prepared
+            .iter()
+            .find(|((r, d), _)| r[..] == *roots && d[..] == *donate)
+        {
             return p.clone();
         }
-        let order = self.graph.schedule_from(&roots);
+        let order = self.graph.schedule_from(roots);
         let pos: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
         let actions: Vec<Action> = order
             .iter()
@@ -589,7 +586,7 @@ impl JitGraph {
             .iter()
             .map(|&n| self.graph.inputs(n).iter().map(|i| pos[i]).collect())
             .collect();
-        let inplace = inplace_candidates(&actions, &inputs, &roots, &pos, donate);
+        let inplace = inplace_candidates(&actions, &inputs, roots, &pos, donate);
         let p = std::rc::Rc::new(Prepared {
             id: self.prepared.len(),
             roots: roots.iter().map(|r| pos[r]).collect(),
@@ -598,7 +595,8 @@ impl JitGraph {
             inputs,
             inplace,
         });
-        self.prepared.insert(key, p.clone());
+        self.prepared
+            .push(((roots.to_vec(), donate.to_vec()), p.clone()));
         p
     }
 
@@ -659,25 +657,29 @@ impl JitGraph {
                     .ok_or_else(|| format!("the graph has no output `{o}`"))
             })
             .collect::<Result<_, _>>()?;
-        let prep = self.prepare(roots, donate);
+        let prep = self.prepare(&roots, donate);
         let mut written: Vec<(usize, String)> = Vec::new();
         // (body, output) pairs written in place: their nodes hold placeholders.
         let mut in_place: Vec<(u32, u32)> = Vec::new();
         let syms = interp::bind_symbols(&self.graph, env, &prep.order)?;
         let key = sym_key(&syms);
-        self.layout(&prep, &syms)?;
+        // Plans every kernel of the schedule on first use.
+        let l = self.layout(&prep, &syms, &key)?;
         let (arena_base, slots) = {
-            let l = self
-                .layouts
-                .get_mut(&(prep.id, key.clone()))
-                .expect("laid out");
+            let l = &mut self.layouts[l].2;
             // SAFETY: `base` is inside the arena, which is not resized while it is used.
             let base = unsafe { l.arena.as_mut_ptr().add(l.base) as usize };
             (base, l.slots.clone())
         };
+        // (A schedule without kernels, as in an unoptimized graph, has no plans.)
+        let no_plans = HashMap::new();
+        let plans = self.plans.get(&key).unwrap_or(&no_plans);
+        let mut timings: Vec<(u32, f64)> = Vec::new();
         let mut vals: Vec<Option<CowArray<f32, IxDyn>>> =
             (0..prep.order.len()).map(|_| None).collect();
-        let mut kernels: HashMap<u32, Vec<Option<ArrayD<f32>>>> = HashMap::new();
+        // Outputs of each kernel body run so far, by body.
+        let mut kernels: Vec<Option<Vec<Option<ArrayD<f32>>>>> =
+            (0..self.graph.bodies.len()).map(|_| None).collect();
         for (i, action) in prep.actions.iter().enumerate() {
             let v: CowArray<f32, IxDyn> = match action {
                 Action::Leaf(name) => CowArray::from(
@@ -687,17 +689,15 @@ impl JitGraph {
                         .view(),
                 ),
                 Action::Kernel { body, output } => {
-                    if !kernels.contains_key(body) {
+                    if kernels[*body as usize].is_none() {
                         let refs: Vec<ArrayViewD<f32>> = prep.inputs[i]
                             .iter()
                             .map(|&j| vals[j].as_ref().expect("operand computed").view())
                             .collect();
-                        // Calls that plan (and compile) the kernel are not profiled.
-                        let t0 = (self.profile.is_some()
-                            && self.plans.get(&key).is_some_and(|m| m.contains_key(body)))
-                        .then(std::time::Instant::now);
+                        let plan = plans.get(body).ok_or("kernel planned")?;
+                        let t0 = self.profile.is_some().then(std::time::Instant::now);
                         let inplace = match prep.inplace.get(&i) {
-                            Some(cands) => self.inplace_buffers(*body, &syms, cands, bufs)?,
+                            Some(cands) => Self::inplace_buffers(plan, cands, bufs),
                             None => Vec::new(),
                         };
                         // Outputs written over donated leaves, then outputs in the arena.
@@ -713,13 +713,11 @@ impl JitGraph {
                             // SAFETY: the slot lies inside the arena (memory plan).
                             into.push((o as usize, unsafe { (arena_base as *mut f32).add(off) }));
                         }
-                        let out = self.run_kernel(*body, &refs, env, &syms, &key, &into)?;
-                        if let (Some(p), Some(t0)) = (&mut self.profile, t0) {
-                            let e = p.entry(*body).or_default();
-                            e.0 += t0.elapsed().as_secs_f64();
-                            e.1 += 1;
+                        let out = self.run_kernel(plan, *body, &refs, env, &syms, &into)?;
+                        if let Some(t0) = t0 {
+                            timings.push((*body, t0.elapsed().as_secs_f64()));
                         }
-                        kernels.insert(*body, out);
+                        kernels[*body as usize] = Some(out);
                     }
                     if in_place.contains(&(*body, *output)) {
                         // Written over its leaf; the caller takes it from there.
@@ -744,8 +742,8 @@ impl JitGraph {
                         vals[i] = Some(CowArray::from(view));
                         continue;
                     }
-                    let slot = kernels
-                        .get_mut(body)
+                    let slot = kernels[*body as usize]
+                        .as_mut()
                         .and_then(|k| k.get_mut(*output as usize))
                         .ok_or_else(|| format!("kernel {body} has no output {output}"))?;
                     CowArray::from(
@@ -796,6 +794,13 @@ impl JitGraph {
                         .expect("an earlier output took it");
                     out.push(out[j].clone());
                 }
+            }
+        }
+        if let Some(p) = &mut self.profile {
+            for (body, secs) in timings {
+                let e = p.entry(body).or_default();
+                e.0 += secs;
+                e.1 += 1;
             }
         }
         // Intermediate values go back to the pool for the next run.
