@@ -354,6 +354,144 @@ fn split_loops_are_exact_and_deterministic() {
     }
 }
 
+/// A random row-kernel body (see `row_kernels_match_the_interpreter`) and its inputs.
+fn random_row_kernel(
+    rows: usize,
+    cols: usize,
+    picks: &[(usize, usize, usize)],
+    seed: u64,
+) -> (Graph, Env<f32>) {
+    let b = Dim::Sym("B".into());
+    let full = vec![b.clone(), Dim::Known(cols)];
+    let mut body = Graph::new();
+    let x = body.add_ok(
+        Op::Input {
+            name: "in0".into(),
+            ty: (DType::F32, full.clone()),
+        },
+        &[],
+    );
+    let bias = body.add_ok(
+        Op::Input {
+            name: "in1".into(),
+            ty: (DType::F32, shape_of(&[cols])),
+        },
+        &[],
+    );
+    let col = body.add_ok(
+        Op::Input {
+            name: "in2".into(),
+            ty: (DType::F32, vec![b.clone()]),
+        },
+        &[],
+    );
+    let labels = body.add_ok(
+        Op::Input {
+            name: "in3".into(),
+            ty: (DType::I32, vec![b.clone()]),
+        },
+        &[],
+    );
+    let hot = body.add_ok(Op::OneHot { depth: cols }, &[labels]);
+    // Values by class: [B, C] (or broadcastable to it), [B], invariant.
+    let half = body.scalar(0.5);
+    let same = body.add_ok(
+        Op::Broadcast {
+            shape: full.clone(),
+        },
+        &[half],
+    );
+    let mut wide = vec![x, body.add_ok(Op::Add, &[x, bias]), hot, same];
+    let mut narrow = vec![col];
+    let mut inv = vec![bias, half];
+    let table = ops();
+    let reds = reductions();
+    for &(k, a, c) in picks {
+        if k < 19 {
+            // Elementwise, within one class (or a wide value with an invariant one).
+            let (op, arity) = table[k].clone();
+            if matches!(
+                op,
+                Op::Gt | Op::Le | Op::Ne | Op::Sign | Op::Select | Op::Sqrt | Op::Log | Op::Div
+            ) {
+                // Discontinuous or unbounded near 0: sums taken in another order (four
+                // lanes, then across) may differ in the last bit and land on the other
+                // side; the loop-kernel test covers these ops.
+                continue;
+            }
+            let cls = if a % 3 == 2 { &narrow } else { &wide };
+            let mut args = vec![cls[a % cls.len()]];
+            if arity >= 2 {
+                args.push(if c % 2 == 0 {
+                    cls[c % cls.len()]
+                } else {
+                    inv[c % inv.len()]
+                });
+            }
+            if arity == 3 {
+                args.push(cls[(a + c) % cls.len()]);
+            }
+            if let Ok(n) = body.add(op, &args) {
+                let sh = body.ty(n).shape.clone();
+                if sh.iter().skip(1).any(|d| *d == b) {
+                    // `[B]` against `[1, 1]` broadcasts to `[1, B]`: rows along columns,
+                    // not a row kernel's layout; left unused.
+                } else if sh.len() == 2 {
+                    wide.push(n)
+                } else if sh.first() != Some(&b) {
+                    inv.push(n)
+                } else {
+                    narrow.push(n)
+                }
+            }
+        } else {
+            let (mut op, on_wide) = reds[k - 19].clone();
+            if let Op::SumTo { shape } = &mut op {
+                *shape = vec![Dim::Known(cols)];
+            }
+            let src = if on_wide {
+                wide[a % wide.len()]
+            } else {
+                narrow[a % narrow.len()]
+            };
+            let Ok(n) = body.add(op, &[src]) else {
+                continue;
+            };
+            let sh = body.ty(n).shape.clone();
+            if sh.first() == Some(&b) {
+                if sh.len() == 2 {
+                    wide.push(n)
+                } else {
+                    narrow.push(n)
+                }
+            } else {
+                inv.push(n);
+            }
+        }
+    }
+    let mut outs: Vec<NodeId> = vec![
+        *wide.last().unwrap(),
+        *narrow.last().unwrap(),
+        *inv.last().unwrap(),
+    ];
+    outs.dedup();
+    for (j, o) in outs.iter().enumerate() {
+        body.set_output(format!("out{j}"), *o);
+    }
+    let g = wrap(body, KernelKind::Reduce);
+    let mut env = Env::new(seed, 2);
+    env.values.insert("x0".into(), values(&[rows, cols], seed));
+    env.values.insert("x1".into(), values(&[cols], seed + 1));
+    env.values.insert("x2".into(), values(&[rows], seed + 2));
+    env.values.insert(
+        "x3".into(),
+        ArrayD::from_shape_fn(IxDyn(&[rows]), |i| {
+            ((i[0] * 7 + seed as usize) % cols) as f32
+        }),
+    );
+    (g, env)
+}
+
 /// Reductions for random row-kernel bodies: (op, applies to a `[B, C]` value (else `[B]`)).
 fn reductions() -> Vec<(Op, bool)> {
     let c = Dim::Known(0); // replaced by the column count
@@ -424,82 +562,41 @@ fn reductions() -> Vec<(Op, bool)> {
             },
             true,
         ),
+        // Over both axes: per row, then across the rows.
+        (
+            Op::Sum {
+                axes: vec![0, 1],
+                keep: false,
+            },
+            true,
+        ),
+        (
+            Op::Mean {
+                axes: vec![0, 1],
+                keep: true,
+            },
+            true,
+        ),
+        (
+            Op::Max {
+                axes: vec![0, 1],
+                keep: false,
+            },
+            true,
+        ),
     ]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
 
-    /// A random body of elementwise ops and reductions along and across the rows of
-    /// `[B, C]` values (softmax, row sums and maxima, batch sums and means, `sum_to`) runs
-    /// as one native row kernel and matches the interpreter, for any B and C (1 included).
+    /// A random body of elementwise ops and reductions along, across and over the rows of
+    /// `[B, C]` values (softmax, row sums and maxima, batch sums and means, `sum_to`, sums,
+    /// means and maxima of everything) runs as one native row kernel and matches the
+    /// interpreter, for any B and C (1 included), also on values the same in every row.
     #[test]
-    fn row_kernels_match_the_interpreter(rows in 1usize..9, cols in 1usize..19, picks in prop::collection::vec((0usize..31, 0usize..16, 0usize..16), 1..14), seed in 0u64..100) {
-        let b = Dim::Sym("B".into());
-        let full = vec![b.clone(), Dim::Known(cols)];
-        let mut body = Graph::new();
-        let x = body.add_ok(Op::Input { name: "in0".into(), ty: (DType::F32, full.clone()) }, &[]);
-        let bias = body.add_ok(Op::Input { name: "in1".into(), ty: (DType::F32, shape_of(&[cols])) }, &[]);
-        let col = body.add_ok(Op::Input { name: "in2".into(), ty: (DType::F32, vec![b.clone()]) }, &[]);
-        let labels = body.add_ok(Op::Input { name: "in3".into(), ty: (DType::I32, vec![b.clone()]) }, &[]);
-        let hot = body.add_ok(Op::OneHot { depth: cols }, &[labels]);
-        // Values by class: [B, C] (or broadcastable to it), [B], invariant.
-        let mut wide = vec![x, body.add_ok(Op::Add, &[x, bias]), hot];
-        let mut narrow = vec![col];
-        let mut inv = vec![bias, body.scalar(0.5)];
-        let table = ops();
-        let reds = reductions();
-        for (k, a, c) in picks {
-            if k < 19 {
-                // Elementwise, within one class (or a wide value with an invariant one).
-                let (op, arity) = table[k].clone();
-                if matches!(op, Op::Gt | Op::Le | Op::Ne | Op::Sign | Op::Select | Op::Sqrt | Op::Log | Op::Div) {
-                    // Discontinuous or unbounded near 0: sums taken in another order (four
-                    // lanes, then across) may differ in the last bit and land on the other
-                    // side; the loop-kernel test covers these ops.
-                    continue;
-                }
-                let cls = if a % 3 == 2 { &narrow } else { &wide };
-                let mut args = vec![cls[a % cls.len()]];
-                if arity >= 2 {
-                    args.push(if c % 2 == 0 { cls[c % cls.len()] } else { inv[c % inv.len()] });
-                }
-                if arity == 3 {
-                    args.push(cls[(a + c) % cls.len()]);
-                }
-                if let Ok(n) = body.add(op, &args) {
-                    let sh = body.ty(n).shape.clone();
-                    if sh.iter().skip(1).any(|d| *d == b) {
-                        // `[B]` against `[1, 1]` broadcasts to `[1, B]`: rows along columns,
-                        // not a row kernel's layout; left unused.
-                    } else if sh.len() == 2 { wide.push(n) } else if sh.first() != Some(&b) { inv.push(n) } else { narrow.push(n) }
-                }
-            } else {
-                let (mut op, on_wide) = reds[k - 19].clone();
-                if let Op::SumTo { shape } = &mut op {
-                    *shape = vec![Dim::Known(cols)];
-                }
-                let src = if on_wide { wide[a % wide.len()] } else { narrow[a % narrow.len()] };
-                let Ok(n) = body.add(op, &[src]) else { continue };
-                let sh = body.ty(n).shape.clone();
-                if sh.first() == Some(&b) {
-                    if sh.len() == 2 { wide.push(n) } else { narrow.push(n) }
-                } else {
-                    inv.push(n);
-                }
-            }
-        }
-        let mut outs: Vec<NodeId> = vec![*wide.last().unwrap(), *narrow.last().unwrap(), *inv.last().unwrap()];
-        outs.dedup();
-        for (j, o) in outs.iter().enumerate() {
-            body.set_output(format!("out{j}"), *o);
-        }
-        let g = wrap(body, KernelKind::Reduce);
-        let mut env = Env::new(seed, 2);
-        env.values.insert("x0".into(), values(&[rows, cols], seed));
-        env.values.insert("x1".into(), values(&[cols], seed + 1));
-        env.values.insert("x2".into(), values(&[rows], seed + 2));
-        env.values.insert("x3".into(), ArrayD::from_shape_fn(IxDyn(&[rows]), |i| ((i[0] * 7 + seed as usize) % cols) as f32));
+    fn row_kernels_match_the_interpreter(rows in 1usize..9, cols in 1usize..19, picks in prop::collection::vec((0usize..34, 0usize..16, 0usize..16), 1..14), seed in 0u64..100) {
+        let (g, env) = random_row_kernel(rows, cols, &picks, seed);
         compare(&g, &env, 2).map_err(TestCaseError::fail)?;
         let mut jit = JitGraph::new(g.clone(), 1).map_err(TestCaseError::fail)?;
         let syms: HashMap<String, usize> = [("B".to_string(), rows)].into_iter().collect();

@@ -179,6 +179,13 @@ impl JitGraph {
         extra: Option<*mut f32>,
         into: &[(usize, *mut f32)],
     ) -> LoopArgs<'v> {
+        // The kernel reads its pointer table at fixed positions: a table of another
+        // length would be read out of bounds.
+        assert_eq!(
+            ins.len() + usize::from(extra.is_some()),
+            k.inputs,
+            "a loop kernel called with another number of inputs than it was compiled for"
+        );
         let contiguous: Vec<CowArray<'v, f32, IxDyn>> =
             ins.iter().map(|a| a.as_standard_layout()).collect();
         let mut outs: Vec<Option<ArrayD<f32>>> = {

@@ -66,10 +66,14 @@ fn split_matmul(body: &Graph) -> Option<(usize, usize, bool, bool, Graph)> {
     if body.ty(ops[0]).rank() != 2 || body.ty(ops[1]).rank() != 2 {
         return None;
     }
-    let k = order
-        .iter()
-        .filter(|&&n| matches!(body.node(n).op, Op::Input { .. }))
-        .count();
+    // The product becomes input `in{k}`, after every input of the body (used or not).
+    let k = body
+        .g
+        .node_indices()
+        .filter_map(input_index)
+        .map(|i| i + 1)
+        .max()
+        .unwrap_or(0);
     let mut epi = Graph::new();
     let mut map: HashMap<NodeId, NodeId> = HashMap::new();
     for &n in &order {
@@ -92,6 +96,84 @@ fn split_matmul(body: &Graph) -> Option<(usize, usize, bool, bool, Graph)> {
         epi.set_output(name.clone(), map[n]);
     }
     Some((a, b, ta, tb, epi))
+}
+
+/// The body with every `sum`, `mean` or `max` over both axes of a rank-2 value split into
+/// the reduction along axis 1 and then along axis 0 (same value: each row has the same
+/// number of elements), so that a row kernel can compute it: per row, then across rows in
+/// row order. None when the body has no such reduction.
+pub(super) fn split_full_reductions(body: &Graph) -> Option<Graph> {
+    let full = |n: NodeId| {
+        let op = &body.node(n).op;
+        let (Op::Sum { axes, .. } | Op::Mean { axes, .. } | Op::Max { axes, .. }) = op else {
+            return false;
+        };
+        let rank = body.ty(body.inputs(n)[0]).rank();
+        rank == 2 && matches!(axes[..], [0, 1] | [1, 0])
+    };
+    let order = body.schedule();
+    if !order.iter().any(|&n| full(n)) {
+        return None;
+    }
+    let mut g = Graph::new();
+    let mut map: HashMap<NodeId, NodeId> = HashMap::new();
+    // Every input, used or not, so the kernel keeps the body's operand positions.
+    for n in body.g.node_indices() {
+        if matches!(body.node(n).op, Op::Input { .. }) {
+            map.insert(n, g.add(body.node(n).op.clone(), &[]).ok()?);
+        }
+    }
+    for &n in &order {
+        if map.contains_key(&n) {
+            continue;
+        }
+        let op = body.node(n).op.clone();
+        let ins: Vec<NodeId> = body.inputs(n).iter().map(|i| map[i]).collect();
+        let id = if full(n) {
+            let (inner, outer) = match op {
+                Op::Sum { keep, .. } => (
+                    Op::Sum {
+                        axes: vec![1],
+                        keep,
+                    },
+                    Op::Sum {
+                        axes: vec![0],
+                        keep,
+                    },
+                ),
+                Op::Mean { keep, .. } => (
+                    Op::Mean {
+                        axes: vec![1],
+                        keep,
+                    },
+                    Op::Mean {
+                        axes: vec![0],
+                        keep,
+                    },
+                ),
+                Op::Max { keep, .. } => (
+                    Op::Max {
+                        axes: vec![1],
+                        keep,
+                    },
+                    Op::Max {
+                        axes: vec![0],
+                        keep,
+                    },
+                ),
+                _ => unreachable!("checked by `full`"),
+            };
+            let per_row = g.add(inner, &ins).ok()?;
+            g.add(outer, &[per_row]).ok()?
+        } else {
+            g.add(op, &ins).ok()?
+        };
+        map.insert(n, id);
+    }
+    for (name, n) in &body.outputs {
+        g.set_output(name.clone(), map[n]);
+    }
+    Some(g)
 }
 
 /// The concrete shape of kernel input `in{k}` of a body.
@@ -336,6 +418,8 @@ impl JitGraph {
                 }
             } else if rows::supported(body) {
                 Plan::Loop(rows::compile(&mut self.jit, body, syms)?)
+            } else if let Some(split) = split_full_reductions(body).filter(rows::supported) {
+                Plan::Loop(rows::compile(&mut self.jit, &split, syms)?)
             } else {
                 match stage(&mut self.jit, body, syms)? {
                     Some(stages) => Plan::Staged(stages),

@@ -242,7 +242,9 @@ pub fn compile(
     for &n in &order {
         let k = kind(body, n, &row).ok_or("not a row kernel")?;
         let ins = body.inputs(n);
+        // (A reduction along the rows is computed row by row even of a fixed value.)
         if !matches!(body.node(n).op, Op::Input { .. } | Op::Random { .. })
+            && !matches!(k, Kind::Row(_) | Kind::Softmax)
             && ins.iter().all(|i| fixed.contains(i))
         {
             fixed.insert(n);
