@@ -197,6 +197,60 @@ fn plans_say_what_runs_natively() {
     assert!(j.clif()[0].1.contains("function"), "CLIF text is kept");
 }
 
+/// A matmul with a constant operand (the perceptron's weights) runs natively, with the
+/// constant on either side and transposed or not, and gives the interpreter's values.
+#[test]
+fn matmuls_with_a_constant_operand_are_native() {
+    let (rows, k, n) = (5usize, 3usize, 2usize);
+    for (const_a, t) in [(false, false), (false, true), (true, false), (true, true)] {
+        let data: Vec<F64> = (0..k * n).map(|i| F64::new(i as f64 * 0.5 - 1.0)).collect();
+        let mut body = Graph::new();
+        let x_shape = if const_a {
+            vec![k, rows]
+        } else {
+            vec![rows, k]
+        };
+        let x = body.add_ok(
+            Op::Input {
+                name: "in0".into(),
+                ty: (DType::F32, shape_of(&x_shape)),
+            },
+            &[],
+        );
+        // The constant: [n, k] as A (so A·x is [n, rows]), [k, n] as B; stored transposed
+        // when `t`.
+        let c_shape = match (const_a, t) {
+            (true, false) => vec![n, k],
+            (true, true) | (false, false) => vec![k, n],
+            (false, true) => vec![n, k],
+        };
+        let c = body.add_ok(
+            Op::Const {
+                shape: c_shape,
+                data,
+            },
+            &[],
+        );
+        let (ops, ta, tb) = if const_a {
+            ([c, x], t, false)
+        } else {
+            ([x, c], false, t)
+        };
+        let mm = body.add_ok(Op::MatMul { ta, tb }, &ops);
+        let one = body.scalar(1.0);
+        let s = body.add_ok(Op::Add, &[mm, one]);
+        let out = body.add_ok(Op::Sigmoid, &[s]);
+        body.set_output("out0", out);
+        let g = wrap(body, KernelKind::MatMul);
+        let mut env = Env::new(0, 0);
+        env.values.insert("x0".into(), values(&x_shape, 4));
+        compare(&g, &env, 1).expect("matches the interpreter");
+        let mut jit = JitGraph::new(g, 1).expect("jit");
+        let lines = jit.plan_all(&HashMap::new()).expect("plans");
+        assert_eq!(jit.native_kernels(), (1, 1), "{lines:?}");
+    }
+}
+
 /// A product big enough to be split across threads gives the same bits on 1 and 2
 /// threads, and matches the interpreter.
 #[test]

@@ -18,7 +18,7 @@
 use super::Jit;
 use super::buffers::{Layout, Pool, inplace_candidates};
 use super::loops::LoopKernel;
-use super::plan::{Plan, Stage, sym_key};
+use super::plan::{Operand, Plan, Stage, sym_key};
 use super::sgemm::{self, GemmPath};
 use crate::interp::{self, Env};
 use crate::ir::{Graph, NodeId};
@@ -260,13 +260,14 @@ impl JitGraph {
     #[allow(clippy::too_many_arguments)]
     fn matmul_panels(
         &self,
-        (a, b, ta, tb, path): (usize, usize, bool, bool, GemmPath),
+        (a, b, ta, tb, path): (&Operand, &Operand, bool, bool, GemmPath),
         k: &LoopKernel,
         ins: &[ArrayViewD<f32>],
         env: &Env<f32>,
         into: &[(usize, *mut f32)],
     ) -> Vec<Option<ArrayD<f32>>> {
-        let (m, n) = product_shape(&ins[a], &ins[b], ta, tb);
+        let (a, b) = (a.view(ins), b.view(ins));
+        let (m, n) = product_shape(&a, &b, ta, tb);
         let mut c = self.pool.borrow_mut().array(&[m, n]);
         let cp = c.as_mut_ptr();
         let args = self.loop_args(k, ins, Some(cp), into);
@@ -285,7 +286,7 @@ impl JitGraph {
                 m as u64,
             )
         };
-        self.gemm(&ins[a], &ins[b], ta, tb, path, Some(cp), Some(&epilogue));
+        self.gemm(&a, &b, ta, tb, path, Some(cp), Some(&epilogue));
         self.recycle(c);
         args.outs
     }
@@ -529,14 +530,16 @@ impl JitGraph {
             } => match epilogue {
                 None => {
                     let out = into.iter().find(|(o, _)| *o == 0).map(|x| x.1);
-                    vec![self.gemm(&ins[*a], &ins[*b], *ta, *tb, *path, out, None)]
+                    vec![self.gemm(&a.view(ins), &b.view(ins), *ta, *tb, *path, out, None)]
                 }
-                Some(k) if *panels && writes_clear_of_operands(k, &ins[*a], &ins[*b], into) => {
-                    self.matmul_panels((*a, *b, *ta, *tb, *path), k, ins, env, into)
+                Some(k)
+                    if *panels && writes_clear_of_operands(k, &a.view(ins), &b.view(ins), into) =>
+                {
+                    self.matmul_panels((a, b, *ta, *tb, *path), k, ins, env, into)
                 }
                 Some(k) => {
                     let c = self
-                        .gemm(&ins[*a], &ins[*b], *ta, *tb, *path, None, None)
+                        .gemm(&a.view(ins), &b.view(ins), *ta, *tb, *path, None, None)
                         .expect("a pool buffer");
                     let mut all: Vec<ArrayViewD<f32>> = ins.to_vec();
                     all.push(c.view());

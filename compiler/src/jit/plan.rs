@@ -9,6 +9,7 @@ use super::rows;
 use super::sgemm::{self, GemmPath};
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use std::collections::HashMap;
 
 /// A step of a staged kernel (reductions with elementwise work around them).
@@ -28,8 +29,8 @@ pub(super) enum Plan {
     /// Reductions and the elementwise levels between them.
     Staged(Vec<Stage>),
     MatMul {
-        a: usize,
-        b: usize,
+        a: Operand,
+        b: Operand,
         ta: bool,
         tb: bool,
         epilogue: Option<LoopKernel>,
@@ -42,9 +43,25 @@ pub(super) enum Plan {
     Interpret,
 }
 
-/// The matmul of a matmul kernel whose operands are kernel inputs, and the body with the
-/// matmul replaced by one more input (`in{K}`): the epilogue.
-fn split_matmul(body: &Graph) -> Option<(usize, usize, bool, bool, Graph)> {
+/// An operand of a kernel's matmul: kernel input `in{K}`, or a constant of the body
+/// (evaluated once, kept in the plan).
+pub(super) enum Operand {
+    Input(usize),
+    Const(ArrayD<f32>),
+}
+
+impl Operand {
+    pub(super) fn view<'a>(&'a self, ins: &'a [ArrayViewD<f32>]) -> ArrayViewD<'a, f32> {
+        match self {
+            Operand::Input(k) => ins[*k].view(),
+            Operand::Const(a) => a.view(),
+        }
+    }
+}
+
+/// The matmul of a matmul kernel whose operands are kernel inputs or constants, and the
+/// body with the matmul replaced by one more input (`in{K}`): the epilogue.
+fn split_matmul(body: &Graph) -> Option<(Operand, Operand, bool, bool, Graph)> {
     let order = body.schedule();
     let mms: Vec<NodeId> = order
         .iter()
@@ -62,7 +79,15 @@ fn split_matmul(body: &Graph) -> Option<(usize, usize, bool, bool, Graph)> {
         _ => None,
     };
     let ops = body.inputs(m);
-    let (a, b) = (input_index(ops[0])?, input_index(ops[1])?);
+    let operand = |n: NodeId| match &body.node(n).op {
+        Op::Const { shape, data } => {
+            ArrayD::from_shape_vec(IxDyn(shape), data.iter().map(|v| v.get() as f32).collect())
+                .ok()
+                .map(Operand::Const)
+        }
+        _ => input_index(n).map(Operand::Input),
+    };
+    let (a, b) = (operand(ops[0])?, operand(ops[1])?);
     if body.ty(ops[0]).rank() != 2 || body.ty(ops[1]).rank() != 2 {
         return None;
     }
@@ -383,13 +408,17 @@ impl JitGraph {
             } else if let Some((a, b, ta, tb, epi)) = split_matmul(body) {
                 let trivial = body.outputs.len() == 1
                     && matches!(body.node(body.outputs[0].1).op, Op::MatMul { .. });
-                let a_shape = input_shape(body, a, syms)?;
+                let shape = |o: &Operand| match o {
+                    Operand::Input(k) => input_shape(body, *k, syms),
+                    Operand::Const(c) => Ok(c.shape().to_vec()),
+                };
+                let a_shape = shape(&a)?;
                 let (m, k) = if ta {
                     (a_shape[1], a_shape[0])
                 } else {
                     (a_shape[0], a_shape[1])
                 };
-                let b_shape = input_shape(body, b, syms)?;
+                let b_shape = shape(&b)?;
                 let n = if tb { b_shape[0] } else { b_shape[1] };
                 let path = sgemm::choose(m, n, k);
                 if trivial {
