@@ -15,7 +15,8 @@ use crate::ops::{Dist, Op};
 use crate::types::{DType, Dim};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    AbiParam, FuncRef, InstBuilder, MemFlagsData, Signature, UserFuncName, Value, types,
+    AbiParam, FuncRef, InstBuilder, MemFlagsData, Signature, StackSlot, StackSlotData,
+    StackSlotKind, UserFuncName, Value, types,
 };
 use cranelift_frontend::FunctionBuilder;
 use cranelift_module::{FuncId, Linkage, Module};
@@ -127,10 +128,13 @@ pub(super) struct Gen<'a> {
     /// `rc_shape` (`[R, C]`): broadcast operands and one-hot index by them, no division.
     pub(super) rc: Option<(Value, Value)>,
     pub(super) rc_shape: Vec<usize>,
-    /// Values computed once before the loops (scalars).
+    /// Values computed once before the loops (scalars)...
     pub(super) hoisted: HashMap<NodeId, Value>,
-    /// 1/v of every hoisted scalar v: dividing by a scalar becomes a multiplication.
-    pub(super) recips: HashMap<NodeId, Value>,
+    /// ... and the stack slots the loops read them from (see [`Gen::pin`]).
+    pub(super) pinned: HashMap<NodeId, StackSlot>,
+    /// The stack slot of 1/v of every hoisted scalar v of a loop kernel: dividing by a
+    /// scalar becomes a multiplication.
+    pub(super) recips: HashMap<NodeId, StackSlot>,
     /// Values at the loop index, for nodes of the loop's shape.
     pub(super) memo: HashMap<NodeId, Value>,
     pub(super) loop_shape: Vec<usize>,
@@ -396,15 +400,20 @@ impl Gen<'_> {
             return Ok(b.ins().load(t, MemFlagsData::trusted(), addr, 0));
         }
         if let Some(&v) = self.hoisted.get(&n) {
-            if !self.vec {
-                return Ok(v);
-            }
-            if let Some(&s) = self.splats.get(&n) {
+            if self.vec
+                && let Some(&s) = self.splats.get(&n)
+            {
                 return Ok(s);
             }
-            let s = b.ins().splat(types::F32X4, v);
-            self.splats.insert(n, s);
-            return Ok(s);
+            let v = match self.pinned.get(&n) {
+                Some(&slot) => self.load_pinned(b, slot),
+                None if self.vec => b.ins().splat(types::F32X4, v),
+                None => v,
+            };
+            if self.vec {
+                self.splats.insert(n, v);
+            }
+            return Ok(v);
         }
         let shape = self.shapes[&n].clone();
         let at_loop = shape == self.loop_shape;
@@ -526,6 +535,13 @@ impl Gen<'_> {
                 let x = arg(self, b, 0)?;
                 b.ins().trunc(x)
             }
+            Div if self.recips.contains_key(&ins[1]) && !self.hoisted.contains_key(&n) => {
+                // x / s for a loop-invariant scalar s: x · (1/s), one division per call
+                // instead of one per element.
+                let x = arg(self, b, 0)?;
+                let r = self.load_pinned(b, self.recips[&ins[1]]);
+                b.ins().fmul(x, r)
+            }
             Add | Sub | Mul | Div | Pow | Maximum | Minimum | Lt | Le | Gt | Ge | Eq | Ne => {
                 let x = arg(self, b, 0)?;
                 let y = arg(self, b, 1)?;
@@ -537,19 +553,7 @@ impl Gen<'_> {
                     Add => b.ins().fadd(x, y),
                     Sub => b.ins().fsub(x, y),
                     Mul => b.ins().fmul(x, y),
-                    Div => match self.recips.get(&ins[1]).copied() {
-                        // x / s for a loop-invariant scalar s: x · (1/s), one division per
-                        // call instead of one per element.
-                        Some(r) if !self.hoisted.contains_key(&n) => {
-                            let r = if self.vec {
-                                b.ins().splat(types::F32X4, r)
-                            } else {
-                                r
-                            };
-                            b.ins().fmul(x, r)
-                        }
-                        _ => b.ins().fdiv(x, y),
-                    },
+                    Div => b.ins().fdiv(x, y),
                     Maximum => b.ins().fmax(x, y),
                     Minimum => b.ins().fmin(x, y),
                     Pow => self.call_lanes(b, self.pow, &[x, y]),
@@ -700,10 +704,11 @@ pub fn compile(
                 g.loop_shape = g.shapes[&n].clone();
                 let v = g.emit(&mut b, n, zero)?;
                 g.memo.clear();
-                g.hoisted.insert(n, v);
+                g.pin(&mut b, n, v);
                 let one = b.ins().f32const(1.0);
                 let r = b.ins().fdiv(one, v);
-                g.recips.insert(n, r);
+                let slot = Gen::slot(&mut b, r);
+                g.recips.insert(n, slot);
             }
         }
         // One loop per output shape.
@@ -886,6 +891,46 @@ pub(super) fn entry(
 }
 
 impl<'a> Gen<'a> {
+    /// Keep scalar `v` of node `n`, computed before the loops, in a stack slot that the
+    /// loops read. Cranelift rematerializes constants at their uses, which drags
+    /// loop-invariant arithmetic on a constant back into the loop (1 − β₁ᵗ and its
+    /// reciprocal in Adam: two scalar divisions per iteration, sharing the divider with
+    /// the update's square root and division); a load from the slot stays where it is.
+    /// Values of constants alone are not pinned: Cranelift folds them into constants.
+    pub(super) fn pin(&mut self, b: &mut FunctionBuilder, n: NodeId, v: Value) {
+        self.hoisted.insert(n, v);
+        if !self.constant(n) {
+            let slot = Gen::slot(b, v);
+            self.pinned.insert(n, slot);
+        }
+    }
+
+    /// Whether node `n` is computed from constants by pure arithmetic alone.
+    fn constant(&self, n: NodeId) -> bool {
+        let op = &self.body.node(n).op;
+        match op {
+            Op::Const { .. } => true,
+            Op::Input { .. } | Op::Random { .. } | Op::Pow => false,
+            _ => self.body.inputs(n).iter().all(|&i| self.constant(i)),
+        }
+    }
+
+    /// A 16-byte stack slot holding `v` in all four lanes (for the vector loops; the
+    /// scalar ones read lane 0).
+    pub(super) fn slot(b: &mut FunctionBuilder, v: Value) -> StackSlot {
+        let slot =
+            b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 16, 4));
+        let lanes = b.ins().splat(types::F32X4, v);
+        b.ins().stack_store(types::I64, lanes, slot, 0);
+        slot
+    }
+
+    /// A pinned value, as a vector in the vector loops and a scalar in the others.
+    pub(super) fn load_pinned(&self, b: &mut FunctionBuilder, slot: StackSlot) -> Value {
+        let t = if self.vec { types::F32X4 } else { types::F32 };
+        b.ins().stack_load(types::I64, t, slot, 0)
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         module: &mut cranelift_jit::JITModule,
@@ -906,6 +951,7 @@ impl<'a> Gen<'a> {
             step,
             pow: module.declare_func_in_func(math.pow, b.func),
             hoisted: HashMap::new(),
+            pinned: HashMap::new(),
             recips: HashMap::new(),
             rowvals: HashMap::new(),
             rowstats: HashMap::new(),

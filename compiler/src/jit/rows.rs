@@ -286,7 +286,7 @@ pub fn compile(
                 g.loop_shape = g.shapes[&n].clone();
                 let v = g.emit(&mut b, n, zero)?;
                 fresh(&mut g);
-                g.hoisted.insert(n, v);
+                g.pin(&mut b, n, v);
             }
         }
         let flags = MemFlagsData::trusted();
