@@ -925,6 +925,16 @@ impl<'a> Gen<'a> {
         slot
     }
 
+    /// `v` (an f32 computed once per row, before the loops over the row's columns) read
+    /// back from a stack slot, so that it stays computed where it is: see [`Gen::pin`]
+    /// (the row statistics of a softmax — a log, a reciprocal, a select against
+    /// infinity — would otherwise be recomputed for every column).
+    pub(super) fn keep(b: &mut FunctionBuilder, v: Value) -> Value {
+        let slot = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 4, 2));
+        b.ins().stack_store(types::I64, v, slot, 0);
+        b.ins().stack_load(types::I64, types::F32, slot, 0)
+    }
+
     /// A pinned value, as a vector in the vector loops and a scalar in the others.
     pub(super) fn load_pinned(&self, b: &mut FunctionBuilder, slot: StackSlot) -> Value {
         let t = if self.vec { types::F32X4 } else { types::F32 };

@@ -484,7 +484,7 @@ pub fn compile(
                                 let k = b.ins().f32const(1.0 / c as f32);
                                 v = b.ins().fmul(v, k);
                             }
-                            g.rowvals.insert(n, v);
+                            g.rowvals.insert(n, Gen::keep(b, v));
                         }
                         _ if stats.contains_key(&x) => {
                             // softmax and log_softmax of one value share their statistics.
@@ -502,14 +502,17 @@ pub fn compile(
                             let is_inf = b.ins().fcmp(FloatCC::Equal, a, inf);
                             let zero = b.ins().f32const(0.0);
                             let m = b.ins().select(is_inf, zero, m);
+                            let m = Gen::keep(b, m);
                             let row = row_buf[&x];
                             let s = reduce(b, &mut g, Red::Sum, Some((m, row)))?;
                             let ls = math::log(b, s);
+                            let ls = Gen::keep(b, ls);
                             g.rowstats.insert(n, (m, ls));
                             stats.insert(x, (m, ls));
                             // softmax = exp(x - max) (kept above) / sum.
                             let one = b.ins().f32const(1.0);
                             let inv = b.ins().fdiv(one, s);
+                            let inv = Gen::keep(b, inv);
                             exps.insert(x, (row, inv));
                             g.rowexp.insert(n, (row, inv));
                         }
