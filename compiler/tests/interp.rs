@@ -218,9 +218,7 @@ fn scan_matches_the_unrolled_loop() {
         &[hs],
     );
     g.set_output("loss", s);
-    let err = autodiff::grad(&g, "loss", &[init])
-        .err()
-        .expect("no rule yet");
+    let err = autodiff::grad(&g, "loss", &[init]).expect_err("no rule yet");
     assert!(
         err.contains("no gradient rule for input 0 of `scan`"),
         "{err}"

@@ -69,7 +69,7 @@ pub fn parse_file(text: &str) -> (File, Vec<Diagnostic>) {
 /// Like [`parse_file`], with every span shifted by `base` (the prelude is parsed at
 /// [`PRELUDE_BASE`] so its spans can be told apart from the user's file).
 pub fn parse_file_at(text: &str, base: usize) -> (File, Vec<Diagnostic>) {
-    let _ = pest::set_call_limit(std::num::NonZeroUsize::new(50_000_000));
+    pest::set_call_limit(std::num::NonZeroUsize::new(50_000_000));
     let mut items = Vec::new();
     let mut diags = Vec::new();
     for (start, end) in split_items(text) {

@@ -35,7 +35,7 @@ impl EngineKind {
 
 enum Exec {
     Reference(Graph),
-    Jit(RefCell<JitGraph>),
+    Jit(Box<RefCell<JitGraph>>),
 }
 
 pub struct Engine {
@@ -50,7 +50,7 @@ impl Engine {
         let kernels = dlc_compiler::opt::fuse::kernel_count(&graph);
         let exec = match kind {
             EngineKind::Reference => Exec::Reference(graph),
-            EngineKind::Jit => Exec::Jit(RefCell::new(JitGraph::new(graph, threads)?)),
+            EngineKind::Jit => Exec::Jit(Box::new(RefCell::new(JitGraph::new(graph, threads)?))),
         };
         Ok(Engine {
             kind,

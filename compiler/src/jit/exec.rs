@@ -36,6 +36,12 @@ pub const PARALLEL_GEMM_MIN: usize = 1 << 22;
 /// 1 MB L2 of a Zen 4 core, so the panel is still there when its epilogue reads it.
 const EPILOGUE_PANEL_BYTES: usize = 512 << 10;
 
+/// What a schedule is made for: the requested outputs and the donated leaves.
+pub(super) type ScheduleKey = (Vec<NodeId>, Donations);
+
+/// Symbolic sizes in canonical order (`sym_key`).
+pub(super) type SymKey = Vec<(String, usize)>;
+
 /// A loop kernel's pointer table and the buffers behind it (see `loop_args`).
 struct LoopArgs<'v> {
     _contiguous: Vec<CowArray<'v, f32, IxDyn>>,
@@ -73,11 +79,11 @@ pub struct JitGraph {
     pub(super) plans: HashMap<Vec<(String, usize)>, HashMap<u32, Plan>>,
     /// Schedules by requested outputs and donated leaves (a few per model: found by
     /// comparison, without hashing or copying the key each run).
-    pub(super) prepared: Vec<((Vec<NodeId>, Donations), std::rc::Rc<Prepared>)>,
+    pub(super) prepared: Vec<(ScheduleKey, std::rc::Rc<Prepared>)>,
     pub(super) threads: usize,
     pub(super) pool: std::cell::RefCell<Pool>,
     /// Memory layouts by schedule (`Prepared::id`) and sizes (`sym_key`).
-    pub(super) layouts: Vec<(usize, Vec<(String, usize)>, Layout)>,
+    pub(super) layouts: Vec<(usize, SymKey, Layout)>,
     /// Seconds spent per kernel body, when `DLC_PROFILE` is set (printed on drop).
     pub(super) profile: Option<HashMap<u32, (f64, usize)>>,
 }
@@ -396,6 +402,7 @@ impl JitGraph {
         self.pool.borrow_mut().give(a);
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn gemm(
         &self,
         a: &ArrayViewD<f32>,

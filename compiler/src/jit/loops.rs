@@ -978,6 +978,7 @@ impl<'a> Gen<'a> {
 }
 
 /// `for i in (start..end).step_by(lanes)`: compute and store the outputs `js`.
+#[allow(clippy::too_many_arguments)]
 fn emit_loop(
     b: &mut FunctionBuilder,
     g: &mut Gen,

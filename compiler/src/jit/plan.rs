@@ -47,7 +47,7 @@ pub(super) enum Plan {
 /// (evaluated once, kept in the plan).
 pub(super) enum Operand {
     Input(usize),
-    Const(ArrayD<f32>),
+    Const(Box<ArrayD<f32>>),
 }
 
 impl Operand {
@@ -83,7 +83,7 @@ fn split_matmul(body: &Graph) -> Option<(Operand, Operand, bool, bool, Graph)> {
         Op::Const { shape, data } => {
             ArrayD::from_shape_vec(IxDyn(shape), data.iter().map(|v| v.get() as f32).collect())
                 .ok()
-                .map(Operand::Const)
+                .map(|a| Operand::Const(Box::new(a)))
         }
         _ => input_index(n).map(Operand::Input),
     };

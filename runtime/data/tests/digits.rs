@@ -44,7 +44,7 @@ fn embedded_digits_without_validation() -> Result<(), DataError> {
     for split in [&d.train, &d.test] {
         assert!(split.x.iter().all(|&v| (0.0..=1.0).contains(&v)));
     }
-    assert!(d.train.x.iter().any(|&v| v == 1.0));
+    assert!(d.train.x.contains(&1.0));
     assert_eq!(
         class_counts(&[&d.train, &d.test]),
         [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]

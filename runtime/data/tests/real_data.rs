@@ -125,8 +125,8 @@ fn check_standardised(d: &Dataset, raw: &[Vec<f64>]) {
         assert!((scaling.std[c] as f64 - var.sqrt()).abs() <= 1e-6 * var.sqrt().max(1.0));
     }
     // The test split uses the training statistics: row 4 is the first test row.
-    for c in 0..cols {
-        let expected = (raw[4][c] - scaling.mean[c] as f64) / scaling.std[c] as f64;
+    for (c, &value) in raw[4].iter().enumerate().take(cols) {
+        let expected = (value - scaling.mean[c] as f64) / scaling.std[c] as f64;
         assert!(
             (d.test.x[c] as f64 - expected).abs() < 1e-5,
             "test feature {c}"

@@ -150,7 +150,7 @@ fn read_errors() {
     // A non-F32 tensor (F64, written by hand).
     let header = br#"{"d":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}}"#;
     let mut padded = header.to_vec();
-    while padded.len() % 8 != 0 {
+    while !padded.len().is_multiple_of(8) {
         padded.push(b' ');
     }
     let mut file = (padded.len() as u64).to_le_bytes().to_vec();
