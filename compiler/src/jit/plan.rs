@@ -155,39 +155,17 @@ pub(super) fn split_full_reductions(body: &Graph) -> Option<Graph> {
         let op = body.node(n).op.clone();
         let ins: Vec<NodeId> = body.inputs(n).iter().map(|i| map[i]).collect();
         let id = if full(n) {
-            let (inner, outer) = match op {
-                Op::Sum { keep, .. } => (
-                    Op::Sum {
-                        axes: vec![1],
-                        keep,
-                    },
-                    Op::Sum {
-                        axes: vec![0],
-                        keep,
-                    },
-                ),
-                Op::Mean { keep, .. } => (
-                    Op::Mean {
-                        axes: vec![1],
-                        keep,
-                    },
-                    Op::Mean {
-                        axes: vec![0],
-                        keep,
-                    },
-                ),
-                Op::Max { keep, .. } => (
-                    Op::Max {
-                        axes: vec![1],
-                        keep,
-                    },
-                    Op::Max {
-                        axes: vec![0],
-                        keep,
-                    },
-                ),
-                _ => unreachable!("checked by `full`"),
+            // The same reduction along one axis.
+            let along = |axis: usize| {
+                let axes = vec![axis];
+                match op {
+                    Op::Sum { keep, .. } => Op::Sum { axes, keep },
+                    Op::Mean { keep, .. } => Op::Mean { axes, keep },
+                    Op::Max { keep, .. } => Op::Max { axes, keep },
+                    _ => unreachable!("checked by `full`"),
+                }
             };
+            let (inner, outer) = (along(1), along(0));
             let per_row = g.add(inner, &ins).ok()?;
             g.add(outer, &[per_row]).ok()?
         } else {
