@@ -130,8 +130,10 @@ pub(super) struct Gen<'a> {
     pub(super) rc_shape: Vec<usize>,
     /// Values computed once before the loops (scalars)...
     pub(super) hoisted: HashMap<NodeId, Value>,
-    /// ... and the stack slots the loops read them from (see [`Gen::pin`]).
+    /// ... and the stack slots the loops read them from (see [`Gen::pin`]), or, for
+    /// those computed from constants alone, nothing (Cranelift folds them).
     pub(super) pinned: HashMap<NodeId, StackSlot>,
+    pub(super) constants: std::collections::HashSet<NodeId>,
     /// The stack slot of 1/v of every hoisted scalar v of a loop kernel: dividing by a
     /// scalar becomes a multiplication.
     pub(super) recips: HashMap<NodeId, StackSlot>,
@@ -897,21 +899,24 @@ impl<'a> Gen<'a> {
     /// reciprocal in Adam: two scalar divisions per iteration, sharing the divider with
     /// the update's square root and division); a load from the slot stays where it is.
     /// Values of constants alone are not pinned: Cranelift folds them into constants.
+    /// Nodes are pinned in schedule order (their operands first).
     pub(super) fn pin(&mut self, b: &mut FunctionBuilder, n: NodeId, v: Value) {
         self.hoisted.insert(n, v);
-        if !self.constant(n) {
-            let slot = Gen::slot(b, v);
-            self.pinned.insert(n, slot);
-        }
-    }
-
-    /// Whether node `n` is computed from constants by pure arithmetic alone.
-    fn constant(&self, n: NodeId) -> bool {
-        let op = &self.body.node(n).op;
-        match op {
+        // Computed from constants by pure arithmetic alone?
+        let constant = match &self.body.node(n).op {
             Op::Const { .. } => true,
             Op::Input { .. } | Op::Random { .. } | Op::Pow => false,
-            _ => self.body.inputs(n).iter().all(|&i| self.constant(i)),
+            _ => self
+                .body
+                .inputs(n)
+                .iter()
+                .all(|i| self.constants.contains(i)),
+        };
+        if constant {
+            self.constants.insert(n);
+        } else {
+            let slot = Gen::slot(b, v);
+            self.pinned.insert(n, slot);
         }
     }
 
@@ -962,6 +967,7 @@ impl<'a> Gen<'a> {
             pow: module.declare_func_in_func(math.pow, b.func),
             hoisted: HashMap::new(),
             pinned: HashMap::new(),
+            constants: Default::default(),
             recips: HashMap::new(),
             rowvals: HashMap::new(),
             rowstats: HashMap::new(),
