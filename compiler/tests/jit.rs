@@ -408,7 +408,9 @@ fn split_loops_are_exact_and_deterministic() {
     }
 }
 
-/// A random row-kernel body (see `row_kernels_match_the_interpreter`) and its inputs.
+/// A random row-kernel body (see `row_kernels_match_the_interpreter`) and its inputs:
+/// elementwise ops within a class of values (`[B, C]`, `[B]`, invariant), of a `[B, C]`
+/// value with an invariant one or a per-row `[B, 1]` one, and reductions.
 fn random_row_kernel(
     rows: usize,
     cols: usize,
@@ -473,10 +475,20 @@ fn random_row_kernel(
                 // side; the loop-kernel test covers these ops.
                 continue;
             }
-            let cls = if a % 3 == 2 { &narrow } else { &wide };
+            let on_narrow = a % 3 == 2;
+            let cls = if on_narrow { &narrow } else { &wide };
             let mut args = vec![cls[a % cls.len()]];
             if arity >= 2 {
-                args.push(if c % 2 == 0 {
+                args.push(if !on_narrow && c % 4 == 3 {
+                    // A wide value with a per-row one: `[B, C]` with `[B, 1]`.
+                    let r = narrow[c % narrow.len()];
+                    body.add_ok(
+                        Op::Reshape {
+                            shape: vec![b.clone(), Dim::Known(1)],
+                        },
+                        &[r],
+                    )
+                } else if c % 2 == 0 {
                     cls[c % cls.len()]
                 } else {
                     inv[c % inv.len()]

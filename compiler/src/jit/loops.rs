@@ -226,6 +226,14 @@ impl Gen<'_> {
 
     /// Whether `n`'s cone can run four elements at a time: every operand read at the
     /// same index, as a hoisted scalar, or as a suffix whose length is a multiple of 4.
+    /// Whether a `to`-shaped operand of a `from`-shaped value is one value per row of a
+    /// row kernel's `[R, C]` values (`[R, 1]`): the same across the lanes of a row.
+    fn per_row(&self, from: &[usize], to: &[usize]) -> bool {
+        matches!(from, [rows, cols] if *cols > 1 && to == [*rows, 1])
+            && self.rc.is_some()
+            && from == self.rc_shape.as_slice()
+    }
+
     pub(super) fn vectorizable(&self, n: NodeId) -> bool {
         let mut stack = vec![n];
         let mut seen = std::collections::HashSet::new();
@@ -257,6 +265,12 @@ impl Gen<'_> {
                     continue;
                 }
                 let to = &self.shapes[&c];
+                // A per-row operand is computed as a scalar and splatted.
+                if matches!(from[..], [rows, cols] if cols > 1 && to[..] == [rows, 1])
+                    && *from == self.rc_shape
+                {
+                    continue;
+                }
                 // A row kernel reads a `[C]` operand of a `[R, C]` value at the column.
                 if let [_, cols] = from[..]
                     && *from == self.rc_shape
@@ -427,6 +441,13 @@ impl Gen<'_> {
             let c = ins[k];
             let cs = s.shapes[&c].clone();
             let ci = s.map_idx(b, idx, &shape, &cs);
+            if s.vec && s.per_row(&shape, &cs) {
+                // The same in every lane: computed once, as a scalar, and splatted.
+                s.vec = false;
+                let v = s.emit(b, c, ci);
+                s.vec = true;
+                return Ok(b.ins().splat(types::F32X4, v?));
+            }
             s.emit(b, c, ci)
         };
         use Op::*;
