@@ -110,6 +110,83 @@ fn ops() -> Vec<(Op, usize)> {
     ]
 }
 
+/// A matmul kernel (every transpose combination, with or without an epilogue) against
+/// the interpreter.
+fn matmul_case(
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: bool,
+    tb: bool,
+    epilogue: bool,
+    threads: usize,
+) -> Result<(), String> {
+    let a_shape = if ta { vec![k, m] } else { vec![m, k] };
+    let b_shape = if tb { vec![n, k] } else { vec![k, n] };
+    let mut body = Graph::new();
+    let a = body.add_ok(
+        Op::Input {
+            name: "in0".into(),
+            ty: (DType::F32, shape_of(&a_shape)),
+        },
+        &[],
+    );
+    let b = body.add_ok(
+        Op::Input {
+            name: "in1".into(),
+            ty: (DType::F32, shape_of(&b_shape)),
+        },
+        &[],
+    );
+    let bias = body.add_ok(
+        Op::Input {
+            name: "in2".into(),
+            ty: (DType::F32, shape_of(&[n])),
+        },
+        &[],
+    );
+    let mm = body.add_ok(Op::MatMul { ta, tb }, &[a, b]);
+    let out = if epilogue {
+        let s = body.add_ok(Op::Add, &[mm, bias]);
+        body.add_ok(Op::Relu, &[s])
+    } else {
+        mm
+    };
+    body.set_output("out0", out);
+    if !epilogue {
+        // Keep the bias input used so the kernel's operands stay the same.
+        let c = body.add_ok(
+            Op::Const {
+                shape: vec![],
+                data: vec![F64::new(0.0)],
+            },
+            &[],
+        );
+        let z = body.add_ok(Op::Mul, &[bias, c]);
+        body.set_output("out1", z);
+    }
+    let g = wrap(body, KernelKind::MatMul);
+    let mut env = Env::new(0, 0);
+    env.values.insert("x0".into(), values(&a_shape, 1));
+    env.values.insert("x1".into(), values(&b_shape, 2));
+    env.values.insert("x2".into(), values(&[n], 3));
+    compare(&g, &env, threads)
+}
+
+/// Empty products: no rows, or an inner size of 0 (the product is zeros), with an
+/// epilogue, on 1 and 2 threads.
+#[test]
+fn empty_matmuls_match_the_interpreter() {
+    for (m, k) in [(0, 0), (0, 3), (3, 0), (5, 0)] {
+        for threads in [1, 2] {
+            for epilogue in [false, true] {
+                matmul_case(m, k, 4, false, false, epilogue, threads)
+                    .unwrap_or_else(|e| panic!("m={m} k={k}: {e}"));
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -148,33 +225,8 @@ proptest! {
 
     /// Matmuls with every transpose combination and an epilogue, on 1 and 2 threads.
     #[test]
-    fn matmul_kernels_match_the_interpreter(m in 1usize..40, k in 1usize..40, n in 1usize..40, ta: bool, tb: bool, epilogue: bool, threads in 1usize..3) {
-        let a_shape = if ta { vec![k, m] } else { vec![m, k] };
-        let b_shape = if tb { vec![n, k] } else { vec![k, n] };
-        let mut body = Graph::new();
-        let a = body.add_ok(Op::Input { name: "in0".into(), ty: (DType::F32, shape_of(&a_shape)) }, &[]);
-        let b = body.add_ok(Op::Input { name: "in1".into(), ty: (DType::F32, shape_of(&b_shape)) }, &[]);
-        let bias = body.add_ok(Op::Input { name: "in2".into(), ty: (DType::F32, shape_of(&[n])) }, &[]);
-        let mm = body.add_ok(Op::MatMul { ta, tb }, &[a, b]);
-        let out = if epilogue {
-            let s = body.add_ok(Op::Add, &[mm, bias]);
-            body.add_ok(Op::Relu, &[s])
-        } else {
-            mm
-        };
-        body.set_output("out0", out);
-        if !epilogue {
-            // Keep the bias input used so the kernel's operands stay the same.
-            let c = body.add_ok(Op::Const { shape: vec![], data: vec![F64::new(0.0)] }, &[]);
-            let z = body.add_ok(Op::Mul, &[bias, c]);
-            body.set_output("out1", z);
-        }
-        let g = wrap(body, KernelKind::MatMul);
-        let mut env = Env::new(0, 0);
-        env.values.insert("x0".into(), values(&a_shape, 1));
-        env.values.insert("x1".into(), values(&b_shape, 2));
-        env.values.insert("x2".into(), values(&[n], 3));
-        compare(&g, &env, threads).map_err(TestCaseError::fail)?;
+    fn matmul_kernels_match_the_interpreter(m in 0usize..40, k in 0usize..40, n in 1usize..40, ta: bool, tb: bool, epilogue: bool, threads in 1usize..3) {
+        matmul_case(m, k, n, ta, tb, epilogue, threads).map_err(TestCaseError::fail)?;
     }
 }
 

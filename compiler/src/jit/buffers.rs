@@ -68,16 +68,17 @@ pub(super) struct Layout {
 }
 
 impl JitGraph {
-    /// The memory layout of a schedule at some sizes (planned once): every value a loop or
-    /// matmul kernel writes that is not a requested output gets a slot in the arena.
-    /// The index in `layouts` of the layout of this schedule at these sizes (`key`, from
-    /// [`sym_key`]), made (with the plan of every kernel) on first use.
+    /// The index in `layouts` of the memory layout of this schedule at these sizes (`key`,
+    /// which is `sym_key(syms)`), made with the plan of every kernel on first use: every
+    /// value a loop or matmul kernel writes that is not a requested output gets a slot in
+    /// the arena.
     pub(super) fn layout(
         &mut self,
         prep: &Prepared,
         syms: &HashMap<String, usize>,
         key: &[(String, usize)],
     ) -> Result<usize, String> {
+        debug_assert_eq!(key, sym_key(syms), "the key of these sizes");
         if let Some(i) = self
             .layouts
             .iter()

@@ -32,8 +32,9 @@ pub const PARALLEL_LOOP_MIN: usize = 1 << 17;
 /// Multiply-adds from which a gemm is split across threads.
 pub const PARALLEL_GEMM_MIN: usize = 1 << 22;
 
-/// Largest row panel of a product (bytes) whose epilogue runs right after it: half the
-/// 1 MB L2 of a Zen 4 core, so the panel is still there when its epilogue reads it.
+/// Row panels of a product whose epilogue runs right after it hold this many bytes of it
+/// (the last one up to twice as many): half the 1 MB L2 of a Zen 4 core, so the panel is
+/// still there when its epilogue reads it.
 const EPILOGUE_PANEL_BYTES: usize = 512 << 10;
 
 /// What a schedule is made for: the requested outputs and the donated leaves.
@@ -441,7 +442,9 @@ impl JitGraph {
         if k == 0 {
             // SAFETY: `cp` holds m·n floats.
             unsafe { std::ptr::write_bytes(cp, 0, m * n) };
-            if let Some(e) = epilogue {
+            if let Some(e) = epilogue
+                && m > 0
+            {
                 e(0, m);
             }
             return c;
@@ -471,8 +474,9 @@ impl JitGraph {
                 );
             }
         };
-        // With an epilogue, rows are computed in panels of at most EPILOGUE_PANEL_BYTES
-        // of C, each followed by its epilogue; panel bounds are multiples of 4 rows.
+        // With an epilogue, rows are computed in panels of EPILOGUE_PANEL_BYTES of C (the
+        // last one of a row block up to twice that), each followed by its epilogue; panel
+        // bounds are multiples of 4 rows.
         let panel = (EPILOGUE_PANEL_BYTES / (4 * n.max(1))).max(4) & !3;
         let rows = |r0: usize, r1: usize| match epilogue {
             None => product(r0, r1),
@@ -711,7 +715,9 @@ impl JitGraph {
                             .iter()
                             .map(|&j| vals[j].as_ref().expect("operand computed").view())
                             .collect();
-                        let plan = plans.get(body).ok_or("kernel planned")?;
+                        let plan = plans
+                            .get(body)
+                            .ok_or_else(|| format!("kernel {body} has no plan"))?;
                         let t0 = self.profile.is_some().then(std::time::Instant::now);
                         let inplace = match prep.inplace.get(&i) {
                             Some(cands) => Self::inplace_buffers(plan, cands, bufs),

@@ -130,10 +130,8 @@ pub(super) struct Gen<'a> {
     pub(super) rc_shape: Vec<usize>,
     /// Values computed once before the loops (scalars)...
     pub(super) hoisted: HashMap<NodeId, Value>,
-    /// ... and the stack slots the loops read them from (see [`Gen::pin`]), or, for
-    /// those computed from constants alone, nothing (Cranelift folds them).
+    /// ... and the stack slots the loops read them from (see [`Gen::hoist`]).
     pub(super) pinned: HashMap<NodeId, StackSlot>,
-    pub(super) constants: std::collections::HashSet<NodeId>,
     /// The stack slot of 1/v of every hoisted scalar v of a loop kernel: dividing by a
     /// scalar becomes a multiplication.
     pub(super) recips: HashMap<NodeId, StackSlot>,
@@ -558,7 +556,7 @@ impl Gen<'_> {
                 let x = arg(self, b, 0)?;
                 b.ins().trunc(x)
             }
-            Div if self.recips.contains_key(&ins[1]) && !self.hoisted.contains_key(&n) => {
+            Div if self.recips.contains_key(&ins[1]) && numel(&shape) > 1 => {
                 // x / s for a loop-invariant scalar s: x · (1/s), one division per call
                 // instead of one per element.
                 let x = arg(self, b, 0)?;
@@ -718,7 +716,13 @@ pub fn compile(
             in_ptr,
             (seed, step),
         );
-        // Scalars (and everything computed only from scalars) once, up front.
+        // Scalars (and everything computed only from scalars) once, up front, with the
+        // reciprocals of those that divide values of the loops.
+        let divisors: std::collections::HashSet<NodeId> = order
+            .iter()
+            .filter(|&&n| matches!(body.node(n).op, Op::Div) && numel(&g.shapes[&n]) > 1)
+            .map(|&n| body.inputs(n)[1])
+            .collect();
         let zero = b.ins().iconst(types::I64, 0);
         for &n in &order {
             let scalar_cone = numel(&g.shapes[&n]) == 1
@@ -727,11 +731,13 @@ pub fn compile(
                 g.loop_shape = g.shapes[&n].clone();
                 let v = g.emit(&mut b, n, zero)?;
                 g.memo.clear();
-                g.pin(&mut b, n, v);
-                let one = b.ins().f32const(1.0);
-                let r = b.ins().fdiv(one, v);
-                let slot = Gen::slot(&mut b, r);
-                g.recips.insert(n, slot);
+                g.hoist(&mut b, n, v);
+                if divisors.contains(&n) {
+                    let one = b.ins().f32const(1.0);
+                    let r = b.ins().fdiv(one, v);
+                    let slot = Gen::splat_slot(&mut b, r);
+                    g.recips.insert(n, slot);
+                }
             }
         }
         // One loop per output shape.
@@ -914,36 +920,23 @@ pub(super) fn entry(
 }
 
 impl<'a> Gen<'a> {
-    /// Keep scalar `v` of node `n`, computed before the loops, in a stack slot that the
-    /// loops read. Cranelift rematerializes constants at their uses, which drags
-    /// loop-invariant arithmetic on a constant back into the loop (1 − β₁ᵗ and its
+    /// Record scalar `v` of node `n`, computed before the loops, and keep it in a stack
+    /// slot that the loops read. Cranelift rematerializes constants at their uses, which
+    /// drags loop-invariant arithmetic on a constant back into the loop (1 − β₁ᵗ and its
     /// reciprocal in Adam: two scalar divisions per iteration, sharing the divider with
     /// the update's square root and division); a load from the slot stays where it is.
-    /// Values of constants alone are not pinned: Cranelift folds them into constants.
-    /// Nodes are pinned in schedule order (their operands first).
-    pub(super) fn pin(&mut self, b: &mut FunctionBuilder, n: NodeId, v: Value) {
+    /// Only constants themselves are used directly.
+    pub(super) fn hoist(&mut self, b: &mut FunctionBuilder, n: NodeId, v: Value) {
         self.hoisted.insert(n, v);
-        // Computed from constants by pure arithmetic alone?
-        let constant = match &self.body.node(n).op {
-            Op::Const { .. } => true,
-            Op::Input { .. } | Op::Random { .. } | Op::Pow => false,
-            _ => self
-                .body
-                .inputs(n)
-                .iter()
-                .all(|i| self.constants.contains(i)),
-        };
-        if constant {
-            self.constants.insert(n);
-        } else {
-            let slot = Gen::slot(b, v);
+        if !matches!(self.body.node(n).op, Op::Const { .. }) {
+            let slot = Gen::splat_slot(b, v);
             self.pinned.insert(n, slot);
         }
     }
 
     /// A 16-byte stack slot holding `v` in all four lanes (for the vector loops; the
     /// scalar ones read lane 0).
-    pub(super) fn slot(b: &mut FunctionBuilder, v: Value) -> StackSlot {
+    pub(super) fn splat_slot(b: &mut FunctionBuilder, v: Value) -> StackSlot {
         let slot =
             b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 16, 4));
         let lanes = b.ins().splat(types::F32X4, v);
@@ -952,10 +945,10 @@ impl<'a> Gen<'a> {
     }
 
     /// `v` (an f32 computed once per row, before the loops over the row's columns) read
-    /// back from a stack slot, so that it stays computed where it is: see [`Gen::pin`]
+    /// back from a stack slot, so that it stays computed where it is: see [`Gen::hoist`]
     /// (the row statistics of a softmax — a log, a reciprocal, a select against
     /// infinity — would otherwise be recomputed for every column).
-    pub(super) fn keep(b: &mut FunctionBuilder, v: Value) -> Value {
+    pub(super) fn spill_row_value(b: &mut FunctionBuilder, v: Value) -> Value {
         let slot = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 4, 2));
         b.ins().stack_store(types::I64, v, slot, 0);
         b.ins().stack_load(types::I64, types::F32, slot, 0)
@@ -988,7 +981,6 @@ impl<'a> Gen<'a> {
             pow: module.declare_func_in_func(math.pow, b.func),
             hoisted: HashMap::new(),
             pinned: HashMap::new(),
-            constants: Default::default(),
             recips: HashMap::new(),
             rowvals: HashMap::new(),
             rowstats: HashMap::new(),

@@ -242,7 +242,9 @@ pub fn compile(
     for &n in &order {
         let k = kind(body, n, &row).ok_or("not a row kernel")?;
         let ins = body.inputs(n);
-        // (A reduction along the rows is computed row by row even of a fixed value.)
+        // A reduction over each row's columns is computed in the row loop even of a fixed
+        // value: only reductions over the rows (`Batch`) of fixed values are evaluated up
+        // front, outside the row loop, which cannot compute per-row reductions.
         if !matches!(body.node(n).op, Op::Input { .. } | Op::Random { .. })
             && !matches!(k, Kind::Row(_) | Kind::Softmax)
             && ins.iter().all(|i| fixed.contains(i))
@@ -286,7 +288,7 @@ pub fn compile(
                 g.loop_shape = g.shapes[&n].clone();
                 let v = g.emit(&mut b, n, zero)?;
                 fresh(&mut g);
-                g.pin(&mut b, n, v);
+                g.hoist(&mut b, n, v);
             }
         }
         let flags = MemFlagsData::trusted();
@@ -484,7 +486,7 @@ pub fn compile(
                                 let k = b.ins().f32const(1.0 / c as f32);
                                 v = b.ins().fmul(v, k);
                             }
-                            g.rowvals.insert(n, Gen::keep(b, v));
+                            g.rowvals.insert(n, Gen::spill_row_value(b, v));
                         }
                         _ if stats.contains_key(&x) => {
                             // softmax and log_softmax of one value share their statistics.
@@ -502,17 +504,17 @@ pub fn compile(
                             let is_inf = b.ins().fcmp(FloatCC::Equal, a, inf);
                             let zero = b.ins().f32const(0.0);
                             let m = b.ins().select(is_inf, zero, m);
-                            let m = Gen::keep(b, m);
+                            let m = Gen::spill_row_value(b, m);
                             let row = row_buf[&x];
                             let s = reduce(b, &mut g, Red::Sum, Some((m, row)))?;
                             let ls = math::log(b, s);
-                            let ls = Gen::keep(b, ls);
+                            let ls = Gen::spill_row_value(b, ls);
                             g.rowstats.insert(n, (m, ls));
                             stats.insert(x, (m, ls));
                             // softmax = exp(x - max) (kept above) / sum.
                             let one = b.ins().f32const(1.0);
                             let inv = b.ins().fdiv(one, s);
-                            let inv = Gen::keep(b, inv);
+                            let inv = Gen::spill_row_value(b, inv);
                             exps.insert(x, (row, inv));
                             g.rowexp.insert(n, (row, inv));
                         }
@@ -595,7 +597,8 @@ pub fn compile(
             for &n in &batches {
                 let addr = acc_buf[&n];
                 if kinds[&n] == Kind::Batch(Red::Mean) {
-                    let k = b.ins().f32const(1.0 / r.max(1) as f32);
+                    // (0 rows: 0 · ∞ = NaN, the reference's 0 / 0.)
+                    let k = b.ins().f32const(1.0 / r as f32);
                     counted(&mut b, numel(&shapes[&n]), &[], |b, i, _| {
                         let off = b.ins().imul_imm_s(i, 4);
                         let a = b.ins().iadd(addr, off);
