@@ -17,7 +17,8 @@
 //! are used rather than stored. Invariant outputs are computed at the end.
 
 use super::Jit;
-use super::loops::{self, Gen, Io, LANES, LoopKernel, begin, entry, finish, numel};
+use super::emit::{Gen, LANES, begin, entry, finish, numel};
+use super::loops::{self, Io, LoopKernel};
 use super::math;
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
