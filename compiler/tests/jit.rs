@@ -613,95 +613,35 @@ fn random_row_kernel(
 /// Reductions for random row-kernel bodies: (op, applies to a `[B, C]` value (else `[B]`)).
 fn reductions() -> Vec<(Op, bool)> {
     let c = Dim::Known(0); // replaced by the column count
+    let sum = |axes: &[usize], keep| Op::Sum {
+        axes: axes.to_vec(),
+        keep,
+    };
+    let mean = |axes: &[usize], keep| Op::Mean {
+        axes: axes.to_vec(),
+        keep,
+    };
+    let max = |axes: &[usize], keep| Op::Max {
+        axes: axes.to_vec(),
+        keep,
+    };
     vec![
-        (
-            Op::Sum {
-                axes: vec![1],
-                keep: true,
-            },
-            true,
-        ),
-        (
-            Op::Mean {
-                axes: vec![1],
-                keep: true,
-            },
-            true,
-        ),
-        (
-            Op::Max {
-                axes: vec![1],
-                keep: true,
-            },
-            true,
-        ),
+        (sum(&[1], true), true),
+        (mean(&[1], true), true),
+        (max(&[1], true), true),
         (Op::Softmax { axis: 1 }, true),
         (Op::LogSoftmax { axis: 1 }, true),
-        (
-            Op::Sum {
-                axes: vec![0],
-                keep: false,
-            },
-            true,
-        ),
-        (
-            Op::Mean {
-                axes: vec![0],
-                keep: true,
-            },
-            true,
-        ),
-        (
-            Op::Max {
-                axes: vec![0],
-                keep: false,
-            },
-            true,
-        ),
+        (sum(&[0], false), true),
+        (mean(&[0], true), true),
+        (max(&[0], false), true),
         (Op::SumTo { shape: vec![c] }, true),
-        (
-            Op::Sum {
-                axes: vec![0],
-                keep: false,
-            },
-            false,
-        ),
-        (
-            Op::Mean {
-                axes: vec![0],
-                keep: false,
-            },
-            false,
-        ),
-        (
-            Op::Sum {
-                axes: vec![1],
-                keep: false,
-            },
-            true,
-        ),
+        (sum(&[0], false), false),
+        (mean(&[0], false), false),
+        (sum(&[1], false), true),
         // Over both axes: per row, then across the rows.
-        (
-            Op::Sum {
-                axes: vec![0, 1],
-                keep: false,
-            },
-            true,
-        ),
-        (
-            Op::Mean {
-                axes: vec![0, 1],
-                keep: true,
-            },
-            true,
-        ),
-        (
-            Op::Max {
-                axes: vec![0, 1],
-                keep: false,
-            },
-            true,
-        ),
+        (sum(&[0, 1], false), true),
+        (mean(&[0, 1], true), true),
+        (max(&[0, 1], false), true),
     ]
 }
 

@@ -177,14 +177,7 @@ impl JitGraph {
         outputs: &[&str],
         syms: &HashMap<String, usize>,
     ) -> Result<MemPlan, String> {
-        let roots: Vec<NodeId> = outputs
-            .iter()
-            .map(|o| {
-                self.graph
-                    .output(o)
-                    .ok_or_else(|| format!("the graph has no output `{o}`"))
-            })
-            .collect::<Result<_, _>>()?;
+        let roots = self.roots(outputs)?;
         let prep = self.prepare(&roots, &[]);
         let l = self.layout(&prep, syms, &sym_key(syms))?;
         Ok(self.layouts[l].2.plan.clone())

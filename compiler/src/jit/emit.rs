@@ -598,19 +598,45 @@ pub(super) fn begin(jit: &mut Jit) -> Result<(FuncId, String, MathIds), String> 
     Ok((fid, name, math))
 }
 
-/// Compile the function built in the context; keep its CLIF for `--emit clif`.
+/// Compile a kernel built in the context; keep its CLIF for `--emit clif`.
 pub(super) fn finish(jit: &mut Jit, fid: FuncId, name: String) -> Result<KernelFn, String> {
-    jit.clif.push((name, jit.ctx.func.display().to_string()));
+    let code = define(jit, fid, name, false)?;
+    // SAFETY: the function was just defined with exactly this signature.
+    Ok(unsafe { std::mem::transmute::<*const u8, KernelFn>(code) })
+}
+
+/// Compile the function built in the context and return its address. Its CLIF is kept for
+/// `--emit clif` under `name`, and with `asm` also its machine code, under `{name}.asm`.
+pub(super) fn define(
+    jit: &mut Jit,
+    fid: FuncId,
+    name: String,
+    asm: bool,
+) -> Result<*const u8, String> {
+    let clif = jit.ctx.func.display().to_string();
+    jit.ctx.set_disasm(asm);
     jit.module
         .define_function(fid, &mut jit.ctx)
         .map_err(|e| format!("cranelift: {e:?}"))?;
+    if asm {
+        let code = jit
+            .ctx
+            .compiled_code()
+            .and_then(|c| c.vcode.clone())
+            .unwrap_or_default();
+        // The optimized CLIF, then the machine code.
+        let optimized = jit.ctx.func.display().to_string();
+        jit.clif.push((name.clone(), clif));
+        jit.clif
+            .push((format!("{name}.asm"), format!("{optimized}\n{code}")));
+    } else {
+        jit.clif.push((name, clif));
+    }
     jit.module.clear_context(&mut jit.ctx);
     jit.module
         .finalize_definitions()
         .map_err(|e| e.to_string())?;
-    let code = jit.module.get_finalized_function(fid);
-    // SAFETY: the function was just defined with exactly this signature.
-    Ok(unsafe { std::mem::transmute::<*const u8, KernelFn>(code) })
+    Ok(jit.module.get_finalized_function(fid))
 }
 
 /// The kernel's entry block: its parameters (ptrs, seed, step, from, to, of), then the
@@ -646,6 +672,37 @@ impl<'a> Gen<'a> {
             let slot = Gen::splat_slot(b, v);
             self.pinned.insert(n, slot);
         }
+    }
+
+    /// Compute once, before the loops, every one-element node of `order` (in schedule
+    /// order) that `eligible` accepts and whose operands are all hoisted: scalar inputs,
+    /// constants and what is computed from them (not random draws, which depend on the
+    /// index).
+    pub(super) fn hoist_scalars(
+        &mut self,
+        b: &mut FunctionBuilder,
+        order: &[NodeId],
+        eligible: impl Fn(NodeId) -> bool,
+    ) -> Result<(), String> {
+        let zero = b.ins().iconst(types::I64, 0);
+        for &n in order {
+            let scalar_cone = numel(&self.shapes[&n]) == 1
+                && eligible(n)
+                && !matches!(self.body.node(n).op, Op::Random { .. })
+                && self
+                    .body
+                    .inputs(n)
+                    .iter()
+                    .all(|i| self.hoisted.contains_key(i));
+            if scalar_cone {
+                self.loop_shape = self.shapes[&n].clone();
+                let v = self.emit(b, n, zero)?;
+                self.memo.clear();
+                self.splats.clear();
+                self.hoist(b, n, v);
+            }
+        }
+        Ok(())
     }
 
     /// A 16-byte stack slot holding `v` in all four lanes (for the vector loops; the

@@ -575,6 +575,18 @@ impl JitGraph {
         })
     }
 
+    /// The nodes of the named outputs.
+    pub(super) fn roots(&self, outputs: &[&str]) -> Result<Vec<NodeId>, String> {
+        outputs
+            .iter()
+            .map(|o| {
+                self.graph
+                    .output(o)
+                    .ok_or_else(|| format!("the graph has no output `{o}`"))
+            })
+            .collect()
+    }
+
     pub(super) fn prepare(
         &mut self,
         roots: &[NodeId],
@@ -670,14 +682,7 @@ impl JitGraph {
         donate: &[(usize, String)],
         bufs: &HashMap<String, (usize, Vec<usize>)>,
     ) -> Result<(Vec<ArrayD<f32>>, Donations), String> {
-        let roots: Vec<NodeId> = outputs
-            .iter()
-            .map(|o| {
-                self.graph
-                    .output(o)
-                    .ok_or_else(|| format!("the graph has no output `{o}`"))
-            })
-            .collect::<Result<_, _>>()?;
+        let roots = self.roots(outputs)?;
         let prep = self.prepare(&roots, donate);
         let mut written: Vec<(usize, String)> = Vec::new();
         // (body, output) pairs written in place: their nodes hold placeholders.

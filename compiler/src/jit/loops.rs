@@ -175,27 +175,19 @@ pub fn compile(
             in_ptr,
             (seed, step),
         );
-        // Scalars (and everything computed only from scalars) once, up front, with the
-        // reciprocals of those that divide values of the loops.
-        let divisors: std::collections::HashSet<NodeId> = order
-            .iter()
-            .filter(|&&n| matches!(body.node(n).op, Op::Div) && numel(&g.shapes[&n]) > 1)
-            .map(|&n| body.inputs(n)[1])
-            .collect();
-        let zero = b.ins().iconst(types::I64, 0);
+        // Scalars once, up front, with the reciprocals of those that divide values of the
+        // loops.
+        g.hoist_scalars(&mut b, &order, |_| true)?;
         for &n in &order {
-            let scalar_cone = numel(&g.shapes[&n]) == 1
-                && body.inputs(n).iter().all(|i| g.hoisted.contains_key(i));
-            if scalar_cone && !matches!(body.node(n).op, Op::Random { .. }) {
-                g.loop_shape = g.shapes[&n].clone();
-                let v = g.emit(&mut b, n, zero)?;
-                g.memo.clear();
-                g.hoist(&mut b, n, v);
-                if divisors.contains(&n) {
+            if matches!(body.node(n).op, Op::Div) && numel(&g.shapes[&n]) > 1 {
+                let d = body.inputs(n)[1];
+                if let Some(&v) = g.hoisted.get(&d)
+                    && !g.recips.contains_key(&d)
+                {
                     let one = b.ins().f32const(1.0);
                     let r = b.ins().fdiv(one, v);
                     let slot = Gen::splat_slot(&mut b, r);
-                    g.recips.insert(n, slot);
+                    g.recips.insert(d, slot);
                 }
             }
         }

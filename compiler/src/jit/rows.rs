@@ -278,20 +278,8 @@ pub fn compile(
             in_ptr,
             (seed, step),
         );
-        // Scalars (and what is computed from scalars alone) once, up front.
-        let zero = b.ins().iconst(types::I64, 0);
-        for &n in &order {
-            let scalar_cone = kinds[&n] == Kind::Elem
-                && numel(&g.shapes[&n]) == 1
-                && body.inputs(n).iter().all(|i| g.hoisted.contains_key(i))
-                && !matches!(body.node(n).op, Op::Random { .. });
-            if scalar_cone {
-                g.loop_shape = g.shapes[&n].clone();
-                let v = g.emit(&mut b, n, zero)?;
-                fresh(&mut g);
-                g.hoist(&mut b, n, v);
-            }
-        }
+        // Scalars once, up front (not the results of reductions).
+        g.hoist_scalars(&mut b, &order, |n| kinds[&n] == Kind::Elem)?;
         let flags = MemFlagsData::trusted();
         // A row of exp(x - max) per (log-)softmax operand x.
         let mut row_buf: HashMap<NodeId, Value> = HashMap::new();

@@ -643,24 +643,7 @@ fn compile(jit: &mut Jit, kc: Kernel, a_rep: usize) -> Result<KernelFn, String> 
         b.seal_all_blocks();
         b.finalize(jit.module.target_config());
     }
-    jit.clif
-        .push((name.clone(), jit.ctx.func.display().to_string()));
-    jit.ctx.set_disasm(true);
-    jit.module
-        .define_function(fid, &mut jit.ctx)
-        .map_err(|e| format!("cranelift: {e:?}"))?;
-    let asm = jit
-        .ctx
-        .compiled_code()
-        .and_then(|c| c.vcode.clone())
-        .unwrap_or_default();
-    let asm = format!("{}\n{asm}", jit.ctx.func.display());
-    jit.clif.push((format!("{name}.asm"), asm));
-    jit.module.clear_context(&mut jit.ctx);
-    jit.module
-        .finalize_definitions()
-        .map_err(|e| e.to_string())?;
-    let code = jit.module.get_finalized_function(fid);
+    let code = super::emit::define(jit, fid, name, true)?;
     // SAFETY: the function was just defined with exactly this signature.
     Ok(unsafe { std::mem::transmute::<*const u8, KernelFn>(code) })
 }
