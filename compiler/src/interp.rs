@@ -6,6 +6,7 @@ use crate::ir::{Graph, NodeId};
 use crate::ops::{Dist, Op};
 use crate::rng;
 use crate::types::{DType, Dim, Shape};
+use crate::window;
 use ndarray::{ArrayD, Axis, IxDyn, Zip};
 use std::collections::HashMap;
 
@@ -662,6 +663,13 @@ fn eval_op<T: Real>(
                 reshape(&stacked, shape)?
             }
         }
+        Conv2d { geo } => window::conv2d(ins[0], ins[1], geo)?,
+        Conv2dBackInput { geo, input } => window::conv2d_back_input(ins[0], ins[1], geo, *input)?,
+        Conv2dBackFilter { geo } => window::conv2d_back_filter(ins[0], ins[1], geo)?,
+        MaxPool2d { geo } => window::max_pool(x(), geo)?,
+        MaxPool2dBack { geo } => window::max_pool_back(ins[0], ins[1], geo)?,
+        AvgPool2d { geo } => window::avg_pool(x(), geo)?,
+        AvgPool2dBack { geo, input } => window::avg_pool_back(x(), geo, *input)?,
         Scan { .. } | Fused { .. } => {
             return Err(
                 "internal: scan and kernels are evaluated by run_nodes, which has the bodies"

@@ -16,3 +16,4 @@ pub mod print;
 pub mod rng;
 pub mod train;
 pub mod types;
+pub mod window;

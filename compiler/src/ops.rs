@@ -4,6 +4,7 @@
 //! fails to compile until every layer handles it.
 
 use crate::types::{DType, Dim, Shape, Type, broadcast, broadcasts_to, show_shape};
+use crate::window::Geometry;
 use std::fmt;
 
 /// An f64 stored by its bits, so ops can be hashed and compared (for egg).
@@ -170,6 +171,41 @@ pub enum Op {
         tb: bool,
     },
 
+    // ---- windows over the spatial axes of NHWC values (`window.rs`) ----------
+    /// `conv2d(x, w)`: x [B, H, W, C], w [KH, KW, C, F] → [B, H', W', F];
+    /// cross-correlation, `geo.size` = [KH, KW].
+    Conv2d {
+        geo: Geometry,
+    },
+    /// The gradient of `conv2d` with respect to its input: (g, w) → [B, H, W, C], for
+    /// an input of `input` = [H, W].
+    Conv2dBackInput {
+        geo: Geometry,
+        input: [usize; 2],
+    },
+    /// The gradient of `conv2d` with respect to its filter: (x, g) → [KH, KW, C, F].
+    Conv2dBackFilter {
+        geo: Geometry,
+    },
+    /// The maximum of each window, per channel.
+    MaxPool2d {
+        geo: Geometry,
+    },
+    /// The gradient of `maxpool2d`: (x, g) → the shape of x; each window's gradient goes
+    /// to its first maximum.
+    MaxPool2dBack {
+        geo: Geometry,
+    },
+    /// The mean of each window, per channel.
+    AvgPool2d {
+        geo: Geometry,
+    },
+    /// The gradient of `avgpool2d`: (g) → [B, H, W, C] for an input of `input` = [H, W].
+    AvgPool2dBack {
+        geo: Geometry,
+        input: [usize; 2],
+    },
+
     // ---- control flow --------------------------------------------------------
     /// `scan(init, xs)`: run the body graph `body` (in `Graph::bodies`) once per step
     /// of `xs` along `axis`, threading a carry; the result stacks the body's per-step
@@ -213,6 +249,9 @@ pub enum KernelKind {
     Update,
     /// Data movement: transpose, concat, slice, gather, scatter.
     Copy,
+    /// A convolution or pooling op (or one of their gradients) with its elementwise
+    /// epilogue (bias, activation, the backward ReLU mask).
+    Window,
 }
 
 impl KernelKind {
@@ -224,6 +263,7 @@ impl KernelKind {
             KernelKind::SoftmaxXent => "softmax_xent",
             KernelKind::Update => "update",
             KernelKind::Copy => "copy",
+            KernelKind::Window => "window",
         }
     }
 }
@@ -285,6 +325,13 @@ impl Op {
             ScatterAdd { .. } => "scatter_add",
             OneHot { .. } => "one_hot",
             MatMul { .. } => "matmul",
+            Conv2d { .. } => "conv2d",
+            Conv2dBackInput { .. } => "conv2d_back_input",
+            Conv2dBackFilter { .. } => "conv2d_back_filter",
+            MaxPool2d { .. } => "maxpool2d",
+            MaxPool2dBack { .. } => "maxpool2d_back",
+            AvgPool2d { .. } => "avgpool2d",
+            AvgPool2dBack { .. } => "avgpool2d_back",
             Scan { .. } => "scan",
             Fused { .. } => "fused",
             Vjp(_) => "vjp",
@@ -336,6 +383,14 @@ impl Op {
                 step,
             } => format!("axis={axis}, {start}:{end}:{step}"),
             ScatterAdd { rows } => format!("rows={rows}"),
+            Conv2d { geo }
+            | Conv2dBackFilter { geo }
+            | MaxPool2d { geo }
+            | MaxPool2dBack { geo }
+            | AvgPool2d { geo } => geo.show(),
+            Conv2dBackInput { geo, input } | AvgPool2dBack { geo, input } => {
+                format!("{}, input={}x{}", geo.show(), input[0], input[1])
+            }
             OneHot { depth } => format!("depth={depth}"),
             Scan { body, axis, .. } => format!("body={body}, axis={axis}"),
             Fused {
@@ -774,6 +829,124 @@ impl Op {
                 shape.push(b.shape[b.rank() - 1].clone());
                 Ok(Type::f32(shape))
             }
+            Conv2d { geo } => {
+                arity(2)?;
+                float(ins[0])?;
+                float(ins[1])?;
+                let (x, w) = (ins[0], ins[1]);
+                let (b, h, wd, c) = nhwc(x)?;
+                let kernel_ok = w.rank() == 4
+                    && w.shape[0] == Dim::Known(geo.size[0])
+                    && w.shape[1] == Dim::Known(geo.size[1])
+                    && w.shape[2] == c;
+                if !kernel_ok {
+                    return Err(format!(
+                        "conv2d of an input {} with a filter {}: the filter must be [KH, KW, {}, F]",
+                        show_shape(&x.shape),
+                        show_shape(&w.shape),
+                        c
+                    ));
+                }
+                let [oh, ow] = geo.out_size(h, wd).ok_or_else(|| {
+                    format!(
+                        "conv2d: a {}x{} kernel does not fit an input {} with padding {:?}",
+                        geo.size[0],
+                        geo.size[1],
+                        show_shape(&x.shape),
+                        geo.pad
+                    )
+                })?;
+                Ok(Type::f32(vec![
+                    b,
+                    Dim::Known(oh),
+                    Dim::Known(ow),
+                    w.shape[3].clone(),
+                ]))
+            }
+            Conv2dBackInput { geo, input } => {
+                arity(2)?;
+                let (g, w) = (ins[0], ins[1]);
+                let (b, oh, ow, f) = nhwc(g)?;
+                if w.rank() != 4 || w.shape[3] != f || geo.out_size(input[0], input[1]) != Some([oh, ow])
+                {
+                    return Err(format!(
+                        "conv2d_back_input of {} with {}",
+                        show_shape(&g.shape),
+                        show_shape(&w.shape)
+                    ));
+                }
+                Ok(Type::f32(vec![
+                    b,
+                    Dim::Known(input[0]),
+                    Dim::Known(input[1]),
+                    w.shape[2].clone(),
+                ]))
+            }
+            Conv2dBackFilter { geo } => {
+                arity(2)?;
+                let (x, g) = (ins[0], ins[1]);
+                let (_, h, wd, c) = nhwc(x)?;
+                let (_, oh, ow, f) = nhwc(g)?;
+                if geo.out_size(h, wd) != Some([oh, ow]) || x.shape[0] != g.shape[0] {
+                    return Err(format!(
+                        "conv2d_back_filter of {} and {}",
+                        show_shape(&x.shape),
+                        show_shape(&g.shape)
+                    ));
+                }
+                Ok(Type::f32(vec![
+                    Dim::Known(geo.size[0]),
+                    Dim::Known(geo.size[1]),
+                    c,
+                    f,
+                ]))
+            }
+            MaxPool2d { geo } | AvgPool2d { geo } => {
+                arity(1)?;
+                float(ins[0])?;
+                let (b, h, wd, c) = nhwc(ins[0])?;
+                let [oh, ow] = geo.out_size(h, wd).ok_or_else(|| {
+                    format!(
+                        "{}: a {}x{} window does not fit an input {}",
+                        self.name(),
+                        geo.size[0],
+                        geo.size[1],
+                        show_shape(&ins[0].shape)
+                    )
+                })?;
+                Ok(Type::f32(vec![b, Dim::Known(oh), Dim::Known(ow), c]))
+            }
+            MaxPool2dBack { geo } => {
+                arity(2)?;
+                let (b, h, wd, c) = nhwc(ins[0])?;
+                let [oh, ow] = geo.out_size(h, wd).ok_or("maxpool2d_back: no window fits")?;
+                if ins[1].shape != vec![b, Dim::Known(oh), Dim::Known(ow), c] {
+                    return Err(format!(
+                        "maxpool2d_back of {} for {}",
+                        show_shape(&ins[1].shape),
+                        show_shape(&ins[0].shape)
+                    ));
+                }
+                Ok(ins[0].clone())
+            }
+            AvgPool2dBack { geo, input } => {
+                arity(1)?;
+                let (b, oh, ow, c) = nhwc(ins[0])?;
+                if geo.out_size(input[0], input[1]) != Some([oh, ow]) {
+                    return Err(format!(
+                        "avgpool2d_back of {} for an input of {}x{}",
+                        show_shape(&ins[0].shape),
+                        input[0],
+                        input[1]
+                    ));
+                }
+                Ok(Type::f32(vec![
+                    b,
+                    Dim::Known(input[0]),
+                    Dim::Known(input[1]),
+                    c,
+                ]))
+            }
             Scan { axis, out, .. } => {
                 arity(2)?;
                 if ins[1].rank() <= *axis
@@ -806,6 +979,24 @@ impl Op {
             }
         }
     }
+}
+
+/// The batch, rows, columns and channels of an NHWC value; rows and columns must be
+/// known sizes (window geometry is fixed at compile time).
+fn nhwc(t: &Type) -> Result<(Dim, usize, usize, Dim), ShapeError> {
+    let err = || {
+        format!(
+            "expected an NHWC tensor [B, H, W, C] with known H and W, got {}",
+            show_shape(&t.shape)
+        )
+    };
+    if t.rank() != 4 {
+        return Err(err());
+    }
+    let (Some(h), Some(w)) = (t.shape[1].known(), t.shape[2].known()) else {
+        return Err(err());
+    };
+    Ok((t.shape[0].clone(), h, w, t.shape[3].clone()))
 }
 
 /// Whether two shapes have the same number of elements (symbols must match as a multiset).

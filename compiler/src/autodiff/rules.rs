@@ -35,6 +35,12 @@ pub fn no_gradient(op: &Op, i: usize) -> bool {
         | Concat { .. }
         | Slice { .. } => false,
         MatMul { .. } => false,
+        Conv2d { .. } | MaxPool2d { .. } | AvgPool2d { .. } => false,
+        // The window gradients are linear in their last input (and conv2d_back_input in
+        // the filter); their own rules (second derivatives) are not written: the grad
+        // phase reports the missing rule.
+        Conv2dBackInput { .. } | Conv2dBackFilter { .. } | AvgPool2dBack { .. } => false,
+        MaxPool2dBack { .. } => i == 0,
         // Differentiable (backpropagation through time), but its rule, the reverse
         // scan, is not written yet: the grad phase reports the missing rule.
         Scan { .. } => false,
@@ -406,6 +412,35 @@ pub fn vjp_rules() -> Vec<Rule> {
                 ));
             }
             Some(prod)
+        }),
+        // -- windows (convolution and pooling) ---------------------------------------
+        custom("vjp-conv2d-0", 0, "conv2d", |eg, n, _, g| {
+            let Op::Conv2d { geo } = n.op else {
+                return None;
+            };
+            let x = ty(eg, n.args[0])?;
+            let input = [x.shape[1].known()?, x.shape[2].known()?];
+            Some(add(eg, Op::Conv2dBackInput { geo, input }, &[g, n.args[1]]))
+        }),
+        custom("vjp-conv2d-1", 1, "conv2d", |eg, n, _, g| {
+            let Op::Conv2d { geo } = n.op else {
+                return None;
+            };
+            Some(add(eg, Op::Conv2dBackFilter { geo }, &[n.args[0], g]))
+        }),
+        custom("vjp-maxpool2d", 0, "maxpool2d", |eg, n, _, g| {
+            let Op::MaxPool2d { geo } = n.op else {
+                return None;
+            };
+            Some(add(eg, Op::MaxPool2dBack { geo }, &[n.args[0], g]))
+        }),
+        custom("vjp-avgpool2d", 0, "avgpool2d", |eg, n, _, g| {
+            let Op::AvgPool2d { geo } = n.op else {
+                return None;
+            };
+            let x = ty(eg, n.args[0])?;
+            let input = [x.shape[1].known()?, x.shape[2].known()?];
+            Some(add(eg, Op::AvgPool2dBack { geo, input }, &[g]))
         }),
         custom("vjp-gather", 0, "gather", |eg, n, _, g| {
             let rows = ty(eg, n.args[0])?.shape[0].known()?;

@@ -37,6 +37,9 @@ pub const ALL: &[&str] = &[
     "concat",
     "gather",
     "one_hot",
+    "conv2d",
+    "maxpool2d",
+    "avgpool2d",
     "float",
     "int",
     "dim",
@@ -76,6 +79,8 @@ fn signature(name: &str) -> &'static [&'static str] {
         "concat" => &["xs", "axis"],
         "gather" => &["table", "indices"],
         "one_hot" => &["indices", "depth"],
+        "conv2d" => &["x", "w", "stride", "padding"],
+        "maxpool2d" | "avgpool2d" => &["x", "size", "stride"],
         "dim" => &["x", "axis"],
         "dropout" => &["x", "rate"],
         "param" => &["shape", "init"],
@@ -197,6 +202,27 @@ impl Lowerer {
                 None
             }
         }
+    }
+
+    /// A positive size or stride given as one number (both axes) or a list of two.
+    fn pair(&mut self, v: &(Value, Span), what: &str) -> Option<[usize; 2]> {
+        let l = self.shape_list(v)?;
+        let p = match l[..] {
+            [a] => [a, a],
+            [a, b] => [a, b],
+            _ => {
+                self.err(
+                    v.1,
+                    format!("{what} is a number or a list of two, found {} numbers", l.len()),
+                );
+                return None;
+            }
+        };
+        if p.iter().any(|&d| d <= 0) {
+            self.err(v.1, format!("{what} must be positive, found {l:?}"));
+            return None;
+        }
+        Some([p[0] as usize, p[1] as usize])
     }
 
     fn tensor_arg(&mut self, v: &(Value, Span)) -> Option<NodeId> {
@@ -420,6 +446,83 @@ fn call_bound(lw: &mut Lowerer, name: &'static str, a: &Args, span: Span) -> Opt
                 &[i],
                 span,
             )
+        }
+        "conv2d" => {
+            let x = first(lw, "x")?;
+            let wv = lw.need(a, 1, "w", name)?;
+            let w = lw.tensor_arg(&wv)?;
+            let stride = match a.get(2) {
+                Some(v) => lw.pair(&v.clone(), "stride")?,
+                None => [1, 1],
+            };
+            let same = match a.get(3) {
+                None => false,
+                Some((Value::Str(p), _)) if p == "valid" => false,
+                Some((Value::Str(p), _)) if p == "same" => true,
+                Some((v, s)) => {
+                    let found = match v {
+                        Value::Str(p) => format!("\"{p}\""),
+                        other => other.kind().to_string(),
+                    };
+                    return Some(lw.err(
+                        *s,
+                        format!("padding is \"valid\" or \"same\", found {found}"),
+                    ));
+                }
+            };
+            let (xt, wt) = (lw.graph.ty(x).clone(), lw.graph.ty(w).clone());
+            let size = match (wt.rank(), wt.shape.first().and_then(|d| d.known()), wt.shape.get(1).and_then(|d| d.known())) {
+                (4, Some(kh), Some(kw)) => [kh, kw],
+                _ => {
+                    return Some(lw.err(
+                        span,
+                        format!(
+                            "conv2d of an input {} with a filter {}: the filter must be [KH, KW, C, F] with known KH and KW",
+                            show_shape(&xt.shape),
+                            show_shape(&wt.shape)
+                        ),
+                    ));
+                }
+            };
+            let mut pad = [0; 4];
+            if same {
+                for axis in 0..2 {
+                    let Some(n) = xt.shape.get(axis + 1).and_then(|d| d.known()) else {
+                        return Some(lw.err(
+                            span,
+                            format!(
+                                "conv2d: padding \"same\" needs known rows and columns, got an input {}",
+                                show_shape(&xt.shape)
+                            ),
+                        ));
+                    };
+                    let (lo, hi) = crate::window::same_padding(n, size[axis], stride[axis]);
+                    pad[2 * axis] = lo;
+                    pad[2 * axis + 1] = hi;
+                }
+            }
+            let geo = crate::window::Geometry { size, stride, pad };
+            lw.node(Op::Conv2d { geo }, &[x, w], span)
+        }
+        "maxpool2d" | "avgpool2d" => {
+            let x = first(lw, "x")?;
+            let sv = lw.need(a, 1, "size", name)?;
+            let size = lw.pair(&sv, "size")?;
+            let stride = match a.get(2) {
+                Some(v) => lw.pair(&v.clone(), "stride")?,
+                None => size,
+            };
+            let geo = crate::window::Geometry {
+                size,
+                stride,
+                pad: [0; 4],
+            };
+            let op = if name == "maxpool2d" {
+                Op::MaxPool2d { geo }
+            } else {
+                Op::AvgPool2d { geo }
+            };
+            lw.node(op, &[x], span)
         }
         "dim" => {
             let x = first(lw, "x")?;

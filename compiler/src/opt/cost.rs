@@ -61,6 +61,28 @@ pub fn op_cost(op: &Op, ins: &[Option<&Type>], out: &Type) -> f64 {
             });
             2.0 * n * k + moved
         }
+        // 2·KH·KW·C multiply-adds per output element (per input element for the input
+        // gradient; per filter element and output position for the filter gradient).
+        Conv2d { geo } | Conv2dBackInput { geo, .. } | Conv2dBackFilter { geo } => {
+            let big = ins
+                .iter()
+                .map(|t| t.map_or(0.0, elems))
+                .chain([n])
+                .fold(0.0, f64::max);
+            let per = (geo.size[0] * geo.size[1]) as f64;
+            let ch = ins
+                .get(1)
+                .and_then(|t| *t)
+                .and_then(|t| t.shape.last())
+                .map_or(1.0, |d| match d {
+                    Dim::Known(k) => *k as f64,
+                    Dim::Sym(_) => SYMBOLIC_DIM,
+                });
+            2.0 * big * per * ch + moved
+        }
+        MaxPool2d { geo } | MaxPool2dBack { geo } | AvgPool2d { geo } | AvgPool2dBack { geo, .. } => {
+            (geo.size[0] * geo.size[1]) as f64 * n + moved
+        }
         Scan { .. } | Fused { .. } => 100.0 * moved,
         Vjp(_) => f64::INFINITY,
     }

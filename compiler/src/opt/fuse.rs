@@ -53,6 +53,14 @@ fn class(op: &Op) -> Class {
         | Softmax { .. }
         | LogSoftmax { .. } => Class::Reduction,
         MatMul { .. } => Class::MatMul,
+        // Window ops fuse like matmuls: an elementwise epilogue on their output.
+        Conv2d { .. }
+        | Conv2dBackInput { .. }
+        | Conv2dBackFilter { .. }
+        | MaxPool2d { .. }
+        | MaxPool2dBack { .. }
+        | AvgPool2d { .. }
+        | AvgPool2dBack { .. } => Class::MatMul,
         Transpose { .. } | Concat { .. } | Slice { .. } | Gather | ScatterAdd { .. } => Class::Copy,
         Scan { .. } | Fused { .. } | Vjp(_) => Class::Opaque,
     }
