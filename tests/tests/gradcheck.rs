@@ -327,3 +327,58 @@ fn mlp_loss_gradient() {
         }
     }
 }
+
+/// Distinct values (no ties between pooling candidates), from a seed.
+fn distinct(shape: &[usize], seed: f64) -> ArrayD<f64> {
+    let n: usize = shape.iter().product();
+    ArrayD::from_shape_vec(
+        IxDyn(shape),
+        (0..n)
+            .map(|i| 1.5 * (i as f64 * 0.73 + seed).sin() + i as f64 * 1e-3)
+            .collect(),
+    )
+    .expect("shape")
+}
+
+/// A window geometry: (size, stride, padding) for an input of h × w; "same" padding by
+/// TensorFlow's rule.
+fn geometry(
+    size: [usize; 2],
+    stride: [usize; 2],
+    same: bool,
+    h: usize,
+    w: usize,
+) -> dlc_compiler::window::Geometry {
+    use dlc_compiler::window::{Geometry, same_padding};
+    let mut pad = [0; 4];
+    if same {
+        let (t, b) = same_padding(h, size[0], stride[0]);
+        let (l, r) = same_padding(w, size[1], stride[1]);
+        pad = [t, b, l, r];
+    }
+    Geometry { size, stride, pad }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// conv2d with respect to its input and its filter: random shapes, strides, paddings.
+    #[test]
+    fn conv2d_gradients(b in 1usize..3, h in 3usize..7, w in 3usize..7, c in 1usize..4, f in 1usize..4,
+                        kh in 1usize..4, kw in 1usize..4, sh in 1usize..4, sw in 1usize..4, same: bool, seed in 0.0f64..6.0) {
+        let geo = geometry([kh, kw], [sh, sw], same, h, w);
+        prop_assume!(geo.out_size(h, w).is_some());
+        check(&move |g: &mut Graph, l: &[NodeId]| g.add_ok(Op::Conv2d { geo }, &[l[0], l[1]]),
+              &[(distinct(&[b, h, w, c], seed), F), (distinct(&[kh, kw, c, f], seed + 1.0), F)])?;
+    }
+
+    /// max and average pooling, including overlapping windows (stride < size).
+    #[test]
+    fn pooling_gradients(b in 1usize..3, h in 2usize..7, w in 2usize..7, c in 1usize..3,
+                         kh in 1usize..4, kw in 1usize..4, sh in 1usize..4, sw in 1usize..4, max: bool, seed in 0.0f64..6.0) {
+        let geo = geometry([kh, kw], [sh, sw], false, h, w);
+        prop_assume!(geo.out_size(h, w).is_some());
+        let op = if max { Op::MaxPool2d { geo } } else { Op::AvgPool2d { geo } };
+        check(&unary(op), &[(distinct(&[b, h, w, c], seed), F)])?;
+    }
+}
