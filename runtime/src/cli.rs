@@ -248,6 +248,7 @@ fn compile(
         ..Overrides::default()
     };
     // The graph to optimize: the training step, or `forward` for a file without training.
+    let mut file_batch = None;
     let (ir, grad, step, grad_stats) = if prog.train_def().is_none() && ov.data.is_empty() {
         if emit == Emit::Grad {
             return Err(format!(
@@ -263,6 +264,7 @@ fn compile(
         let (lowered, cfg) = prog.lower_training(&sig, Mode::Train).map_err(render)?;
         let tg = training_graph(&lowered, &cfg.optimizer, cfg.clip_norm)
             .map_err(|e| format!("{}: {e}", file.display()))?;
+        file_batch = Some(cfg.batch);
         (
             lowered.graph,
             Some(tg.grad_graph),
@@ -271,6 +273,8 @@ fn compile(
         )
     };
     let opt = (!no_opt).then(|| dlc_compiler::opt::optimize(&step));
+    // Plans and memory are made at --batch, else the file's own batch size.
+    let batch = batch.or(file_batch).unwrap_or(64);
     match emit {
         Emit::Ir => say_raw!("{}", print_graph(&ir)),
         Emit::Grad => say_raw!("{}", print_graph(grad.as_ref().expect("training graph"))),
@@ -278,9 +282,7 @@ fn compile(
             let g = opt.as_ref().map_or(&step, |o| &o.graph).clone();
             let mut jit = dlc_compiler::jit::exec::JitGraph::new(g, 1)?;
             let syms: std::collections::HashMap<String, usize> =
-                [("B".to_string(), batch.unwrap_or(64))]
-                    .into_iter()
-                    .collect();
+                [("B".to_string(), batch)].into_iter().collect();
             let lines = jit.plan_all(&syms)?;
             if emit == Emit::Plan {
                 say!("# plan at B = {}", syms["B"]);
@@ -305,10 +307,12 @@ fn compile(
         let g = opt.as_ref().map_or(&step, |o| &o.graph).clone();
         let outs: Vec<String> = g.outputs.iter().map(|(n, _)| n.clone()).collect();
         let refs: Vec<&str> = outs.iter().map(|s| s.as_str()).collect();
-        let b = batch.unwrap_or(64);
+        let b = batch;
         let syms: std::collections::HashMap<String, usize> =
             [("B".to_string(), b)].into_iter().collect();
-        let mem = dlc_compiler::jit::exec::JitGraph::new(g, 1)?.memory_plan(&refs, &syms)?;
+        let mut jit = dlc_compiler::jit::exec::JitGraph::new(g, 1)?;
+        let mem = jit.memory_plan(&refs, &syms)?;
+        say!("kernels_interpreted: {}", jit.interpreted_kernels(&syms)?);
         say!("peak_bytes: {}", mem.arena_bytes);
         say!("peak_live_bytes: {}", mem.peak_live_bytes);
         say!("intermediate_bytes: {}", mem.total_bytes);

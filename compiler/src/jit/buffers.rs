@@ -133,7 +133,7 @@ impl JitGraph {
             };
             let native = matches!(
                 self.plans[key].get(body),
-                Some(Plan::Loop(_) | Plan::MatMul { .. })
+                Some(Plan::Loop(_) | Plan::MatMul { .. } | Plan::Window { .. })
             );
             let Some(last) = last_use(i, &users, actions, &is_root) else {
                 continue;

@@ -18,6 +18,7 @@
 use super::Jit;
 use super::buffers::{Layout, Pool, inplace_candidates};
 use super::loops::LoopKernel;
+use super::conv::WindowCore;
 use super::plan::{Operand, Plan, Stage, sym_key};
 use super::sgemm::{self, GemmPath};
 use crate::interp::{self, Env};
@@ -54,12 +55,12 @@ struct LoopArgs<'v> {
 /// epilogue may run panel by panel (otherwise later panels would read overwritten rows).
 fn writes_clear_of_operands(
     k: &LoopKernel,
-    a: &ArrayViewD<f32>,
-    b: &ArrayViewD<f32>,
+    operands: &[ArrayViewD<f32>],
     into: &[(usize, *mut f32)],
 ) -> bool {
     let span = |p: *const f32, len: usize| (p as usize, p as usize + 4 * len);
-    let operands = [span(a.as_ptr(), a.len()), span(b.as_ptr(), b.len())];
+    let operands: Vec<(usize, usize)> =
+        operands.iter().map(|a| span(a.as_ptr(), a.len())).collect();
     into.iter().all(|&(j, p)| {
         let (lo, hi) = span(p, k.outputs[j].iter().product());
         operands.iter().all(|&(x, y)| hi <= x || y <= lo)
@@ -298,6 +299,72 @@ impl JitGraph {
         args.outs
     }
 
+    /// A window kernel (`conv.rs`): the op into a pool buffer (or the given one when it
+    /// is the kernel's only output), then its epilogue, on each image's part right after
+    /// it is computed when the plan allows.
+    #[allow(clippy::too_many_arguments)]
+    fn run_window(
+        &self,
+        core: &WindowCore,
+        operands: &[Operand],
+        epilogue: Option<&LoopKernel>,
+        panels: bool,
+        ins: &[ArrayViewD<f32>],
+        env: &Env<f32>,
+        into: &[(usize, *mut f32)],
+    ) -> Vec<Option<ArrayD<f32>>> {
+        let views: Vec<ArrayViewD<f32>> = operands.iter().map(|o| o.view(ins)).collect();
+        let contiguous: Vec<CowArray<f32, IxDyn>> =
+            views.iter().map(|v| v.as_standard_layout()).collect();
+        let slices: Vec<&[f32]> = contiguous
+            .iter()
+            .map(|a| a.as_slice().expect("standard layout"))
+            .collect();
+        let Some(k) = epilogue else {
+            let mut own = None;
+            let ptr = match into.iter().find(|(o, _)| *o == 0) {
+                Some(&(_, p)) => p,
+                None => own.insert(self.pool.borrow_mut().array(&core.out)).as_mut_ptr(),
+            };
+            // SAFETY: `ptr` holds the op's result (a pool buffer of its shape, or an
+            // arena slot or donated buffer of the output's shape), clear of the operands.
+            unsafe { core.run(&slices, ptr, self.threads, None) };
+            return vec![own];
+        };
+        let mut c = self.pool.borrow_mut().array(&core.out);
+        let cp = c.as_mut_ptr();
+        let outs = if panels && writes_clear_of_operands(k, &views, into) {
+            let args = self.loop_args(k, ins, Some(cp), into);
+            let (f, seed, step) = (k.f, env.seed, env.step);
+            let table = args.ptrs.as_ptr() as usize;
+            let images = core.images() as u64;
+            // SAFETY: as in `call_loop_into`; images [b0, b1) of every output read only
+            // images [b0, b1) of the op's result, which the op has just written (the
+            // plan checked that an image's part is a whole number of vectors).
+            let epi = move |b0: usize, b1: usize| unsafe {
+                f(
+                    table as *const *mut f32,
+                    seed,
+                    step,
+                    b0 as u64,
+                    b1 as u64,
+                    images,
+                )
+            };
+            // SAFETY: `cp` is a pool buffer of the op's shape.
+            unsafe { core.run(&slices, cp, self.threads, Some(&epi)) };
+            args.outs
+        } else {
+            // SAFETY: as above.
+            unsafe { core.run(&slices, cp, self.threads, None) };
+            let mut all: Vec<ArrayViewD<f32>> = ins.to_vec();
+            all.push(c.view());
+            self.call_loop_into(k, &all, env, into)
+        };
+        self.recycle(c);
+        outs
+    }
+
     pub(super) fn run_staged(
         &self,
         body_id: u32,
@@ -525,7 +592,9 @@ impl JitGraph {
         syms: &HashMap<String, usize>,
         into: &[(usize, *mut f32)],
     ) -> Result<Vec<Option<ArrayD<f32>>>, String> {
-        if !into.is_empty() && !matches!(plan, Plan::Loop(_) | Plan::MatMul { .. }) {
+        if !into.is_empty()
+            && !matches!(plan, Plan::Loop(_) | Plan::MatMul { .. } | Plan::Window { .. })
+        {
             return Err(format!("kernel {body_id} cannot write into given buffers"));
         }
         Ok(match plan {
@@ -544,7 +613,7 @@ impl JitGraph {
                     vec![self.gemm(&a.view(ins), &b.view(ins), *ta, *tb, *path, out, None)]
                 }
                 Some(k)
-                    if *panels && writes_clear_of_operands(k, &a.view(ins), &b.view(ins), into) =>
+                    if *panels && writes_clear_of_operands(k, &[a.view(ins), b.view(ins)], into) =>
                 {
                     self.matmul_panels((a, b, *ta, *tb, *path), k, ins, env, into)
                 }
@@ -559,6 +628,12 @@ impl JitGraph {
                     outs
                 }
             },
+            Plan::Window {
+                core,
+                operands,
+                epilogue,
+                panels,
+            } => self.run_window(core, operands, epilogue.as_ref(), *panels, ins, env, into),
             Plan::Staged(stages) => self
                 .run_staged(body_id, stages, ins, env, syms)?
                 .into_iter()

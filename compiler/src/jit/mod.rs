@@ -20,6 +20,7 @@
 //! model drops its module whole.
 
 pub mod buffers;
+pub mod conv;
 pub mod emit;
 pub mod exec;
 pub mod loops;

@@ -4,11 +4,13 @@
 
 use super::Jit;
 use super::exec::JitGraph;
+use super::conv::WindowCore;
 use super::loops::{self, LoopKernel};
 use super::rows;
 use super::sgemm::{self, GemmPath};
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
+use crate::types::{Dim, Shape, show_shape};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use std::collections::HashMap;
 
@@ -40,6 +42,14 @@ pub(super) enum Plan {
         /// The GEMM core for this product's shape (from the committed cost table).
         path: GemmPath,
     },
+    /// A convolution or pooling op (`conv.rs`) with its elementwise epilogue.
+    Window {
+        core: WindowCore,
+        operands: Vec<Operand>,
+        epilogue: Option<LoopKernel>,
+        /// Whether the epilogue runs on each image's part right after it is computed.
+        panels: bool,
+    },
     Interpret,
 }
 
@@ -59,26 +69,23 @@ impl Operand {
     }
 }
 
-/// The matmul of a matmul kernel whose operands are kernel inputs or constants, and the
-/// body with the matmul replaced by one more input (`in{K}`): the epilogue.
-fn split_matmul(body: &Graph) -> Option<(Operand, Operand, bool, bool, Graph)> {
+/// The one core op of a kernel body (a matmul or a window op, as `is_core` says) whose
+/// operands are kernel inputs or constants, its operands, and the body with the core
+/// replaced by one more input (`in{K}`, after every input of the body): the epilogue.
+fn split_core(body: &Graph, is_core: fn(&Op) -> bool) -> Option<(NodeId, Vec<Operand>, Graph)> {
     let order = body.schedule();
-    let mms: Vec<NodeId> = order
+    let cores: Vec<NodeId> = order
         .iter()
         .copied()
-        .filter(|&n| matches!(body.node(n).op, Op::MatMul { .. }))
+        .filter(|&n| is_core(&body.node(n).op))
         .collect();
-    let [m] = mms[..] else { return None };
-    let Op::MatMul { ta, tb } = body.node(m).op else {
-        return None;
-    };
+    let [m] = cores[..] else { return None };
     let input_index = |n: NodeId| match &body.node(n).op {
         Op::Input { name, .. } => name
             .strip_prefix("in")
             .and_then(|s| s.parse::<usize>().ok()),
         _ => None,
     };
-    let ops = body.inputs(m);
     let operand = |n: NodeId| match &body.node(n).op {
         Op::Const { shape, data } => {
             ArrayD::from_shape_vec(IxDyn(shape), data.iter().map(|v| v.get() as f32).collect())
@@ -87,11 +94,7 @@ fn split_matmul(body: &Graph) -> Option<(Operand, Operand, bool, bool, Graph)> {
         }
         _ => input_index(n).map(Operand::Input),
     };
-    let (a, b) = (operand(ops[0])?, operand(ops[1])?);
-    if body.ty(ops[0]).rank() != 2 || body.ty(ops[1]).rank() != 2 {
-        return None;
-    }
-    // The product becomes input `in{k}`, after every input of the body (used or not).
+    let operands: Vec<Operand> = body.inputs(m).into_iter().map(operand).collect::<Option<_>>()?;
     let k = body
         .g
         .node_indices()
@@ -120,7 +123,36 @@ fn split_matmul(body: &Graph) -> Option<(Operand, Operand, bool, bool, Graph)> {
     for (name, n) in &body.outputs {
         epi.set_output(name.clone(), map[n]);
     }
+    Some((m, operands, epi))
+}
+
+/// The matmul of a matmul kernel (rank-2 operands that are kernel inputs or constants)
+/// and its epilogue (`split_core`).
+fn split_matmul(body: &Graph) -> Option<(Operand, Operand, bool, bool, Graph)> {
+    let (m, operands, epi) = split_core(body, |op| matches!(op, Op::MatMul { .. }))?;
+    let Op::MatMul { ta, tb } = body.node(m).op else {
+        return None;
+    };
+    let ops = body.inputs(m);
+    if body.ty(ops[0]).rank() != 2 || body.ty(ops[1]).rank() != 2 {
+        return None;
+    }
+    let [a, b]: [Operand; 2] = operands.try_into().ok()?;
     Some((a, b, ta, tb, epi))
+}
+
+/// Whether an op is a window op (convolution, pooling, their gradients).
+fn is_window(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Conv2d { .. }
+            | Op::Conv2dBackInput { .. }
+            | Op::Conv2dBackFilter { .. }
+            | Op::MaxPool2d { .. }
+            | Op::MaxPool2dBack { .. }
+            | Op::AvgPool2d { .. }
+            | Op::AvgPool2dBack { .. }
+    )
 }
 
 /// The body with every `sum`, `mean` or `max` over both axes of a rank-2 value split into
@@ -177,6 +209,87 @@ pub(super) fn split_full_reductions(body: &Graph) -> Option<Graph> {
         g.set_output(name.clone(), map[n]);
     }
     Some(g)
+}
+
+/// A body over `[R, d1, …, C]` values (with `[C]` and scalar operands) seen as one over
+/// `[R·d1·…, C]`: the bias gradient of a convolution (`sum_to [C]` of an NHWC value, with
+/// the backward ReLU mask before it) becomes a row kernel's reduction across rows. The
+/// merged leading axes get a symbol of their own, whose size is added to the returned
+/// sizes. None when the body has other shapes or ops.
+pub(super) fn flatten_leading(
+    body: &Graph,
+    syms: &HashMap<String, usize>,
+) -> Option<(Graph, HashMap<String, usize>)> {
+    let order = body.schedule();
+    let red = order
+        .iter()
+        .find(|&&n| body.node(n).op.is_reduction())?;
+    let full = body.ty(body.inputs(*red)[0]).shape.clone();
+    let r = full.len();
+    let Some(Dim::Sym(row)) = full.first() else {
+        return None;
+    };
+    if r < 3 {
+        return None;
+    }
+    let lead = &full[1..r - 1];
+    let lead_n: usize = lead.iter().map(|d| d.known()).product::<Option<usize>>()?;
+    let chan = vec![full[r - 1].clone()];
+    let merged = Dim::Sym(format!("{row}·{}", show_shape(lead)));
+    let flat: Shape = vec![merged.clone(), full[r - 1].clone()];
+    let reshape = |s: &Shape| -> Option<Shape> {
+        if *s == full {
+            Some(flat.clone())
+        } else if s.is_empty() || *s == chan {
+            Some(s.clone())
+        } else {
+            None
+        }
+    };
+    let all_leading: Vec<usize> = (0..r - 1).collect();
+    let mut g = Graph::new();
+    let mut map: HashMap<NodeId, NodeId> = HashMap::new();
+    // Every input, used or not, so the kernel keeps the body's operand positions.
+    let inputs = body
+        .g
+        .node_indices()
+        .filter(|&n| matches!(body.node(n).op, Op::Input { .. }));
+    for n in inputs.chain(order.iter().copied()) {
+        if map.contains_key(&n) {
+            continue;
+        }
+        let ins: Vec<NodeId> = body.inputs(n).iter().map(|i| map[i]).collect();
+        let op = match body.node(n).op.clone() {
+            Op::Input { name, ty } => Op::Input {
+                name,
+                ty: (ty.0, reshape(&ty.1)?),
+            },
+            Op::Broadcast { shape } => Op::Broadcast {
+                shape: reshape(&shape)?,
+            },
+            Op::SumTo { shape } if shape == chan => Op::SumTo { shape },
+            Op::Sum { axes, keep: false } if axes == all_leading => Op::Sum {
+                axes: vec![0],
+                keep: false,
+            },
+            Op::Mean { axes, keep: false } if axes == all_leading => Op::Mean {
+                axes: vec![0],
+                keep: false,
+            },
+            op if op.is_reduction() || matches!(op, Op::Reshape { .. }) => return None,
+            op => op,
+        };
+        let id = g.add(op, &ins).ok()?;
+        reshape(&body.ty(n).shape)?;
+        map.insert(n, id);
+    }
+    for (name, n) in &body.outputs {
+        g.set_output(name.clone(), map[n]);
+    }
+    let mut sizes = syms.clone();
+    let Dim::Sym(m) = merged else { return None };
+    sizes.insert(m, syms.get(row)? * lead_n);
+    Some((g, sizes))
 }
 
 /// The concrete shape of kernel input `in{k}` of a body.
@@ -350,6 +463,22 @@ impl JitGraph {
                         st.len() - loops
                     )
                 }
+                Plan::Window {
+                    core,
+                    epilogue,
+                    panels,
+                    ..
+                } => format!(
+                    "native {:?} {:?} → {:?}{}",
+                    core.op,
+                    core.geo.show(),
+                    core.out,
+                    match (epilogue, panels) {
+                        (None, _) => "",
+                        (Some(_), true) => " + native epilogue per image",
+                        (Some(_), false) => " + native epilogue loop after the op",
+                    }
+                ),
                 Plan::Interpret => {
                     "reference interpreter (no code generator for this kernel yet)".to_string()
                 }
@@ -359,12 +488,32 @@ impl JitGraph {
         Ok(lines)
     }
 
+    /// Kernels the reference interpreter runs or stages at these sizes: kernels planned
+    /// as staged or interpreted, and ops left outside any kernel that compute something
+    /// (as in an unoptimized graph). 0 when every kernel of a step is native.
+    pub fn interpreted_kernels(&mut self, syms: &HashMap<String, usize>) -> Result<usize, String> {
+        let mut bodies = std::collections::BTreeSet::new();
+        for n in self.graph.schedule() {
+            if let Op::Fused { body, .. } = self.graph.node(n).op {
+                bodies.insert(body);
+            }
+        }
+        let loose = crate::opt::fuse::kernel_count(&self.graph) - bodies.len();
+        let mut slow = 0;
+        for b in bodies {
+            if matches!(self.plan(b, syms)?, Plan::Staged(_) | Plan::Interpret) {
+                slow += 1;
+            }
+        }
+        Ok(loose + slow)
+    }
+
     /// (fully native, planned) kernels: loops and matmuls count; staged kernels (whose
     /// reductions run by the reference semantics) and interpreted ones do not.
     pub fn native_kernels(&self) -> (usize, usize) {
         let all = || self.plans.values().flat_map(|m| m.values());
         let native = all()
-            .filter(|p| matches!(p, Plan::Loop(_) | Plan::MatMul { .. }))
+            .filter(|p| matches!(p, Plan::Loop(_) | Plan::MatMul { .. } | Plan::Window { .. }))
             .count();
         (native, all().count())
     }
@@ -383,6 +532,42 @@ impl JitGraph {
             let body = &self.graph.bodies[body_id as usize];
             let plan = if loops::supported(body) {
                 Plan::Loop(loops::compile(&mut self.jit, body, syms)?)
+            } else if let Some((node, operands, epi)) = split_core(body, is_window) {
+                let mut shapes = Vec::new();
+                for o in &operands {
+                    shapes.push(match o {
+                        Operand::Input(k) => input_shape(body, *k, syms)?,
+                        Operand::Const(c) => c.shape().to_vec(),
+                    });
+                }
+                let out = loops::concrete(&body.ty(node).shape, syms)?;
+                let core = WindowCore::new(&body.node(node).op, &shapes, &out)
+                    .ok_or("internal: a window op of unexpected rank")?;
+                let trivial = body.outputs.len() == 1 && body.outputs[0].1 == node;
+                if trivial {
+                    Plan::Window {
+                        core,
+                        operands,
+                        epilogue: None,
+                        panels: false,
+                    }
+                } else if loops::supported(&epi) {
+                    let k = loops::compile(&mut self.jit, &epi, syms)?;
+                    let per_image = core.out_len / core.images().max(1);
+                    let panels = core.per_image()
+                        && per_image % 4 == 0
+                        && k.outputs
+                            .iter()
+                            .all(|s| s.iter().product::<usize>() == core.out_len);
+                    Plan::Window {
+                        core,
+                        operands,
+                        epilogue: Some(k),
+                        panels,
+                    }
+                } else {
+                    Plan::Interpret
+                }
             } else if let Some((a, b, ta, tb, epi)) = split_matmul(body) {
                 let trivial = body.outputs.len() == 1
                     && matches!(body.node(body.outputs[0].1).op, Op::MatMul { .. });
@@ -427,6 +612,17 @@ impl JitGraph {
                 Plan::Loop(rows::compile(&mut self.jit, body, syms)?)
             } else if let Some(split) = split_full_reductions(body).filter(rows::supported) {
                 Plan::Loop(rows::compile(&mut self.jit, &split, syms)?)
+            } else if let Some((flat, sizes)) =
+                flatten_leading(body, syms).filter(|(f, _)| rows::supported(f))
+            {
+                let mut k = rows::compile(&mut self.jit, &flat, &sizes)?;
+                // Same elements, in the shapes the graph gives them.
+                k.outputs = body
+                    .outputs
+                    .iter()
+                    .map(|(_, n)| loops::concrete(&body.ty(*n).shape, syms))
+                    .collect::<Result<_, _>>()?;
+                Plan::Loop(k)
             } else {
                 match stage(&mut self.jit, body, syms)? {
                     Some(stages) => Plan::Staged(stages),
