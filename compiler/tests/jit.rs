@@ -65,6 +65,12 @@ fn values(shape: &[usize], seed: u64) -> ArrayD<f32> {
 }
 
 fn compare(g: &Graph, env: &Env<f32>, threads: usize) -> Result<(), String> {
+    compare_within(g, env, threads, 1e-5)
+}
+
+/// `compare` with relative tolerance `tol` (of max(|value|, 1)): long sums in f32 (a
+/// convolution over 144 taps) differ in their last bits between summation orders.
+fn compare_within(g: &Graph, env: &Env<f32>, threads: usize, tol: f32) -> Result<(), String> {
     let names: Vec<String> = g.outputs.iter().map(|(n, _)| n.clone()).collect();
     let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
     let want = interp::run(g, env, &refs)?;
@@ -76,7 +82,7 @@ fn compare(g: &Graph, env: &Env<f32>, threads: usize) -> Result<(), String> {
         }
         for (a, b) in w.iter().zip(g2.iter()) {
             let ok =
-                a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-5 * a.abs().max(1.0);
+                a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol * a.abs().max(1.0);
             if !ok {
                 return Err(format!("{name}: interpreter {a} vs jit {b}"));
             }
@@ -703,4 +709,151 @@ fn plans_name_the_gemm_core() {
         dlc_compiler::jit::sgemm::GemmPath::Jit,
         "the committed table picks the JIT core for 8×10×10"
     );
+}
+
+/// A kernel of one window op (convolution, pooling or a gradient) at random sizes, with
+/// an elementwise epilogue (`x + 1` then ReLU, or the product with a mask input) or
+/// none, against the interpreter; `threads` 2 splits the images when the work is large.
+fn window_case(
+    which: usize,
+    [b, h, w, c, f]: [usize; 5],
+    geo: dlc_compiler::window::Geometry,
+    epilogue: bool,
+    threads: usize,
+) -> Result<(), String> {
+    use dlc_compiler::types::Type;
+    let [oh, ow] = geo.out_size(h, w).ok_or("does not fit")?;
+    let (x, y, k) = ([b, h, w, c], [b, oh, ow, f], [geo.size[0], geo.size[1], c, f]);
+    let (pool_x, pool_y) = ([b, h, w, c], [b, oh, ow, c]);
+    let (op, ins): (Op, Vec<[usize; 4]>) = match which {
+        0 => (Op::Conv2d { geo }, vec![x, k]),
+        1 => (Op::Conv2dBackInput { geo, input: [h, w] }, vec![y, k]),
+        2 => (Op::Conv2dBackFilter { geo }, vec![x, y]),
+        3 => (Op::MaxPool2d { geo }, vec![pool_x]),
+        4 => (Op::MaxPool2dBack { geo }, vec![pool_x, pool_y]),
+        5 => (Op::AvgPool2d { geo }, vec![pool_x]),
+        _ => (Op::AvgPool2dBack { geo, input: [h, w] }, vec![pool_y]),
+    };
+    let mut body = Graph::new();
+    let leaves: Vec<NodeId> = ins
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            body.add_ok(
+                Op::Input {
+                    name: format!("in{i}"),
+                    ty: (DType::F32, shape_of(s)),
+                },
+                &[],
+            )
+        })
+        .collect();
+    let core = body.add_ok(op, &leaves);
+    let out = if epilogue {
+        let Type { shape, .. } = body.ty(core).clone();
+        let mask = body.add_ok(
+            Op::Input {
+                name: format!("in{}", ins.len()),
+                ty: (DType::F32, shape),
+            },
+            &[],
+        );
+        let one = body.add_ok(Op::scalar(1.0), &[]);
+        let s = body.add_ok(Op::Add, &[core, one]);
+        let r = body.add_ok(Op::Relu, &[s]);
+        let z = body.add_ok(Op::Gt, &[mask, one]);
+        body.add_ok(Op::Mul, &[r, z])
+    } else {
+        core
+    };
+    body.set_output("out0", out);
+    let g = wrap(body, KernelKind::Window);
+    let mut env = Env::new(0, 0);
+    for (i, s) in ins.iter().enumerate() {
+        // Max pooling sees whole numbers: many ties, where the first maximum must win.
+        let v = values(s, i as u64 + 1);
+        let v = if matches!(which, 3 | 4) && i == 0 { v.mapv(f32::round) } else { v };
+        env.values.insert(format!("x{i}"), v);
+    }
+    if epilogue {
+        let shape = g.ty(g.output("r0").expect("r0")).shape.clone();
+        let dims: Vec<usize> = shape.iter().map(|d| d.known().expect("known")).collect();
+        env.values.insert(format!("x{}", ins.len()), values(&dims, 9));
+    }
+    compare_within(&g, &env, threads, 1e-4)
+}
+
+fn window_geometry(
+    size: [usize; 2],
+    stride: [usize; 2],
+    same: bool,
+    h: usize,
+    w: usize,
+) -> dlc_compiler::window::Geometry {
+    use dlc_compiler::window::{Geometry, same_padding};
+    let (t, b) = same_padding(h, size[0], stride[0]);
+    let (l, r) = same_padding(w, size[1], stride[1]);
+    Geometry {
+        size,
+        stride,
+        pad: if same { [t, b, l, r] } else { [0; 4] },
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Every window kernel (and its epilogue) equals the interpreter: random sizes,
+    /// kernels, strides, "same" padding for convolutions, overlapping pooling windows,
+    /// ties between pooling candidates (the values repeat), 1 and 2 threads.
+    #[test]
+    fn window_kernels_match_the_interpreter(which in 0usize..7, b in 1usize..4, h in 1usize..9, w in 1usize..9, c in 1usize..6, f in 1usize..6,
+                                            kh in 1usize..4, kw in 1usize..4, sh in 1usize..3, sw in 1usize..3, same: bool, epilogue: bool, threads in 1usize..3) {
+        let geo = window_geometry([kh, kw], [sh, sw], same && which < 3, h, w);
+        prop_assume!(geo.out_size(h, w).is_some());
+        window_case(which, [b, h, w, c, f], geo, epilogue, threads).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// Window kernels large enough to split across threads give the same bits on 1 and 2
+/// threads (images split per thread; the filter gradient's fixed chunks).
+#[test]
+fn split_window_kernels_are_deterministic() {
+    let geo = window_geometry([3, 3], [1, 1], true, 12, 12);
+    for which in 0..7 {
+        window_case(which, [9, 12, 12, 16, 24], geo, which != 2, 2).expect("matches");
+        let run = |threads: usize| {
+            let mut body = Graph::new();
+            let x = body.add_ok(
+                Op::Input {
+                    name: "in0".into(),
+                    ty: (DType::F32, shape_of(&[9, 12, 12, 16])),
+                },
+                &[],
+            );
+            let gy = body.add_ok(
+                Op::Input {
+                    name: "in1".into(),
+                    ty: (DType::F32, shape_of(&[9, 12, 12, 24])),
+                },
+                &[],
+            );
+            let dw = body.add_ok(Op::Conv2dBackFilter { geo }, &[x, gy]);
+            body.set_output("out0", dw);
+            let g = wrap(body, KernelKind::Window);
+            let mut env = Env::new(0, 0);
+            env.values.insert("x0".into(), values(&[9, 12, 12, 16], 1));
+            env.values.insert("x1".into(), values(&[9, 12, 12, 24], 2));
+            JitGraph::new(g, threads)
+                .expect("jit")
+                .run(&env, &["r0"])
+                .expect("runs")
+                .remove(0)
+        };
+        let (one, two) = (run(1), run(2));
+        assert!(
+            one.iter().zip(two.iter()).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "filter gradient differs between 1 and 2 threads"
+        );
+    }
 }

@@ -27,7 +27,7 @@ use std::cell::RefCell;
 pub const CHUNKS: usize = 4;
 
 /// Bytes of packed patches per GEMM call (a panel of rows): well inside the L2 cache.
-const PANEL_BYTES: usize = 96 << 10;
+const PANEL_BYTES: usize = 256 << 10;
 
 /// Multiply-adds (or window reads) from which a window kernel splits across threads.
 pub const PARALLEL_WINDOW_MIN: usize = 1 << 20;
@@ -179,9 +179,14 @@ impl WindowCore {
             _ => None,
         };
         let range = |b0: usize, b1: usize| {
+            if matches!(self.op, WinOp::Conv | WinOp::ConvBackInput) {
+                // SAFETY: images [b0, b1) of the output are written by this call only.
+                unsafe { self.conv_images(ins, prepared.as_deref(), out, b0, b1, epilogue) };
+                return;
+            }
             for b in b0..b1 {
                 // SAFETY: image b's part of the output is written by this call only.
-                unsafe { self.image(ins, prepared.as_deref(), out, b) };
+                unsafe { self.image(ins, out, b) };
                 if let Some(e) = epilogue {
                     e(b, b + 1);
                 }
@@ -202,24 +207,107 @@ impl WindowCore {
         }
     }
 
-    /// Image `b` of a per-image op.
-    unsafe fn image(&self, ins: &[&[f32]], swapped: Option<&[f32]>, out: Out, b: usize) {
+    /// Images [b0, b1) of a convolution or its input gradient: GEMMs on panels of packed
+    /// rows (across images), each image's epilogue as soon as its last row is done.
+    unsafe fn conv_images(
+        &self,
+        ins: &[&[f32]],
+        swapped: Option<&[f32]>,
+        out: Out,
+        b0: usize,
+        b1: usize,
+        epilogue: Option<&(dyn Fn(usize, usize) + Sync)>,
+    ) {
         let [_, h, w, c] = self.x;
         let [_, oh, ow, f] = self.y;
+        // Rows and columns of a result image, its channels (GEMM columns), channels packed
+        // per tap, and the patches.
+        let (mat, rh, rw, n, k_ch, patch) = match self.op {
+            WinOp::Conv => (ins[1], oh, ow, f, c, Patch::Forward { h, w }),
+            _ => (
+                swapped.expect("the swapped filter"),
+                h,
+                w,
+                c,
+                f,
+                Patch::Backward { oh, ow },
+            ),
+        };
+        let src_img = match patch {
+            Patch::Forward { .. } => h * w * c,
+            Patch::Backward { .. } => oh * ow * f,
+        };
+        let k = self.geo.size[0] * self.geo.size[1] * k_ch;
+        let per = rh * rw;
+        let (r0, r1) = (b0 * per, b1 * per);
+        let panel = (PANEL_BYTES / (4 * k)).max(8).min((r1 - r0).max(1));
+        let path = sgemm::choose(panel, n, k);
+        let mut done = b0;
+        with_scratch(panel * k, |a| {
+            let mut p0 = r0;
+            while p0 < r1 {
+                let p1 = (p0 + panel).min(r1);
+                for r in p0..p1 {
+                    let (b, q) = (r / per, r % per);
+                    let row = &mut a[(r - p0) * k..][..k];
+                    let img = &ins[0][b * src_img..][..src_img];
+                    self.pack(img, row, q / rw, q % rw, k_ch, patch);
+                }
+                // SAFETY: `a` holds (p1 − p0) × k packed floats, `mat` k × n, and the
+                // output rows p0..p1 of n floats (inside `out`); the scratch overlaps
+                // neither.
+                unsafe {
+                    sgemm::matmul(
+                        path,
+                        p1 - p0,
+                        n,
+                        k,
+                        a.as_ptr(),
+                        k as isize,
+                        1,
+                        mat.as_ptr(),
+                        n as isize,
+                        1,
+                        out.ptr().add(p0 * n),
+                        n as isize,
+                    );
+                }
+                p0 = p1;
+                let complete = p0 / per;
+                if complete > done {
+                    if let Some(e) = epilogue {
+                        e(done, complete);
+                    }
+                    done = complete;
+                }
+            }
+        });
+    }
+
+    /// Image `b` of a pooling op, compiled for AVX2 + FMA where the machine has them.
+    unsafe fn image(&self, ins: &[&[f32]], out: Out, b: usize) {
+        if avx2() {
+            // SAFETY: the features were detected; forwarded contract.
+            unsafe { self.image_avx2(ins, out, b) }
+        } else {
+            // SAFETY: forwarded contract.
+            unsafe { self.image_any(ins, out, b) }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn image_avx2(&self, ins: &[&[f32]], out: Out, b: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { self.image_any(ins, out, b) }
+    }
+
+    #[inline(always)]
+    unsafe fn image_any(&self, ins: &[&[f32]], out: Out, b: usize) {
+        let [_, h, w, c] = self.x;
+        let [_, oh, ow, _] = self.y;
         // SAFETY (each arm): image b's part of the output, inside `out` (contract of `run`).
         unsafe {
             match self.op {
-                WinOp::Conv => {
-                    let img = &ins[0][b * h * w * c..][..h * w * c];
-                    let y = out.0.add(b * oh * ow * f);
-                    self.conv_rows(img, ins[1], y, oh, ow, f, c, Patch::Forward { h, w });
-                }
-                WinOp::ConvBackInput => {
-                    let gimg = &ins[0][b * oh * ow * f..][..oh * ow * f];
-                    let dx = out.0.add(b * h * w * c);
-                    let wt = swapped.expect("the swapped filter");
-                    self.conv_rows(gimg, wt, dx, h, w, c, f, Patch::Backward { oh, ow });
-                }
                 WinOp::MaxPool | WinOp::AvgPool => {
                     let img = &ins[0][b * h * w * c..][..h * w * c];
                     let y = std::slice::from_raw_parts_mut(out.0.add(b * oh * ow * c), oh * ow * c);
@@ -236,61 +324,9 @@ impl WindowCore {
                     let dx = std::slice::from_raw_parts_mut(out.0.add(b * h * w * c), h * w * c);
                     self.avg_pool_back(g, dx);
                 }
-                WinOp::ConvBackFilter => unreachable!("not per image"),
+                _ => unreachable!("convolutions run by conv_images and back_filter"),
             }
         }
-    }
-
-    /// Rows `[rows_h × rows_w]` of one image's GEMM result `dst` (`n` columns) =
-    /// packed patches (`k_ch` channels per tap) × `mat` (`[taps · k_ch, n]`).
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn conv_rows(
-        &self,
-        src: &[f32],
-        mat: &[f32],
-        dst: *mut f32,
-        rows_h: usize,
-        rows_w: usize,
-        n: usize,
-        k_ch: usize,
-        patch: Patch,
-    ) {
-        let taps = self.geo.size[0] * self.geo.size[1];
-        let k = taps * k_ch;
-        let rows = rows_h * rows_w;
-        let panel = (PANEL_BYTES / (4 * k)).clamp(8, rows.max(8));
-        let panels = rows.div_ceil(panel);
-        let panel = rows.div_ceil(panels.max(1));
-        let path = sgemm::choose(panel, n, k);
-        with_scratch(panel * k, |a| {
-            let mut r0 = 0;
-            while r0 < rows {
-                let r1 = (r0 + panel).min(rows);
-                for r in r0..r1 {
-                    let row = &mut a[(r - r0) * k..][..k];
-                    self.pack(src, row, r / rows_w, r % rows_w, k_ch, patch);
-                }
-                // SAFETY: `a` holds (r1 − r0) × k packed floats, `mat` k × n, and `dst`
-                // rows r0..r1 of n floats; the scratch overlaps neither.
-                unsafe {
-                    sgemm::matmul(
-                        path,
-                        r1 - r0,
-                        n,
-                        k,
-                        a.as_ptr(),
-                        k as isize,
-                        1,
-                        mat.as_ptr(),
-                        n as isize,
-                        1,
-                        dst.add(r0 * n),
-                        n as isize,
-                    );
-                }
-                r0 = r1;
-            }
-        });
     }
 
     /// One packed row: for each tap (kh, kw) the `k_ch` values the row's window reads, or
@@ -299,6 +335,19 @@ impl WindowCore {
     fn pack(&self, src: &[f32], row: &mut [f32], i: usize, j: usize, k_ch: usize, patch: Patch) {
         let [kh, kw] = self.geo.size;
         for a in 0..kh {
+            if let Patch::Forward { h, w } = patch {
+                // The kw taps of a kernel row read kw neighbouring columns: one copy when
+                // they are all inside.
+                let s0 = (j * self.geo.stride[1]) as isize - self.geo.pad[2] as isize;
+                if let Some(r) = self.geo.src(0, i, a, h)
+                    && s0 >= 0
+                    && s0 as usize + kw <= w
+                {
+                    let from = (r * w + s0 as usize) * k_ch;
+                    row[a * kw * k_ch..][..kw * k_ch].copy_from_slice(&src[from..][..kw * k_ch]);
+                    continue;
+                }
+            }
             for e in 0..kw {
                 let dst = &mut row[(a * kw + e) * k_ch..][..k_ch];
                 let at = match patch {
@@ -385,56 +434,54 @@ impl WindowCore {
     ) {
         let [kh, kw] = self.geo.size;
         let k = kh * kw * c;
-        let rows = oh * ow;
-        let panel = (PANEL_BYTES / (4 * k)).clamp(8, rows.max(8));
-        let panels = rows.div_ceil(panel);
-        let panel = rows.div_ceil(panels.max(1));
+        let per = oh * ow;
+        let (r0, r1) = (b0 * per, b1 * per);
+        let panel = (PANEL_BYTES / (4 * k)).max(8).min((r1 - r0).max(1));
         let path = sgemm::choose(k, f, panel);
         // SAFETY: `dst` holds k·f floats (caller).
-        unsafe { std::ptr::write_bytes(dst, 0, k * f) };
+        let dst = unsafe { std::slice::from_raw_parts_mut(dst, k * f) };
+        dst.fill(0.0);
         let mut acc = vec![0.0f32; k * f];
         with_scratch(panel * k, |a| {
-            for b in b0..b1 {
-                let img = &ins[0][b * h * w * c..][..h * w * c];
-                let g = &ins[1][b * rows * f..][..rows * f];
-                let mut r0 = 0;
-                while r0 < rows {
-                    let r1 = (r0 + panel).min(rows);
-                    for r in r0..r1 {
-                        let row = &mut a[(r - r0) * k..][..k];
-                        self.pack(img, row, r / ow, r % ow, c, Patch::Forward { h, w });
-                    }
-                    // acc = aᵀ · g rows; then dst += acc (the GEMM core writes, not adds).
-                    // SAFETY: `a` is (r1 − r0) × k read as its transpose (k × (r1 − r0)),
-                    // g rows r0..r1 are (r1 − r0) × f, `acc` is k × f; no overlap.
-                    unsafe {
-                        sgemm::matmul(
-                            path,
-                            k,
-                            f,
-                            r1 - r0,
-                            a.as_ptr(),
-                            1,
-                            k as isize,
-                            g[r0 * f..].as_ptr(),
-                            f as isize,
-                            1,
-                            acc.as_mut_ptr(),
-                            f as isize,
-                        );
-                    }
-                    // SAFETY: as above.
-                    let d = unsafe { std::slice::from_raw_parts_mut(dst, k * f) };
-                    for (x, v) in d.iter_mut().zip(&acc) {
-                        *x += v;
-                    }
-                    r0 = r1;
+            let mut p0 = r0;
+            while p0 < r1 {
+                let p1 = (p0 + panel).min(r1);
+                for r in p0..p1 {
+                    let (b, q) = (r / per, r % per);
+                    let img = &ins[0][b * h * w * c..][..h * w * c];
+                    let row = &mut a[(r - p0) * k..][..k];
+                    self.pack(img, row, q / ow, q % ow, c, Patch::Forward { h, w });
                 }
+                // acc = aᵀ · g rows; then dst += acc (the GEMM core writes, not adds).
+                // SAFETY: `a` is (p1 − p0) × k read as its transpose (k × (p1 − p0)), g
+                // rows p0..p1 are (p1 − p0) × f, `acc` is k × f; no overlap.
+                unsafe {
+                    sgemm::matmul(
+                        path,
+                        k,
+                        f,
+                        p1 - p0,
+                        a.as_ptr(),
+                        1,
+                        k as isize,
+                        ins[1][p0 * f..].as_ptr(),
+                        f as isize,
+                        1,
+                        acc.as_mut_ptr(),
+                        f as isize,
+                    );
+                }
+                for (x, v) in dst.iter_mut().zip(&acc) {
+                    *x += v;
+                }
+                p0 = p1;
             }
         });
     }
 
-    /// Max or average pooling of one image.
+    /// Max or average pooling of one image. Lanes are channels: every loop over `c` is
+    /// branch-free, so it vectorizes.
+    #[inline(always)]
     fn pool(&self, img: &[f32], y: &mut [f32], max: bool) {
         let [_, h, w, c] = self.x;
         let [_, oh, ow, _] = self.y;
@@ -454,10 +501,7 @@ impl WindowCore {
                             first = false;
                         } else if max {
                             for (o, &v) in out.iter_mut().zip(x) {
-                                // The first maximum stays; a NaN wins and stays.
-                                if !o.is_nan() && (v.is_nan() || v > *o) {
-                                    *o = v;
-                                }
+                                *o = if takes(v, *o) { v } else { *o };
                             }
                         } else {
                             for (o, &v) in out.iter_mut().zip(x) {
@@ -475,41 +519,57 @@ impl WindowCore {
         }
     }
 
-    /// The max-pool gradient of one image: each window's gradient to its first maximum
-    /// (per channel, scanning the window in row-major order, as the reference does).
+    /// The max-pool gradient of one image: each window's gradient goes to its first
+    /// maximum per channel (the window scanned in row-major order, as the reference
+    /// does). Per window, the winning tap of every channel is found first (tap numbers
+    /// kept as exact f32 values, lanes are channels), then each tap adds the gradient
+    /// where it won.
+    #[inline(always)]
     fn max_pool_back(&self, img: &[f32], g: &[f32], dx: &mut [f32]) {
         let [_, h, w, c] = self.x;
         let [_, oh, ow, _] = self.y;
         let [kh, kw] = self.geo.size;
         dx.fill(0.0);
-        for i in 0..oh {
-            for j in 0..ow {
-                for ch in 0..c {
-                    let mut best: Option<usize> = None;
-                    for a in 0..kh {
-                        let Some(r) = self.geo.src(0, i, a, h) else { continue };
-                        for e in 0..kw {
-                            let Some(q) = self.geo.src(1, j, e, w) else { continue };
-                            let at = (r * w + q) * c + ch;
-                            let v = img[at];
-                            let better = match best {
-                                None => true,
-                                Some(m) => !img[m].is_nan() && (v.is_nan() || v > img[m]),
-                            };
-                            if better {
-                                best = Some(at);
-                            }
+        let at = |i: usize, j: usize, t: usize| {
+            let (a, e) = (t / kw, t % kw);
+            Some((self.geo.src(0, i, a, h)? * w + self.geo.src(1, j, e, w)?) * c)
+        };
+        with_scratch(2 * c, |s| {
+            let (best, win) = s.split_at_mut(c);
+            for i in 0..oh {
+                for j in 0..ow {
+                    let mut first = true;
+                    for t in 0..kh * kw {
+                        let Some(p) = at(i, j, t) else { continue };
+                        let x = &img[p..][..c];
+                        let tf = t as f32;
+                        if first {
+                            best.copy_from_slice(x);
+                            win.fill(tf);
+                            first = false;
+                            continue;
+                        }
+                        for ((b, wn), &v) in best.iter_mut().zip(win.iter_mut()).zip(x) {
+                            let take = takes(v, *b);
+                            *b = if take { v } else { *b };
+                            *wn = if take { tf } else { *wn };
                         }
                     }
-                    if let Some(m) = best {
-                        dx[m] += g[(i * ow + j) * c + ch];
+                    let grow = &g[(i * ow + j) * c..][..c];
+                    for t in 0..kh * kw {
+                        let Some(p) = at(i, j, t) else { continue };
+                        let tf = t as f32;
+                        for ((d, &wn), &gv) in dx[p..][..c].iter_mut().zip(win.iter()).zip(grow) {
+                            *d += if wn == tf { gv } else { 0.0 };
+                        }
                     }
                 }
             }
-        }
+        });
     }
 
     /// The average-pool gradient of one image.
+    #[inline(always)]
     fn avg_pool_back(&self, g: &[f32], dx: &mut [f32]) {
         let [_, h, w, c] = self.x;
         let [_, oh, ow, _] = self.y;
@@ -532,6 +592,23 @@ impl WindowCore {
             }
         }
     }
+}
+
+/// Whether this machine has AVX2 and FMA (the pooling and packing loops are compiled for
+/// them too; the same operations in the same order, so the same bits).
+fn avx2() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    })
+}
+
+/// Whether `v` replaces the running maximum `best` of a window scanned in order: it is
+/// larger, or a NaN while `best` is not (the first maximum stays; a NaN wins and stays).
+/// Non-short-circuit `|` and `&`, so loops over lanes stay branch-free.
+#[inline(always)]
+fn takes(v: f32, best: f32) -> bool {
+    (v > best) | ((v != v) & (best == best))
 }
 
 /// Which patches a convolution GEMM packs: windows of the input (forward), or for each
