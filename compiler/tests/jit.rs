@@ -193,8 +193,21 @@ fn empty_matmuls_match_the_interpreter() {
     }
 }
 
+/// `cases` random cases, after replaying the seeds committed in this file's sibling
+/// `<this file>.proptest-regressions` (where a new failure's seed is also written, to be
+/// committed).
+fn replaying(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(replaying(48))]
 
     /// A random elementwise body over inputs of a full shape, a suffix, a column, and a
     /// scalar, with several outputs.
@@ -652,7 +665,7 @@ fn reductions() -> Vec<(Op, bool)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(replaying(64))]
 
     /// A random body of elementwise ops and reductions along, across and over the rows of
     /// `[B, C]` values (softmax, row sums and maxima, batch sums and means, `sum_to`, sums,

@@ -215,8 +215,21 @@ fn through(c: &Case, path: GemmPath, r0: usize, r1: usize) -> Result<(), TestCas
     })
 }
 
+/// `cases` random cases, after replaying the seeds committed in this file's sibling
+/// `<this file>.proptest-regressions` (where a new failure's seed is also written, to be
+/// committed).
+fn replaying(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(replaying(400))]
 
     /// The JIT path with the default blocking, all rows.
     #[test]

@@ -142,8 +142,11 @@ pub struct TrainArgs {
     /// Threads for the JIT engine's matmuls (default: all cores; the reference engine runs on one).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     threads: Option<u64>,
+    /// Checkpoint file, written at the end of every epoch and when training ends (after
+    /// early stopping: with the best weights).
     #[arg(long)]
     save: Option<PathBuf>,
+    /// Continue from a checkpoint (`--epochs` counts total epochs).
     #[arg(long)]
     resume: Option<PathBuf>,
     #[arg(long)]
@@ -564,13 +567,28 @@ fn train(a: TrainArgs) -> Result<(), String> {
         setup.cfg.epochs,
         kind.name()
     );
+    let stall_at_step = match std::env::var(trainer::STALL_ENV) {
+        Ok(v) => Some(
+            v.parse()
+                .map_err(|_| format!("{}={v:?}: not a step count", trainer::STALL_ENV))?,
+        ),
+        Err(_) => None,
+    };
     let limits = RunLimits {
         epochs: setup.cfg.epochs,
         steps: a.steps,
+        stall_at_step,
     };
-    let mut st = trainer::train(&setup, &data, st, &limits, &mut sink)?;
+    // `--save` is written (atomically) at the end of every epoch, with everything
+    // `--resume` needs, and once more when training ends.
+    let mut save_epoch = |st: &TrainState| match &a.save {
+        Some(p) => st.to_checkpoint(&setup, &data).save(p),
+        None => Ok(()),
+    };
+    let mut st = trainer::train(&setup, &data, st, &limits, &mut sink, &mut save_epoch)?;
     trainer::restore_best(&setup, &data, &mut st, &mut sink)?;
     if let Some(p) = &a.save {
+        // After early stopping this holds the restored best weights.
         st.to_checkpoint(&setup, &data).save(p)?;
         say!("saved {}", p.display());
     }

@@ -1,6 +1,7 @@
 //! The training loop: seeded shuffling, minibatches (the last partial batch is kept),
 //! one compiled training step per batch, evaluation, early stopping that restores the
-//! best weights, metrics lines and checkpoints that resume bit-exactly.
+//! best weights, metrics lines and checkpoints that resume bit-exactly (written at the end
+//! of every epoch, so a killed run resumes from its last finished epoch).
 
 use crate::checkpoint::{Checkpoint, Tensors};
 use crate::engine::Engine;
@@ -427,16 +428,26 @@ pub fn put_scores(m: &mut Map<String, Value>, prefix: &str, s: &Scores) {
 pub struct RunLimits {
     pub epochs: usize,
     pub steps: Option<u64>,
+    /// Tests only: before running this step (the number of steps done), stop making
+    /// progress and wait to be killed, so that a test can kill a run in the middle of an
+    /// epoch without racing it. Set by the `DLC_TEST_STALL_AT_STEP` environment variable.
+    pub stall_at_step: Option<u64>,
 }
 
+/// The environment variable read into [`RunLimits::stall_at_step`].
+pub const STALL_ENV: &str = "DLC_TEST_STALL_AT_STEP";
+
 /// Train from `st` until `limits.epochs` epochs are done (or the step budget or early
-/// stopping ends it). Returns the state whose weights are the ones to save.
+/// stopping ends it). `on_epoch` sees the state at the end of every finished epoch (after
+/// evaluation and early stopping, before the epoch's metrics line is written): the caller
+/// saves its checkpoint there. Returns the state whose weights are the ones to save.
 pub fn train(
     setup: &Setup,
     data: &Dataset,
     mut st: TrainState,
     limits: &RunLimits,
     sink: &mut MetricsSink,
+    on_epoch: &mut dyn FnMut(&TrainState) -> Result<(), String>,
 ) -> Result<TrainState, String> {
     let cfg = &setup.cfg;
     let engine = &setup.train_engine;
@@ -460,6 +471,13 @@ pub fn train(
             if limits.steps.is_some_and(|s| st.step >= s) {
                 budget_hit = true;
                 break;
+            }
+            if limits.stall_at_step == Some(st.step) {
+                progress.finish();
+                say!("stalled before step {} ({STALL_ENV})", st.step + 1);
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
             }
             let (x, y) = batch(&data.train, chunk, &data.x_shape, data.task);
             let (loss, pred, x) = step.run(engine, &mut st, x, &y)?;
@@ -519,6 +537,8 @@ pub fn train(
             "examples_per_s".into(),
             json!((tally.n as f64 / secs).round()),
         );
+        // The checkpoint first: a metrics line for epoch k means epoch k is on disk.
+        on_epoch(&st)?;
         progress.end_epoch(&m);
         sink.write(m)?;
     }

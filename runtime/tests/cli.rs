@@ -1,9 +1,8 @@
 //! The `dlc` binary on good and bad input: every bad input exits non-zero with a message
-//! naming the file (and position), quickly, and never panics.
+//! naming the file (and position), and never panics.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -12,19 +11,14 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Runs dlc. How long it takes is not checked here (a loaded machine is no bug); the
+/// benchmarks measure time.
 fn dlc(args: &[&str]) -> Output {
-    let t0 = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_dlc"))
+    Command::new(env!("CARGO_BIN_EXE_dlc"))
         .args(args)
         .current_dir(root())
         .output()
-        .expect("runs dlc");
-    assert!(
-        t0.elapsed() < Duration::from_secs(20),
-        "dlc {args:?} took {:?}",
-        t0.elapsed()
-    );
-    out
+        .expect("runs dlc")
 }
 
 fn text(o: &Output) -> String {

@@ -138,8 +138,21 @@ fn binary(op: Op) -> impl Fn(&mut Graph, &[NodeId]) -> NodeId {
 
 const F: DType = DType::F32;
 
+/// `cases` random cases, after replaying the seeds committed in this file's sibling
+/// `<this file>.proptest-regressions` (where a new failure's seed is also written, to be
+/// committed).
+fn replaying(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(replaying(24))]
 
     #[test]
     fn smooth_unary(s in shape(), v in values(-2.0, 2.0), which in 0usize..6) {

@@ -100,8 +100,21 @@ fn assert_same(a: &Graph, b: &Graph, seed: u64, what: &str) {
     }
 }
 
+/// `cases` random cases, after replaying the seeds committed in this file's sibling
+/// `<this file>.proptest-regressions` (where a new failure's seed is also written, to be
+/// committed).
+fn replaying(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 6, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(replaying(6))]
 
     #[test]
     fn every_model_optimizes_to_the_same_values(seed in 0u64..1000) {
