@@ -814,7 +814,7 @@ fn window_geometry(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(replaying(200))]
 
     /// Every window kernel (and its epilogue) equals the interpreter: random sizes,
     /// kernels, strides, "same" padding for convolutions, overlapping pooling windows,

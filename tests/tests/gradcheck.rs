@@ -373,7 +373,7 @@ fn geometry(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(replaying(32))]
 
     /// conv2d with respect to its input and its filter: random shapes, strides, paddings.
     #[test]
