@@ -30,14 +30,26 @@ pub enum Item {
     Model(ModelDef),
     Fn(FnDef),
     Train(TrainDef),
+    Import(Import),
+}
+
+/// `import "other.dl"`: the models and functions of another file, by a path relative to
+/// the importing file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Import {
+    pub path: String,
+    pub span: Span,
 }
 
 impl Item {
-    pub fn name(&self) -> &Ident {
+    /// The name an item defines (a training section: the model it trains; an import:
+    /// none).
+    pub fn name(&self) -> Option<&Ident> {
         match self {
-            Item::Model(m) => &m.name,
-            Item::Fn(f) => &f.name,
-            Item::Train(t) => &t.model,
+            Item::Model(m) => Some(&m.name),
+            Item::Fn(f) => Some(&f.name),
+            Item::Train(t) => Some(&t.model),
+            Item::Import(_) => None,
         }
     }
 }

@@ -103,7 +103,7 @@ fn split_items(text: &str) -> Vec<(usize, usize)> {
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
         let starts_item = match word.as_str() {
-            "model" | "train" => true,
+            "model" | "train" | "import" => true,
             "fn" => depth == 0,
             _ => false,
         };
@@ -206,6 +206,18 @@ fn parse_item(chunk: &str, base: usize) -> Result<Item, Diagnostic> {
         Rule::model_def => b.model(pair).map(Item::Model),
         Rule::fn_def => b.fn_def(pair).map(Item::Fn),
         Rule::train_def => b.train(pair).map(Item::Train),
+        Rule::import_def => {
+            let span = b.span(&pair);
+            let lit = pair
+                .into_inner()
+                .next()
+                .ok_or_else(|| Diagnostic::new(span, "expected a file name in quotes"))?;
+            let text = lit.as_str();
+            Ok(Item::Import(Import {
+                path: text[1..text.len() - 1].to_string(),
+                span,
+            }))
+        }
         r => Err(Diagnostic::new(b.span(&pair), format!("unexpected {r:?}"))),
     }
 }

@@ -711,5 +711,33 @@ fn eval(
     trainer::put_scores(&mut m, "test", &test);
     let shown: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v}")).collect();
     say!("{}", shown.join("  "));
-    sink.write(m)
+    sink.write(m)?;
+    if let Some(attack) = &setup.cfg.attack {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let grad = crate::attack::input_gradient(&setup, kind, threads)?;
+        for name in crate::attack::ATTACKS {
+            for &eps in &attack.epsilons {
+                let s = crate::attack::evaluate(
+                    name,
+                    eps,
+                    &setup.eval_engine,
+                    &grad,
+                    &st.params,
+                    &data.test,
+                    &data,
+                    st.seed,
+                )?;
+                let mut m = Map::new();
+                m.insert("epoch".into(), json!(st.epoch));
+                m.insert("step".into(), json!(st.step));
+                m.insert("attack".into(), json!(name));
+                m.insert("epsilon".into(), json!(eps));
+                trainer::put_scores(&mut m, "test", &s);
+                let shown: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                say!("{}", shown.join("  "));
+                sink.write(m)?;
+            }
+        }
+    }
+    Ok(())
 }

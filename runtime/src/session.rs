@@ -9,8 +9,41 @@ use dlc_data::Dataset;
 use dlc_dsl::Diagnostic;
 use std::path::{Path, PathBuf};
 
-/// Read and parse a `.dl` file; errors come rendered with file, line, column and caret.
+/// Imports nest at most this deep.
+pub const MAX_IMPORT_DEPTH: usize = 16;
+
+/// Read and parse a `.dl` file and the files it imports (`import "other.dl"`, relative to
+/// the importing file); errors come rendered with file, line, column and caret.
 pub fn load_program(path: &Path) -> Result<Program, String> {
+    let mut stack = Vec::new();
+    load_imports(path, &mut stack)
+}
+
+fn load_imports(path: &Path, stack: &mut Vec<PathBuf>) -> Result<Program, String> {
+    let mut prog = load_one(path)?;
+    for (rel, span) in prog.imports() {
+        let at = |msg: String| render(&prog.source, &[Diagnostic::new(span, msg)]);
+        let target = path.parent().unwrap_or(Path::new(".")).join(&rel);
+        let canon = std::fs::canonicalize(&target)
+            .map_err(|e| at(format!("cannot import \"{rel}\": {}: {e}", target.display())))?;
+        let here = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if canon == here || stack.contains(&canon) {
+            return Err(at(format!("\"{rel}\" imports itself (an import cycle)")));
+        }
+        if stack.len() >= MAX_IMPORT_DEPTH {
+            return Err(at(format!(
+                "imports nest deeper than {MAX_IMPORT_DEPTH} files"
+            )));
+        }
+        stack.push(here);
+        let other = load_imports(&target, stack);
+        stack.pop();
+        prog.add_import(&other?);
+    }
+    Ok(prog)
+}
+
+fn load_one(path: &Path) -> Result<Program, String> {
     let name = path.display().to_string();
     let meta = std::fs::metadata(path).map_err(|e| format!("{name}: cannot read: {e}"))?;
     if meta.is_dir() {

@@ -395,11 +395,29 @@ pub fn evaluate(
     data: &Dataset,
     seed: u64,
 ) -> Result<Scores, String> {
+    evaluate_perturbed(engine, params, split, data, seed, &mut |_, _, _, _| Ok(()))
+}
+
+/// What changes a batch of inputs before evaluation (an adversarial attack): it gets the
+/// rows of the split, the inputs to change in place, the labels and the parameters.
+pub type Perturb<'a> =
+    dyn FnMut(&[usize], &mut ArrayD<f32>, &ArrayD<f32>, &Env<f32>) -> Result<(), String> + 'a;
+
+/// [`evaluate`] on inputs changed by `perturb` first.
+pub fn evaluate_perturbed(
+    engine: &Engine,
+    params: &Tensors,
+    split: &Split,
+    data: &Dataset,
+    seed: u64,
+    perturb: &mut Perturb,
+) -> Result<Scores, String> {
     let mut tally = Tally::new(data.task);
     let rows: Vec<usize> = (0..split.n).collect();
     for chunk in rows.chunks(1024) {
-        let (x, y) = batch(split, chunk, &data.x_shape, data.task);
+        let (mut x, y) = batch(split, chunk, &data.x_shape, data.task);
         let mut env = leaf_env(params, seed, 0);
+        perturb(chunk, &mut x, &y, &env)?;
         env.values.insert("x".into(), x);
         env.values.insert("y".into(), y.clone());
         let out = engine.run(&env, &["loss", "pred"])?;

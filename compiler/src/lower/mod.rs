@@ -28,7 +28,14 @@ pub struct Program {
     pub source: Source,
     pub file: File,
     prelude: File,
+    /// Models and functions of the files this one imports (`import "other.dl"`).
+    imported: Vec<Item>,
+    import_count: usize,
 }
+
+/// Imported files are parsed with their spans placed after the prelude's, each file at
+/// its own multiple of this, so that errors inside them are reported at the user's call.
+const IMPORT_SPACING: usize = 1 << 32;
 
 /// What a data set tells the compiler: named sizes and the types of `x` and `y`.
 #[derive(Clone, Debug)]
@@ -56,6 +63,16 @@ pub struct TrainConfig {
     pub validation: bool,
     pub early_stopping: Option<EarlyStopping>,
     pub clip_norm: Option<f64>,
+    /// `attack(epsilons: [...])`: `dlc eval` measures the test accuracy under attack.
+    pub attack: Option<Attack>,
+}
+
+/// Evaluation under adversarial attack: for each ε, the test inputs moved by
+/// ε·sign(∂loss/∂x) (FGSM) and, as the control, by ε times a random sign per pixel, with
+/// pixels clipped to [0, 1].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attack {
+    pub epsilons: Vec<f64>,
 }
 
 /// A lowered graph with the parameters it needs.
@@ -93,10 +110,9 @@ impl Program {
         }
         let mut seen: HashMap<&str, Span> = HashMap::new();
         for it in &file.items {
-            if matches!(it, Item::Train(_)) {
+            let (Item::Model(_) | Item::Fn(_), Some(n)) = (it, it.name()) else {
                 continue;
-            }
-            let n = it.name();
+            };
             if let Some(prev) = seen.insert(&n.name, n.span) {
                 let (l, c) = source.line_col(prev.start);
                 diags.push(Diagnostic::new(
@@ -120,10 +136,44 @@ impl Program {
                 source,
                 file,
                 prelude,
+                imported: Vec::new(),
+                import_count: 0,
             })
         } else {
             Err((source, diags))
         }
+    }
+
+    /// The files this one imports, as written (paths relative to this file), with the
+    /// span of each `import`.
+    pub fn imports(&self) -> Vec<(String, Span)> {
+        self.file
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Import(im) => Some((im.path.clone(), im.span)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Add the models and functions of an imported program (and of what it imports);
+    /// its training section is not taken. Its text is parsed again with spans of its own
+    /// (after the prelude's), so that errors in it are reported at the user's call.
+    pub fn add_import(&mut self, other: &Program) {
+        let base = dlc_dsl::PRELUDE_BASE + IMPORT_SPACING * (self.imported_files() + 1);
+        let (file, _) = dlc_dsl::parse_file_at(&other.source.text, base);
+        self.imported.extend(other.imported.iter().cloned());
+        self.imported.extend(
+            file.items
+                .into_iter()
+                .filter(|i| matches!(i, Item::Model(_) | Item::Fn(_))),
+        );
+        self.import_count += 1 + other.import_count;
+    }
+
+    fn imported_files(&self) -> usize {
+        self.import_count
     }
 
     pub fn train_def(&self) -> Option<&TrainDef> {
@@ -136,6 +186,7 @@ impl Program {
             .file
             .items
             .iter()
+            .chain(&self.imported)
             .filter_map(|i| {
                 if let Item::Model(m) = i {
                     Some(m)
@@ -170,7 +221,13 @@ impl Program {
 
     fn globals(&self) -> HashMap<String, Value> {
         let mut g = HashMap::new();
-        for it in self.prelude.items.iter().chain(&self.file.items) {
+        for it in self
+            .prelude
+            .items
+            .iter()
+            .chain(&self.imported)
+            .chain(&self.file.items)
+        {
             match it {
                 Item::Model(m) => {
                     g.insert(
@@ -184,7 +241,7 @@ impl Program {
                         Value::Func(Func::Global(Rc::new(f.clone()))),
                     );
                 }
-                Item::Train(_) => {}
+                Item::Train(_) | Item::Import(_) => {}
             }
         }
         g
@@ -207,7 +264,7 @@ impl Program {
     /// The graph of the main model's `forward` with its declared parameter types as inputs.
     pub fn lower_predict(&self, dims: &[(String, usize)], mode: Mode) -> Result<Lowered, Diags> {
         let mut lw = Lowerer::new(self.globals(), mode);
-        lw.diags.extend(resolve::check(&self.file, &self.prelude));
+        lw.diags.extend(resolve::check(&self.file, &self.prelude, &self.imported));
         let dims: HashMap<String, usize> = dims.iter().cloned().collect();
         let inst = self.instantiate_main(&mut lw, &dims)?;
         let Some(fwd) = inst.def.fns.iter().find(|f| f.name.name == "forward") else {
@@ -272,7 +329,7 @@ impl Program {
             )]);
         };
         let mut lw = Lowerer::new(self.globals(), mode);
-        lw.diags.extend(resolve::check(&self.file, &self.prelude));
+        lw.diags.extend(resolve::check(&self.file, &self.prelude, &self.imported));
         let dims: HashMap<String, usize> = data.dims.iter().cloned().collect();
         let inst = self.instantiate_main(&mut lw, &dims)?;
         let x = lw.graph.add_ok(
@@ -317,6 +374,7 @@ impl Program {
             validation: false,
             early_stopping: None,
             clip_norm: None,
+            attack: None,
         };
         for a in &t.data_args {
             let v = lw.eval(
@@ -433,8 +491,45 @@ impl Program {
                         cfg.early_stopping = Some(es);
                         cfg.validation = true;
                     }
+                    "attack" => {
+                        let mut epsilons = None;
+                        for a in args {
+                            let v = lw.eval(
+                                &a.value,
+                                &Ctx {
+                                    scope: &scope,
+                                    inst: Some(&inst),
+                                },
+                            );
+                            let list: Option<Vec<f64>> = match (&v, a.name.as_ref().map(|n| n.name.as_str())) {
+                                (Value::List(items), Some("epsilons") | None) => items
+                                    .iter()
+                                    .map(|i| match i {
+                                        Value::Num(e) if *e >= 0.0 && e.is_finite() => Some(*e),
+                                        _ => None,
+                                    })
+                                    .collect(),
+                                _ => None,
+                            };
+                            match list {
+                                Some(l) if !l.is_empty() => epsilons = Some(l),
+                                _ => {
+                                    lw.err(
+                                        a.value.span,
+                                        "attack takes epsilons: a list of numbers ≥ 0, such as [0, 0.1, 0.3]",
+                                    );
+                                }
+                            }
+                        }
+                        match epsilons {
+                            Some(epsilons) => cfg.attack = Some(Attack { epsilons }),
+                            None => {
+                                lw.err(*span, "attack needs epsilons: [...]");
+                            }
+                        }
+                    }
                     other => {
-                        let hint = dlc_dsl::nearest(other, ["early_stopping"])
+                        let hint = dlc_dsl::nearest(other, ["early_stopping", "attack"])
                             .map(|s| format!("; did you mean `{s}`?"))
                             .unwrap_or_default();
                         lw.err(

@@ -12,11 +12,11 @@ struct Resolver<'a> {
     diags: Vec<Diagnostic>,
 }
 
-pub fn check(file: &File, prelude: &File) -> Vec<Diagnostic> {
+pub fn check(file: &File, prelude: &File, imported: &[Item]) -> Vec<Diagnostic> {
     let mut globals: HashSet<String> = builtins::ALL.iter().map(|s| s.to_string()).collect();
-    for it in prelude.items.iter().chain(&file.items) {
-        if !matches!(it, Item::Train(_)) {
-            globals.insert(it.name().name.clone());
+    for it in prelude.items.iter().chain(imported).chain(&file.items) {
+        if let (Item::Model(_) | Item::Fn(_), Some(n)) = (it, it.name()) {
+            globals.insert(n.name.clone());
         }
     }
     let mut r = Resolver {
@@ -40,11 +40,13 @@ pub fn check(file: &File, prelude: &File) -> Vec<Diagnostic> {
                     r.func(f, &scope);
                 }
             }
+            Item::Import(_) => {}
             Item::Train(t) => {
                 let mut scope: Vec<String> = vec!["x".into(), "y".into()];
                 if let Some(Item::Model(m)) = file
                     .items
                     .iter()
+                    .chain(imported)
                     .find(|i| matches!(i, Item::Model(m) if m.name.name == t.model.name))
                 {
                     scope.extend(model_scope(m));
