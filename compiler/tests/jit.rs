@@ -870,3 +870,98 @@ fn split_window_kernels_are_deterministic() {
         );
     }
 }
+
+/// A data-movement kernel (one op, as the fusion pass makes them) on inputs of these
+/// shapes, against the interpreter; integer inputs are indices below `rows`.
+fn copy_case(op: Op, shapes: &[(Vec<usize>, DType)], rows: usize) -> Result<(), String> {
+    let mut body = Graph::new();
+    let leaves: Vec<NodeId> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, (s, dt))| {
+            body.add_ok(
+                Op::Input {
+                    name: format!("in{i}"),
+                    ty: (*dt, shape_of(s)),
+                },
+                &[],
+            )
+        })
+        .collect();
+    let out = body.add(op, &leaves)?;
+    body.set_output("out0", out);
+    let g = wrap(body, KernelKind::Copy);
+    let mut env = Env::new(0, 0);
+    for (i, (s, dt)) in shapes.iter().enumerate() {
+        let v = values(s, i as u64 + 1);
+        let v = if *dt == DType::I32 {
+            v.mapv(|x| ((x + 2.0) * 250.0).round() % rows as f32)
+        } else {
+            v
+        };
+        env.values.insert(format!("x{i}"), v);
+    }
+    let mut jit = JitGraph::new(g.clone(), 1)?;
+    jit.plan_all(&HashMap::new())?;
+    if jit.interpreted_kernels(&HashMap::new())? != 0 {
+        return Err("the copy kernel is not native".into());
+    }
+    compare(&g, &env, 1)
+}
+
+proptest! {
+    #![proptest_config(replaying(100))]
+
+    /// Transpose, slice (with steps), concat, gather and scatter-add run natively and
+    /// equal the interpreter.
+    #[test]
+    fn copy_kernels_match_the_interpreter(which in 0usize..5, a in 1usize..5, b in 1usize..6, c in 1usize..4, start in 0usize..3, step in 1usize..3, rot in 0usize..6) {
+        const F: DType = DType::F32;
+        let perms = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+        let r = match which {
+            0 => copy_case(Op::Transpose { perm: perms[rot].to_vec() }, &[(vec![a, b, c], F)], 1),
+            1 => {
+                let start = start.min(b - 1);
+                copy_case(Op::Slice { axis: 1, start, end: b, step }, &[(vec![a, b, c], F)], 1)
+            }
+            2 => copy_case(Op::Concat { axis: rot % 3 }, &[(vec![a, b, c], F), (vec![a, b, c], F), (vec![a, b, c], F)], 1),
+            3 => copy_case(Op::Gather, &[(vec![a, c], F), (vec![b, 2], DType::I32)], a),
+            _ => copy_case(Op::ScatterAdd { rows: a }, &[(vec![b, 2], DType::I32), (vec![b, 2, c], F)], a),
+        };
+        r.map_err(TestCaseError::fail)?;
+    }
+}
+
+/// A gather index out of range is an error naming it, not a crash.
+#[test]
+fn native_gather_rejects_bad_indices() {
+    let mut body = Graph::new();
+    let t = body.add_ok(
+        Op::Input {
+            name: "in0".into(),
+            ty: (DType::F32, shape_of(&[2, 3])),
+        },
+        &[],
+    );
+    let i = body.add_ok(
+        Op::Input {
+            name: "in1".into(),
+            ty: (DType::I32, shape_of(&[2])),
+        },
+        &[],
+    );
+    let o = body.add_ok(Op::Gather, &[t, i]);
+    body.set_output("out0", o);
+    let g = wrap(body, KernelKind::Copy);
+    let mut env = Env::new(0, 0);
+    env.values.insert("x0".into(), values(&[2, 3], 1));
+    env.values.insert(
+        "x1".into(),
+        ArrayD::from_shape_vec(IxDyn(&[2]), vec![0.0, 5.0]).expect("shape"),
+    );
+    let err = JitGraph::new(g, 1)
+        .expect("jit")
+        .run(&env, &["r0"])
+        .expect_err("index 5 of 2 rows");
+    assert!(err.contains("gather index 5"), "{err}");
+}

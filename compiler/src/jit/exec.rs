@@ -11,8 +11,10 @@
 //!   `[B, C]` values run as one Cranelift row kernel (`rows.rs`); other bodies with
 //!   reductions are staged: their elementwise levels run as native loops, their
 //!   reductions by the reference semantics (ndarray) in between;
-//! - anything else (data movement, batched matmuls) runs through the reference
-//!   interpreter until its code generator exists. [`JitGraph::native_kernels`] counts the
+//! - window kernels (convolution, pooling) run natively with their epilogue (`conv.rs`),
+//!   data movement (transpose, slice, concat, gather, scatter-add) natively (`copy.rs`);
+//! - anything else (batched matmuls) runs through the reference interpreter until its
+//!   code generator exists. [`JitGraph::native_kernels`] counts the
 //!   fully native kernels; `dlc compile --emit plan` shows the plan of each.
 
 use super::Jit;
@@ -24,7 +26,7 @@ use super::sgemm::{self, GemmPath};
 use crate::interp::{self, Env};
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
-use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, CowArray, IxDyn};
 use std::collections::HashMap;
 
 /// Output elements from which a loop kernel is split across threads.
@@ -593,7 +595,10 @@ impl JitGraph {
         into: &[(usize, *mut f32)],
     ) -> Result<Vec<Option<ArrayD<f32>>>, String> {
         if !into.is_empty()
-            && !matches!(plan, Plan::Loop(_) | Plan::MatMul { .. } | Plan::Window { .. })
+            && !matches!(
+                plan,
+                Plan::Loop(_) | Plan::MatMul { .. } | Plan::Window { .. } | Plan::Copy { .. }
+            )
         {
             return Err(format!("kernel {body_id} cannot write into given buffers"));
         }
@@ -634,6 +639,19 @@ impl JitGraph {
                 epilogue,
                 panels,
             } => self.run_window(core, operands, epilogue.as_ref(), *panels, ins, env, into),
+            Plan::Copy { op, operands, out } => {
+                let views: Vec<ArrayViewD<f32>> = operands.iter().map(|o| o.view(ins)).collect();
+                let mut own = None;
+                let ptr = match into.iter().find(|(o, _)| *o == 0) {
+                    Some(&(_, p)) => p,
+                    None => own.insert(self.pool.borrow_mut().array(out)).as_mut_ptr(),
+                };
+                // SAFETY: `ptr` holds the output (a pool buffer of its shape, or an arena
+                // slot of the output's shape, which no operand overlaps).
+                let mut dst = unsafe { ArrayViewMutD::from_shape_ptr(IxDyn(out), ptr) };
+                super::copy::run(op, &views, &mut dst)?;
+                vec![own]
+            }
             Plan::Staged(stages) => self
                 .run_staged(body_id, stages, ins, env, syms)?
                 .into_iter()

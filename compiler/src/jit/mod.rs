@@ -8,7 +8,8 @@
 //!   polynomial code for F32 and F32X4 values;
 //! - `exec.rs` runs an optimized graph: loop and row kernels natively, matmuls through
 //!   `sgemm.rs` followed by their JIT epilogue, other reductions staged around
-//!   native loops, and data movement through the reference interpreter;
+//!   native loops, convolution and pooling through `conv.rs` and data movement through
+//!   `copy.rs`;
 //!   `plan.rs` decides how each kernel runs (and prints `--emit plan`), `buffers.rs`
 //!   where values live (the arena laid out by `memory.rs`, the buffer pool, in-place
 //!   outputs);
@@ -21,6 +22,7 @@
 
 pub mod buffers;
 pub mod conv;
+pub mod copy;
 pub mod emit;
 pub mod exec;
 pub mod loops;

@@ -50,6 +50,12 @@ pub(super) enum Plan {
         /// Whether the epilogue runs on each image's part right after it is computed.
         panels: bool,
     },
+    /// One data-movement op (`copy.rs`) on kernel inputs.
+    Copy {
+        op: Op,
+        operands: Vec<Operand>,
+        out: Vec<usize>,
+    },
     Interpret,
 }
 
@@ -479,6 +485,7 @@ impl JitGraph {
                         (Some(_), false) => " + native epilogue loop after the op",
                     }
                 ),
+                Plan::Copy { op, out, .. } => format!("native {} → {out:?}", op.name()),
                 Plan::Interpret => {
                     "reference interpreter (no code generator for this kernel yet)".to_string()
                 }
@@ -513,7 +520,12 @@ impl JitGraph {
     pub fn native_kernels(&self) -> (usize, usize) {
         let all = || self.plans.values().flat_map(|m| m.values());
         let native = all()
-            .filter(|p| matches!(p, Plan::Loop(_) | Plan::MatMul { .. } | Plan::Window { .. }))
+            .filter(|p| {
+                matches!(
+                    p,
+                    Plan::Loop(_) | Plan::MatMul { .. } | Plan::Window { .. } | Plan::Copy { .. }
+                )
+            })
             .count();
         (native, all().count())
     }
@@ -532,6 +544,14 @@ impl JitGraph {
             let body = &self.graph.bodies[body_id as usize];
             let plan = if loops::supported(body) {
                 Plan::Loop(loops::compile(&mut self.jit, body, syms)?)
+            } else if let Some((node, operands, _)) = split_core(body, super::copy::supported)
+                .filter(|(n, _, _)| body.outputs.len() == 1 && body.outputs[0].1 == *n)
+            {
+                Plan::Copy {
+                    op: body.node(node).op.clone(),
+                    operands,
+                    out: loops::concrete(&body.ty(node).shape, syms)?,
+                }
             } else if let Some((node, operands, epi)) = split_core(body, is_window) {
                 let mut shapes = Vec::new();
                 for o in &operands {
