@@ -901,6 +901,14 @@ impl Op {
                     f,
                 ]))
             }
+            MaxPool2d { geo }
+            | AvgPool2d { geo }
+            | MaxPool2dBack { geo }
+            | AvgPool2dBack { geo, .. }
+                if geo.pad != [0; 4] =>
+            {
+                Err(format!("{}: pooling windows are not padded", self.name()))
+            }
             MaxPool2d { geo } | AvgPool2d { geo } => {
                 arity(1)?;
                 float(ins[0])?;

@@ -834,7 +834,9 @@ proptest! {
 fn split_window_kernels_are_deterministic() {
     let geo = window_geometry([3, 3], [1, 1], true, 12, 12);
     for which in 0..7 {
-        window_case(which, [9, 12, 12, 16, 24], geo, which != 2, 2).expect("matches");
+        // Pooling windows are not padded.
+        let g = if which < 3 { geo } else { window_geometry([3, 3], [1, 1], false, 12, 12) };
+        window_case(which, [9, 12, 12, 16, 24], g, which != 2, 2).expect("matches");
         let run = |threads: usize| {
             let mut body = Graph::new();
             let x = body.add_ok(

@@ -144,7 +144,7 @@ fn one_syntax_error_per_item_and_the_rest_still_parses() {
     let (f, d) = parse_file(src);
     assert_eq!(d.len(), 2, "{d:?}");
     assert_eq!(f.items.len(), 1);
-    assert_eq!(f.items[0].name().name, "B");
+    assert_eq!(f.items[0].name().expect("named").name, "B");
     let src = dlc_dsl::Source::new("t.dl", src);
     assert_eq!(src.line_col(d[0].span.start), (3, 1));
     assert_eq!(src.line_col(d[1].span.start), (6, 7));
@@ -169,7 +169,7 @@ fn limits() {
 fn prelude_parses() {
     let (f, d) = parse_file(dlc_dsl::PRELUDE);
     assert!(d.is_empty(), "{d:?}");
-    assert!(f.items.iter().any(|i| i.name().name == "Dense"));
+    assert!(f.items.iter().any(|i| i.name().is_some_and(|n| n.name == "Dense")));
 }
 
 #[test]
@@ -182,4 +182,12 @@ fn fn_at_column_zero_inside_a_model_stays_in_it() {
         panic!("model")
     };
     assert_eq!(m.fns.len(), 1);
+}
+
+#[test]
+fn import_is_an_item_with_its_path() {
+    let (f, d) = dlc_dsl::parse_file("import \"cnn.dl\"\n\nmodel M {\n  fn forward(x) { x }\n}\n");
+    assert!(d.is_empty(), "{d:?}");
+    assert!(matches!(&f.items[0], dlc_dsl::ast::Item::Import(i) if i.path == "cnn.dl"));
+    assert!(f.items[0].name().is_none());
 }

@@ -479,41 +479,48 @@ impl WindowCore {
         });
     }
 
-    /// Max or average pooling of one image. Lanes are channels: every loop over `c` is
-    /// branch-free, so it vectorizes.
+    /// Max or average pooling of one image. Pooling windows have no padding, so every tap
+    /// is inside. Max pooling runs on blocks of `LANES` channels held in fixed-size arrays
+    /// (one vector register with AVX2), the channel tail lane by lane.
     #[inline(always)]
     fn pool(&self, img: &[f32], y: &mut [f32], max: bool) {
-        let [_, h, w, c] = self.x;
+        let [_, _, w, c] = self.x;
         let [_, oh, ow, _] = self.y;
         let [kh, kw] = self.geo.size;
+        let [sh, sw] = self.geo.stride;
+        debug_assert_eq!(self.geo.pad, [0; 4], "pooling windows are not padded");
         let inv = 1.0 / (kh * kw) as f32;
+        let tap = |i: usize, j: usize, t: usize| ((i * sh + t / kw) * w + j * sw + t % kw) * c;
         for i in 0..oh {
             for j in 0..ow {
-                let out = &mut y[(i * ow + j) * c..][..c];
-                let mut first = true;
-                for a in 0..kh {
-                    let Some(r) = self.geo.src(0, i, a, h) else { continue };
-                    for e in 0..kw {
-                        let Some(s) = self.geo.src(1, j, e, w) else { continue };
-                        let x = &img[(r * w + s) * c..][..c];
-                        if first {
-                            out.copy_from_slice(x);
-                            first = false;
-                        } else if max {
-                            for (o, &v) in out.iter_mut().zip(x) {
-                                *o = if takes(v, *o) { v } else { *o };
-                            }
-                        } else {
-                            for (o, &v) in out.iter_mut().zip(x) {
-                                *o += v;
+                let o0 = (i * ow + j) * c;
+                let mut ch = 0;
+                if max {
+                    while ch + LANES <= c {
+                        let mut m = load(img, tap(i, j, 0) + ch);
+                        for t in 1..kh * kw {
+                            let v = load(img, tap(i, j, t) + ch);
+                            for l in 0..LANES {
+                                m[l] = if takes(v[l], m[l]) { v[l] } else { m[l] };
                             }
                         }
+                        y[o0 + ch..][..LANES].copy_from_slice(&m);
+                        ch += LANES;
                     }
                 }
-                if !max {
-                    for o in out.iter_mut() {
-                        *o *= inv;
+                for ch in ch..c {
+                    let mut m = img[tap(i, j, 0) + ch];
+                    for t in 1..kh * kw {
+                        let v = img[tap(i, j, t) + ch];
+                        m = if !max {
+                            m + v
+                        } else if takes(v, m) {
+                            v
+                        } else {
+                            m
+                        };
                     }
+                    y[o0 + ch] = if max { m } else { m * inv };
                 }
             }
         }
@@ -521,51 +528,66 @@ impl WindowCore {
 
     /// The max-pool gradient of one image: each window's gradient goes to its first
     /// maximum per channel (the window scanned in row-major order, as the reference
-    /// does). Per window, the winning tap of every channel is found first (tap numbers
-    /// kept as exact f32 values, lanes are channels), then each tap adds the gradient
-    /// where it won.
+    /// does). Per window and block of `LANES` channels, the winning tap of every channel
+    /// is found first (tap numbers kept as exact f32 values), then each tap takes the
+    /// gradient where it won. Windows that tile the image exactly (stride = size, no rest)
+    /// write every element once; otherwise the image is zeroed and windows add up.
     #[inline(always)]
     fn max_pool_back(&self, img: &[f32], g: &[f32], dx: &mut [f32]) {
         let [_, h, w, c] = self.x;
         let [_, oh, ow, _] = self.y;
         let [kh, kw] = self.geo.size;
-        dx.fill(0.0);
-        let at = |i: usize, j: usize, t: usize| {
-            let (a, e) = (t / kw, t % kw);
-            Some((self.geo.src(0, i, a, h)? * w + self.geo.src(1, j, e, w)?) * c)
-        };
-        with_scratch(2 * c, |s| {
-            let (best, win) = s.split_at_mut(c);
-            for i in 0..oh {
-                for j in 0..ow {
-                    let mut first = true;
-                    for t in 0..kh * kw {
-                        let Some(p) = at(i, j, t) else { continue };
-                        let x = &img[p..][..c];
+        let [sh, sw] = self.geo.stride;
+        let tiled = [sh, sw] == [kh, kw] && oh * sh == h && ow * sw == w;
+        if !tiled {
+            dx.fill(0.0);
+        }
+        let tap = |i: usize, j: usize, t: usize| ((i * sh + t / kw) * w + j * sw + t % kw) * c;
+        for i in 0..oh {
+            for j in 0..ow {
+                let g0 = (i * ow + j) * c;
+                let mut ch = 0;
+                while ch + LANES <= c {
+                    let mut best = load(img, tap(i, j, 0) + ch);
+                    let mut win = [0.0f32; LANES];
+                    for t in 1..kh * kw {
+                        let v = load(img, tap(i, j, t) + ch);
                         let tf = t as f32;
-                        if first {
-                            best.copy_from_slice(x);
-                            win.fill(tf);
-                            first = false;
-                            continue;
-                        }
-                        for ((b, wn), &v) in best.iter_mut().zip(win.iter_mut()).zip(x) {
-                            let take = takes(v, *b);
-                            *b = if take { v } else { *b };
-                            *wn = if take { tf } else { *wn };
+                        for l in 0..LANES {
+                            let take = takes(v[l], best[l]);
+                            best[l] = if take { v[l] } else { best[l] };
+                            win[l] = if take { tf } else { win[l] };
                         }
                     }
-                    let grow = &g[(i * ow + j) * c..][..c];
+                    let gv = load(g, g0 + ch);
                     for t in 0..kh * kw {
-                        let Some(p) = at(i, j, t) else { continue };
                         let tf = t as f32;
-                        for ((d, &wn), &gv) in dx[p..][..c].iter_mut().zip(win.iter()).zip(grow) {
-                            *d += if wn == tf { gv } else { 0.0 };
+                        let d: &mut [f32; LANES] = (&mut dx[tap(i, j, t) + ch..][..LANES])
+                            .try_into()
+                            .expect("a block of LANES");
+                        for l in 0..LANES {
+                            let v = if win[l] == tf { gv[l] } else { 0.0 };
+                            d[l] = if tiled { v } else { d[l] + v };
                         }
+                    }
+                    ch += LANES;
+                }
+                for ch in ch..c {
+                    let mut best = tap(i, j, 0) + ch;
+                    for t in 1..kh * kw {
+                        let p = tap(i, j, t) + ch;
+                        if takes(img[p], img[best]) {
+                            best = p;
+                        }
+                    }
+                    for t in 0..kh * kw {
+                        let p = tap(i, j, t) + ch;
+                        let v = if p == best { g[g0 + ch] } else { 0.0 };
+                        dx[p] = if tiled { v } else { dx[p] + v };
                     }
                 }
             }
-        });
+        }
     }
 
     /// The average-pool gradient of one image.
@@ -601,6 +623,15 @@ fn avx2() -> bool {
     *HAS.get_or_init(|| {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
     })
+}
+
+/// Channels per block of the pooling loops (one AVX2 vector).
+const LANES: usize = 8;
+
+/// `LANES` floats from `at`, as a fixed-size array (kept in a register).
+#[inline(always)]
+fn load(a: &[f32], at: usize) -> [f32; LANES] {
+    a[at..at + LANES].try_into().expect("a block of LANES")
 }
 
 /// Whether `v` replaces the running maximum `best` of a window scanned in order: it is
