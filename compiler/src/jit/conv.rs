@@ -344,7 +344,7 @@ impl WindowCore {
                     && s0 as usize + kw <= w
                 {
                     let from = (r * w + s0 as usize) * k_ch;
-                    row[a * kw * k_ch..][..kw * k_ch].copy_from_slice(&src[from..][..kw * k_ch]);
+                    copy(&mut row[a * kw * k_ch..][..kw * k_ch], &src[from..][..kw * k_ch]);
                     continue;
                 }
             }
@@ -362,7 +362,7 @@ impl WindowCore {
                         .map(|(r, s)| (r * ow + s) * k_ch),
                 };
                 match at {
-                    Some(o) => dst.copy_from_slice(&src[o..][..k_ch]),
+                    Some(o) => copy(dst, &src[o..][..k_ch]),
                     None => dst.fill(0.0),
                 }
             }
@@ -437,7 +437,7 @@ impl WindowCore {
         let per = oh * ow;
         let (r0, r1) = (b0 * per, b1 * per);
         let panel = (PANEL_BYTES / (4 * k)).max(8).min((r1 - r0).max(1));
-        let path = sgemm::choose(k, f, panel);
+        let path = sgemm::choose(f, k, panel);
         // SAFETY: `dst` holds k·f floats (caller).
         let dst = unsafe { std::slice::from_raw_parts_mut(dst, k * f) };
         dst.fill(0.0);
@@ -452,27 +452,30 @@ impl WindowCore {
                     let row = &mut a[(r - p0) * k..][..k];
                     self.pack(img, row, q / ow, q % ow, c, Patch::Forward { h, w });
                 }
-                // acc = aᵀ · g rows; then dst += acc (the GEMM core writes, not adds).
-                // SAFETY: `a` is (p1 − p0) × k read as its transpose (k × (p1 − p0)), g
-                // rows p0..p1 are (p1 − p0) × f, `acc` is k × f; no overlap.
+                // acc = (aᵀ · g)ᵀ = gᵀ · a ([f, k]: the GEMM's vectors run along the k
+                // patch columns), then dst += accᵀ (the GEMM core writes, not adds).
+                // SAFETY: g rows p0..p1 are (p1 − p0) × f, read as their transpose; `a` is
+                // (p1 − p0) × k; `acc` is f × k; no overlap.
                 unsafe {
                     sgemm::matmul(
                         path,
-                        k,
                         f,
+                        k,
                         p1 - p0,
-                        a.as_ptr(),
-                        1,
-                        k as isize,
                         ins[1][p0 * f..].as_ptr(),
+                        1,
                         f as isize,
+                        a.as_ptr(),
+                        k as isize,
                         1,
                         acc.as_mut_ptr(),
-                        f as isize,
+                        k as isize,
                     );
                 }
-                for (x, v) in dst.iter_mut().zip(&acc) {
-                    *x += v;
+                for (kk, drow) in dst.chunks_exact_mut(f).enumerate() {
+                    for (i, d) in drow.iter_mut().enumerate() {
+                        *d += acc[i * k + kk];
+                    }
                 }
                 p0 = p1;
             }
@@ -623,6 +626,24 @@ fn avx2() -> bool {
     *HAS.get_or_init(|| {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
     })
+}
+
+/// `dst` = `src`. Packing copies runs of a few floats (a 3×3 kernel row of one channel is
+/// three): those are moved inline, longer ones by `copy_from_slice` (a `memcpy` call).
+#[inline(always)]
+fn copy(dst: &mut [f32], src: &[f32]) {
+    macro_rules! fixed {
+        ($($n:literal)*) => {
+            match dst.len() {
+                $($n => {
+                    let d: &mut [f32; $n] = dst.try_into().expect("length");
+                    *d = src.try_into().expect("length");
+                })*
+                _ => dst.copy_from_slice(src),
+            }
+        };
+    }
+    fixed!(1 2 3 4 5 6 7 8 9 10 11 12 16)
 }
 
 /// Channels per block of the pooling loops (one AVX2 vector).
