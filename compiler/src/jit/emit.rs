@@ -60,6 +60,9 @@ pub(super) struct Gen<'a> {
     pub(super) vec: bool,
     /// Hoisted scalars splatted to vectors in the current loop.
     pub(super) splats: HashMap<NodeId, Value>,
+    /// Per random key, the stack slot holding the hash of (seed, key, step), computed once
+    /// before the loops (see [`Gen::uniform`]).
+    pub(super) rng_prefix: HashMap<u32, StackSlot>,
 }
 
 /// Lanes of the vector loops: Cranelift's x64 backend has 128-bit vectors (DESIGN §6).
@@ -276,7 +279,27 @@ impl Gen<'_> {
         b.ins().bxor(z, s)
     }
 
+    /// U[0, 1) at element `idx` of the draws of `key` (`rng::uniform` in f32). The hash of
+    /// (seed, key, step) is the same for every element: it is read from the stack slot
+    /// that `hoist_scalars` filled before the loops (three of the four mixing rounds; as
+    /// an instruction chain on constants, Cranelift would rematerialize it per element).
     fn uniform(&self, b: &mut FunctionBuilder, key: u32, idx: Value) -> Value {
+        let c = match self.rng_prefix.get(&key) {
+            Some(&slot) => b.ins().stack_load(types::I64, types::I64, slot, 0),
+            None => self.rng_prefix_value(b, key),
+        };
+        let ix = b.ins().imul_imm_s(idx, 0x9e37_79b9_7f4a_7c15_u64 as i64);
+        let x = b.ins().bxor(c, ix);
+        let h = Self::mix(b, x);
+        let top = b.ins().ushr_imm_u(h, 40);
+        let f = b.ins().fcvt_from_uint(types::F32, top);
+        let scale = b.ins().f32const(1.0 / (1u64 << 24) as f32);
+        b.ins().fmul(f, scale)
+    }
+
+    /// The hash of (seed, key, step) that every draw of `key` starts from (`rng::bits`
+    /// before the index enters).
+    fn rng_prefix_value(&self, b: &mut FunctionBuilder, key: u32) -> Value {
         let c1 = b
             .ins()
             .bxor_imm_s(self.seed, 0x9e37_79b9_7f4a_7c15_u64 as i64);
@@ -291,14 +314,7 @@ impl Gen<'_> {
             .ins()
             .imul_imm_s(self.step, 0x8cb9_2ba7_2f3d_8dd7_u64 as i64);
         let x = b.ins().bxor(bb, st);
-        let c = Self::mix(b, x);
-        let ix = b.ins().imul_imm_s(idx, 0x9e37_79b9_7f4a_7c15_u64 as i64);
-        let x = b.ins().bxor(c, ix);
-        let h = Self::mix(b, x);
-        let top = b.ins().ushr_imm_u(h, 40);
-        let f = b.ins().fcvt_from_uint(types::F32, top);
-        let scale = b.ins().f32const(1.0 / (1u64 << 24) as f32);
-        b.ins().fmul(f, scale)
+        Self::mix(b, x)
     }
 
     pub(super) fn emit(
@@ -686,6 +702,15 @@ impl<'a> Gen<'a> {
     ) -> Result<(), String> {
         let zero = b.ins().iconst(types::I64, 0);
         for &n in order {
+            if let Op::Random { key, .. } = self.body.node(n).op
+                && !self.rng_prefix.contains_key(&key)
+            {
+                let c = self.rng_prefix_value(b, key);
+                let slot =
+                    b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 8, 3));
+                b.ins().stack_store(types::I64, c, slot, 0);
+                self.rng_prefix.insert(key, slot);
+            }
             let scalar_cone = numel(&self.shapes[&n]) == 1
                 && eligible(n)
                 && !matches!(self.body.node(n).op, Op::Random { .. })
@@ -763,6 +788,7 @@ impl<'a> Gen<'a> {
             loop_shape: vec![],
             vec: false,
             splats: HashMap::new(),
+            rng_prefix: HashMap::new(),
         }
     }
 }
