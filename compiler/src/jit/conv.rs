@@ -247,11 +247,12 @@ impl WindowCore {
             let mut p0 = r0;
             while p0 < r1 {
                 let p1 = (p0 + panel).min(r1);
-                for r in p0..p1 {
-                    let (b, q) = (r / per, r % per);
-                    let row = &mut a[(r - p0) * k..][..k];
-                    let img = &ins[0][b * src_img..][..src_img];
-                    self.pack(img, row, q / rw, q % rw, k_ch, patch);
+                // (image, row, column) of row p0, then counted up: no division per row.
+                let mut at = Pos::of(p0, rh, rw);
+                for row in a[..(p1 - p0) * k].chunks_exact_mut(k) {
+                    let img = &ins[0][at.b * src_img..][..src_img];
+                    self.pack(img, row, at.i, at.j, k_ch, patch);
+                    at.next(rh, rw);
                 }
                 // SAFETY: `a` holds (p1 − p0) × k packed floats, `mat` k × n, and the
                 // output rows p0..p1 of n floats (inside `out`); the scratch overlaps
@@ -374,6 +375,10 @@ impl WindowCore {
     fn window_of(&self, axis: usize, p: usize, k: usize, n_out: usize) -> Option<usize> {
         let q = (p + self.geo.pad[2 * axis]) as isize - k as isize;
         let s = self.geo.stride[axis] as isize;
+        if s == 1 {
+            // No division (packing calls this for every tap of every row).
+            return (q >= 0 && (q as usize) < n_out).then_some(q as usize);
+        }
         (q >= 0 && q % s == 0 && ((q / s) as usize) < n_out).then(|| (q / s) as usize)
     }
 
@@ -446,11 +451,11 @@ impl WindowCore {
             let mut p0 = r0;
             while p0 < r1 {
                 let p1 = (p0 + panel).min(r1);
-                for r in p0..p1 {
-                    let (b, q) = (r / per, r % per);
-                    let img = &ins[0][b * h * w * c..][..h * w * c];
-                    let row = &mut a[(r - p0) * k..][..k];
-                    self.pack(img, row, q / ow, q % ow, c, Patch::Forward { h, w });
+                let mut at = Pos::of(p0, oh, ow);
+                for row in a[..(p1 - p0) * k].chunks_exact_mut(k) {
+                    let img = &ins[0][at.b * h * w * c..][..h * w * c];
+                    self.pack(img, row, at.i, at.j, c, Patch::Forward { h, w });
+                    at.next(oh, ow);
                 }
                 // acc = (aᵀ · g)ᵀ = gᵀ · a ([f, k]: the GEMM's vectors run along the k
                 // patch columns), then dst += accᵀ (the GEMM core writes, not adds).
@@ -661,6 +666,37 @@ fn load(a: &[f32], at: usize) -> [f32; LANES] {
 #[inline(always)]
 fn takes(v: f32, best: f32) -> bool {
     (v > best) | ((v != v) & (best == best))
+}
+
+/// The (image, row, column) of a GEMM row, advanced row by row without dividing.
+struct Pos {
+    b: usize,
+    i: usize,
+    j: usize,
+}
+
+impl Pos {
+    fn of(r: usize, rows: usize, cols: usize) -> Pos {
+        let per = rows * cols;
+        Pos {
+            b: r / per,
+            i: r % per / cols,
+            j: r % cols,
+        }
+    }
+
+    #[inline(always)]
+    fn next(&mut self, rows: usize, cols: usize) {
+        self.j += 1;
+        if self.j == cols {
+            self.j = 0;
+            self.i += 1;
+            if self.i == rows {
+                self.i = 0;
+                self.b += 1;
+            }
+        }
+    }
 }
 
 /// Which patches a convolution GEMM packs: windows of the input (forward), or for each
