@@ -489,6 +489,21 @@ impl Op {
         )
     }
 
+    /// Whether the op slides windows over the spatial axes of NHWC values: convolution,
+    /// pooling and their gradients (`window.rs`; the JIT's `conv.rs`).
+    pub fn is_window(&self) -> bool {
+        matches!(
+            self,
+            Op::Conv2d { .. }
+                | Op::Conv2dBackInput { .. }
+                | Op::Conv2dBackFilter { .. }
+                | Op::MaxPool2d { .. }
+                | Op::MaxPool2dBack { .. }
+                | Op::AvgPool2d { .. }
+                | Op::AvgPool2dBack { .. }
+        )
+    }
+
     /// A plain matmul (no transposed operand).
     pub fn matmul() -> Op {
         Op::MatMul {

@@ -967,3 +967,58 @@ fn native_gather_rejects_bad_indices() {
         .expect_err("index 5 of 2 rows");
     assert!(err.contains("gather index 5"), "{err}");
 }
+
+/// i32 division rounds toward zero on the JIT as in the interpreter (by an i32 tensor and
+/// by a scalar, whose reciprocal the loops would otherwise multiply by).
+#[test]
+fn integer_division_rounds_toward_zero() {
+    for by_scalar in [false, true] {
+        let mut body = Graph::new();
+        let a = body.add_ok(
+            Op::Input {
+                name: "in0".into(),
+                ty: (DType::I32, shape_of(&[6])),
+            },
+            &[],
+        );
+        let d = if by_scalar {
+            body.add_ok(
+                Op::Input {
+                    name: "in1".into(),
+                    ty: (DType::I32, shape_of(&[])),
+                },
+                &[],
+            )
+        } else {
+            body.add_ok(
+                Op::Input {
+                    name: "in1".into(),
+                    ty: (DType::I32, shape_of(&[6])),
+                },
+                &[],
+            )
+        };
+        let q = body.add_ok(Op::Div, &[a, d]);
+        body.set_output("out0", q);
+        let g = wrap(body, KernelKind::Loop);
+        let mut env = Env::new(0, 0);
+        env.values.insert(
+            "x0".into(),
+            ArrayD::from_shape_vec(IxDyn(&[6]), vec![-3.0, 3.0, 7.0, -7.0, 1.0, 0.0]).expect("shape"),
+        );
+        let divisor = if by_scalar {
+            ArrayD::from_shape_vec(IxDyn(&[]), vec![2.0]).expect("shape")
+        } else {
+            ArrayD::from_shape_vec(IxDyn(&[6]), vec![2.0, 2.0, -2.0, 2.0, 3.0, 5.0]).expect("shape")
+        };
+        env.values.insert("x1".into(), divisor);
+        let got = JitGraph::new(g.clone(), 1)
+            .expect("jit")
+            .run(&env, &["r0"])
+            .expect("runs")
+            .remove(0);
+        let want = interp::run(&g, &env, &["r0"]).expect("runs").remove(0);
+        assert_eq!(got, want, "by a scalar: {by_scalar}");
+        assert_eq!(got[0], -1.0);
+    }
+}

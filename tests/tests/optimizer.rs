@@ -5,7 +5,7 @@
 
 use dlc_compiler::interp::{Env, run};
 use dlc_compiler::ir::Graph;
-use dlc_compiler::lower::{Mode, Program};
+use dlc_compiler::lower::Mode;
 use dlc_compiler::ops::Op;
 use dlc_compiler::opt::{fuse::kernel_count, optimize};
 use dlc_compiler::print::print_graph;
@@ -16,8 +16,8 @@ use proptest::prelude::*;
 
 /// The graph a model's training step (or, without a training section, `forward`) runs.
 fn step_graph(path: &std::path::Path) -> Graph {
-    let prog = Program::parse("m.dl", &std::fs::read(path).expect("read"))
-        .unwrap_or_else(|_| panic!("parses"));
+    // As `dlc` reads it: with the files it imports.
+    let prog = dlc_runtime::session::load_program(path).unwrap_or_else(|e| panic!("{e}"));
     match prog.train_def() {
         None => {
             prog.lower_predict(&[], Mode::Eval)

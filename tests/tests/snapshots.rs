@@ -1,7 +1,7 @@
 //! Every model compiles; its forward IR and its gradient graph are snapshot-tested, and
 //! every graph passes the verifier.
 
-use dlc_compiler::lower::{Mode, Program};
+use dlc_compiler::lower::Mode;
 use dlc_compiler::opt::optimize;
 use dlc_compiler::print::print_graph;
 use dlc_compiler::train::training_graph;
@@ -9,9 +9,8 @@ use dlc_runtime::datasig;
 
 /// Forward IR, gradient graph, and the optimized step (training step, or `forward`).
 fn lower(path: &std::path::Path) -> (String, String, String) {
-    let bytes = std::fs::read(path).expect("model file");
-    let prog = Program::parse(&path.display().to_string(), &bytes)
-        .unwrap_or_else(|(src, d)| panic!("{}", dlc_runtime::session::render(&src, &d)));
+    // As `dlc` reads it: with the files it imports.
+    let prog = dlc_runtime::session::load_program(path).unwrap_or_else(|e| panic!("{e}"));
     match prog.train_def() {
         None => {
             let l = prog.lower_predict(&[], Mode::Eval).expect("lowers");

@@ -487,7 +487,10 @@ impl Gen<'_> {
                 let x = arg(self, b, 0)?;
                 b.ins().trunc(x)
             }
-            Div if self.recips.contains_key(&ins[1]) && numel(&shape) > 1 => {
+            Div if self.recips.contains_key(&ins[1])
+                && numel(&shape) > 1
+                && self.body.ty(n).dtype == DType::F32 =>
+            {
                 // x / s for a loop-invariant scalar s: x · (1/s), one division per call
                 // instead of one per element.
                 let x = arg(self, b, 0)?;
@@ -505,6 +508,11 @@ impl Gen<'_> {
                     Add => b.ins().fadd(x, y),
                     Sub => b.ins().fsub(x, y),
                     Mul => b.ins().fmul(x, y),
+                    Div if self.body.ty(n).dtype == DType::I32 => {
+                        // i32 division rounds toward zero, as in the interpreter.
+                        let q = b.ins().fdiv(x, y);
+                        b.ins().trunc(q)
+                    }
                     Div => b.ins().fdiv(x, y),
                     Maximum => b.ins().fmax(x, y),
                     Minimum => b.ins().fmin(x, y),

@@ -147,20 +147,6 @@ fn split_matmul(body: &Graph) -> Option<(Operand, Operand, bool, bool, Graph)> {
     Some((a, b, ta, tb, epi))
 }
 
-/// Whether an op is a window op (convolution, pooling, their gradients).
-fn is_window(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Conv2d { .. }
-            | Op::Conv2dBackInput { .. }
-            | Op::Conv2dBackFilter { .. }
-            | Op::MaxPool2d { .. }
-            | Op::MaxPool2dBack { .. }
-            | Op::AvgPool2d { .. }
-            | Op::AvgPool2dBack { .. }
-    )
-}
-
 /// The body with every `sum`, `mean` or `max` over both axes of a rank-2 value split into
 /// the reduction along axis 1 and then along axis 0 (same value: each row has the same
 /// number of elements), so that a row kernel can compute it: per row, then across rows in
@@ -552,7 +538,7 @@ impl JitGraph {
                     operands,
                     out: loops::concrete(&body.ty(node).shape, syms)?,
                 }
-            } else if let Some((node, operands, epi)) = split_core(body, is_window) {
+            } else if let Some((node, operands, epi)) = split_core(body, Op::is_window) {
                 let mut shapes = Vec::new();
                 for o in &operands {
                     shapes.push(match o {
