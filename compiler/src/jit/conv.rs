@@ -147,8 +147,9 @@ impl WindowCore {
     }
 
     /// Compute the op into `out` (`out_len` floats). `ins` are the op's operands,
-    /// contiguous row-major. `epilogue(b0, b1)`, when given (per-image ops only), runs
-    /// right after images [b0, b1) of the result are complete, on the same thread.
+    /// contiguous row-major. `epilogue(b0, b1)`, given only for per-image ops
+    /// ([`per_image`](Self::per_image)), runs right after images [b0, b1) of the result
+    /// are complete, on the same thread.
     ///
     /// # Safety
     /// `out` must be valid for `out_len` writes and overlap no operand.
@@ -167,11 +168,10 @@ impl WindowCore {
             1
         };
         if self.op == WinOp::ConvBackFilter {
+            // Not per image: the plan runs its epilogue after it (`per_image`).
+            debug_assert!(epilogue.is_none(), "a filter gradient has no per-image epilogue");
             // SAFETY: forwarded contract.
             unsafe { self.back_filter(ins, out, parts) };
-            if let Some(e) = epilogue {
-                e(0, 1);
-            }
             return;
         }
         let prepared = match self.op {
