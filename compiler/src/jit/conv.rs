@@ -30,7 +30,7 @@ pub const CHUNKS: usize = 4;
 const PANEL_BYTES: usize = 256 << 10;
 
 /// Multiply-adds (or window reads) from which a window kernel splits across threads.
-pub const PARALLEL_WINDOW_MIN: usize = 1 << 20;
+pub const PARALLEL_WINDOW_MIN: usize = 1 << 18;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WinOp {
