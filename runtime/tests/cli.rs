@@ -458,7 +458,8 @@ fn conv_example_gives_the_course_feature_map() {
 
 #[test]
 fn imports_bring_models_and_report_bad_paths_and_cycles() {
-    let lib = tmp(
+    // The imported file, next to the one that imports it.
+    tmp(
         "lib_net.dl",
         b"model Net(height, width, classes) {\n  d = Dense(height * width, classes)\n  fn forward(x: f32[B, height, width]) -> f32[B, classes] { d(flatten(x)) }\n}\n",
     );

@@ -665,7 +665,7 @@ fn load(a: &[f32], at: usize) -> [f32; LANES] {
 /// Non-short-circuit `|` and `&`, so loops over lanes stay branch-free.
 #[inline(always)]
 fn takes(v: f32, best: f32) -> bool {
-    (v > best) | ((v != v) & (best == best))
+    (v > best) | (v.is_nan() & !best.is_nan())
 }
 
 /// The (image, row, column) of a GEMM row, advanced row by row without dividing.
