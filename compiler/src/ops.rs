@@ -882,7 +882,9 @@ impl Op {
                 arity(2)?;
                 let (g, w) = (ins[0], ins[1]);
                 let (b, oh, ow, f) = nhwc(g)?;
-                if w.rank() != 4 || w.shape[3] != f || geo.out_size(input[0], input[1]) != Some([oh, ow])
+                if w.rank() != 4
+                    || w.shape[3] != f
+                    || geo.out_size(input[0], input[1]) != Some([oh, ow])
                 {
                     return Err(format!(
                         "conv2d_back_input of {} with {}",
@@ -942,7 +944,9 @@ impl Op {
             MaxPool2dBack { geo } => {
                 arity(2)?;
                 let (b, h, wd, c) = nhwc(ins[0])?;
-                let [oh, ow] = geo.out_size(h, wd).ok_or("maxpool2d_back: no window fits")?;
+                let [oh, ow] = geo
+                    .out_size(h, wd)
+                    .ok_or("maxpool2d_back: no window fits")?;
                 if ins[1].shape != vec![b, Dim::Known(oh), Dim::Known(ow), c] {
                     return Err(format!(
                         "maxpool2d_back of {} for {}",

@@ -63,6 +63,26 @@ pub fn same_padding(n: usize, k: usize, s: usize) -> (usize, usize) {
     (total / 2, total - total / 2)
 }
 
+/// Every tap (a, e) of the window at output position (i, j) of an `h` × `w` input that
+/// falls inside it, with the input row and column it reads, in row-major window order.
+fn taps(
+    g: &Geometry,
+    i: usize,
+    j: usize,
+    h: usize,
+    w: usize,
+    mut f: impl FnMut(usize, usize, usize, usize),
+) {
+    for a in 0..g.size[0] {
+        let Some(r) = g.src(0, i, a, h) else { continue };
+        for e in 0..g.size[1] {
+            if let Some(s) = g.src(1, j, e, w) {
+                f(a, e, r, s);
+            }
+        }
+    }
+}
+
 /// The four dimensions of an NHWC tensor.
 fn dims4(shape: &[usize]) -> Result<[usize; 4], String> {
     match shape {
@@ -93,21 +113,15 @@ pub fn conv2d<T: Real>(x: &ArrayD<T>, w: &ArrayD<T>, g: &Geometry) -> Result<Arr
         for i in 0..oh {
             for j in 0..ow {
                 let out = &mut y[((b * oh + i) * ow + j) * f..][..f];
-                for a in 0..kh {
-                    let Some(r) = g.src(0, i, a, h) else { continue };
-                    for e in 0..kw {
-                        let Some(s) = g.src(1, j, e, wd) else {
-                            continue;
-                        };
-                        let xrow = &xs[((b * h + r) * wd + s) * c..][..c];
-                        for (ci, &xv) in xrow.iter().enumerate() {
-                            let wrow = &ws[((a * kw + e) * c + ci) * f..][..f];
-                            for (o, &wv) in out.iter_mut().zip(wrow) {
-                                *o = *o + xv * wv;
-                            }
+                taps(g, i, j, h, wd, |a, e, r, s| {
+                    let xrow = &xs[((b * h + r) * wd + s) * c..][..c];
+                    for (ci, &xv) in xrow.iter().enumerate() {
+                        let wrow = &ws[((a * kw + e) * c + ci) * f..][..f];
+                        for (o, &wv) in out.iter_mut().zip(wrow) {
+                            *o = *o + xv * wv;
                         }
                     }
-                }
+                });
             }
         }
     }
@@ -123,7 +137,7 @@ pub fn conv2d_back_input<T: Real>(
     input: [usize; 2],
 ) -> Result<ArrayD<T>, String> {
     let [nb, oh, ow, f] = dims4(gy.shape())?;
-    let [kh, kw, c, wf] = dims4(w.shape())?;
+    let [_, kw, c, wf] = dims4(w.shape())?;
     let [h, wd] = input;
     if wf != f || g.out_size(h, wd) != Some([oh, ow]) {
         return Err(format!(
@@ -138,23 +152,17 @@ pub fn conv2d_back_input<T: Real>(
         for i in 0..oh {
             for j in 0..ow {
                 let grow = &gs[((b * oh + i) * ow + j) * f..][..f];
-                for a in 0..kh {
-                    let Some(r) = g.src(0, i, a, h) else { continue };
-                    for e in 0..kw {
-                        let Some(s) = g.src(1, j, e, wd) else {
-                            continue;
-                        };
-                        let out = &mut dx[((b * h + r) * wd + s) * c..][..c];
-                        for (ci, o) in out.iter_mut().enumerate() {
-                            let wrow = &ws[((a * kw + e) * c + ci) * f..][..f];
-                            let mut acc = T::zero();
-                            for (&gv, &wv) in grow.iter().zip(wrow) {
-                                acc = acc + gv * wv;
-                            }
-                            *o = *o + acc;
+                taps(g, i, j, h, wd, |a, e, r, s| {
+                    let out = &mut dx[((b * h + r) * wd + s) * c..][..c];
+                    for (ci, o) in out.iter_mut().enumerate() {
+                        let wrow = &ws[((a * kw + e) * c + ci) * f..][..f];
+                        let mut acc = T::zero();
+                        for (&gv, &wv) in grow.iter().zip(wrow) {
+                            acc = acc + gv * wv;
                         }
+                        *o = *o + acc;
                     }
-                }
+                });
             }
         }
     }
@@ -184,21 +192,15 @@ pub fn conv2d_back_filter<T: Real>(
         for i in 0..oh {
             for j in 0..ow {
                 let grow = &gs[((b * oh + i) * ow + j) * f..][..f];
-                for a in 0..kh {
-                    let Some(r) = g.src(0, i, a, h) else { continue };
-                    for e in 0..kw {
-                        let Some(s) = g.src(1, j, e, wd) else {
-                            continue;
-                        };
-                        let xrow = &xs[((b * h + r) * wd + s) * c..][..c];
-                        for (ci, &xv) in xrow.iter().enumerate() {
-                            let out = &mut dw[((a * kw + e) * c + ci) * f..][..f];
-                            for (o, &gv) in out.iter_mut().zip(grow) {
-                                *o = *o + xv * gv;
-                            }
+                taps(g, i, j, h, wd, |a, e, r, s| {
+                    let xrow = &xs[((b * h + r) * wd + s) * c..][..c];
+                    for (ci, &xv) in xrow.iter().enumerate() {
+                        let out = &mut dw[((a * kw + e) * c + ci) * f..][..f];
+                        for (o, &gv) in out.iter_mut().zip(grow) {
+                            *o = *o + xv * gv;
                         }
                     }
-                }
+                });
             }
         }
     }
@@ -214,28 +216,24 @@ fn max_positions<T: Real>(
     g: &Geometry,
     mut visit: impl FnMut(usize, usize),
 ) -> Result<(), String> {
-    let [oh, ow] = g.out_size(h, wd).ok_or("pooling: the window does not fit")?;
+    let [oh, ow] = g
+        .out_size(h, wd)
+        .ok_or("pooling: the window does not fit")?;
     for b in 0..nb {
         for i in 0..oh {
             for j in 0..ow {
                 for ch in 0..c {
                     let mut best: Option<usize> = None;
-                    for a in 0..g.size[0] {
-                        let Some(r) = g.src(0, i, a, h) else { continue };
-                        for e in 0..g.size[1] {
-                            let Some(s) = g.src(1, j, e, wd) else {
-                                continue;
-                            };
-                            let k = ((b * h + r) * wd + s) * c + ch;
-                            let better = match best {
-                                None => true,
-                                Some(m) => !xs[m].is_nan() && (xs[k].is_nan() || xs[k] > xs[m]),
-                            };
-                            if better {
-                                best = Some(k);
-                            }
+                    taps(g, i, j, h, wd, |_, _, r, s| {
+                        let k = ((b * h + r) * wd + s) * c + ch;
+                        let better = match best {
+                            None => true,
+                            Some(m) => !xs[m].is_nan() && (xs[k].is_nan() || xs[k] > xs[m]),
+                        };
+                        if better {
+                            best = Some(k);
                         }
-                    }
+                    });
                     if let Some(m) = best {
                         visit(((b * oh + i) * ow + j) * c + ch, m);
                     }
@@ -249,7 +247,9 @@ fn max_positions<T: Real>(
 /// `maxpool2d`: the maximum of each window, per channel (NaN if the window holds one).
 pub fn max_pool<T: Real>(x: &ArrayD<T>, g: &Geometry) -> Result<ArrayD<T>, String> {
     let d = dims4(x.shape())?;
-    let [oh, ow] = g.out_size(d[1], d[2]).ok_or("maxpool2d: the window does not fit")?;
+    let [oh, ow] = g
+        .out_size(d[1], d[2])
+        .ok_or("maxpool2d: the window does not fit")?;
     let xs = contiguous(x);
     let mut y = vec![T::zero(); d[0] * oh * ow * d[3]];
     max_positions(&xs, d, g, |o, k| y[o] = xs[k])?;
@@ -280,7 +280,9 @@ pub fn max_pool_back<T: Real>(
 /// `avgpool2d`: the mean of each window, per channel.
 pub fn avg_pool<T: Real>(x: &ArrayD<T>, g: &Geometry) -> Result<ArrayD<T>, String> {
     let [nb, h, wd, c] = dims4(x.shape())?;
-    let [oh, ow] = g.out_size(h, wd).ok_or("avgpool2d: the window does not fit")?;
+    let [oh, ow] = g
+        .out_size(h, wd)
+        .ok_or("avgpool2d: the window does not fit")?;
     let xs = contiguous(x);
     let n = T::of((g.size[0] * g.size[1]) as f64);
     let mut y = vec![T::zero(); nb * oh * ow * c];
@@ -288,18 +290,12 @@ pub fn avg_pool<T: Real>(x: &ArrayD<T>, g: &Geometry) -> Result<ArrayD<T>, Strin
         for i in 0..oh {
             for j in 0..ow {
                 let out = &mut y[((b * oh + i) * ow + j) * c..][..c];
-                for a in 0..g.size[0] {
-                    let Some(r) = g.src(0, i, a, h) else { continue };
-                    for e in 0..g.size[1] {
-                        let Some(s) = g.src(1, j, e, wd) else {
-                            continue;
-                        };
-                        let xrow = &xs[((b * h + r) * wd + s) * c..][..c];
-                        for (o, &v) in out.iter_mut().zip(xrow) {
-                            *o = *o + v;
-                        }
+                taps(g, i, j, h, wd, |_, _, r, s| {
+                    let xrow = &xs[((b * h + r) * wd + s) * c..][..c];
+                    for (o, &v) in out.iter_mut().zip(xrow) {
+                        *o = *o + v;
                     }
-                }
+                });
                 for o in out.iter_mut() {
                     *o = *o / n;
                 }
@@ -328,18 +324,12 @@ pub fn avg_pool_back<T: Real>(
         for i in 0..oh {
             for j in 0..ow {
                 let grow = &gs[((b * oh + i) * ow + j) * c..][..c];
-                for a in 0..g.size[0] {
-                    let Some(r) = g.src(0, i, a, h) else { continue };
-                    for e in 0..g.size[1] {
-                        let Some(s) = g.src(1, j, e, wd) else {
-                            continue;
-                        };
-                        let out = &mut dx[((b * h + r) * wd + s) * c..][..c];
-                        for (o, &v) in out.iter_mut().zip(grow) {
-                            *o = *o + v / n;
-                        }
+                taps(g, i, j, h, wd, |_, _, r, s| {
+                    let out = &mut dx[((b * h + r) * wd + s) * c..][..c];
+                    for (o, &v) in out.iter_mut().zip(grow) {
+                        *o = *o + v / n;
                     }
-                }
+                });
             }
         }
     }

@@ -736,7 +736,11 @@ fn window_case(
 ) -> Result<(), String> {
     use dlc_compiler::types::Type;
     let [oh, ow] = geo.out_size(h, w).ok_or("does not fit")?;
-    let (x, y, k) = ([b, h, w, c], [b, oh, ow, f], [geo.size[0], geo.size[1], c, f]);
+    let (x, y, k) = (
+        [b, h, w, c],
+        [b, oh, ow, f],
+        [geo.size[0], geo.size[1], c, f],
+    );
     let (pool_x, pool_y) = ([b, h, w, c], [b, oh, ow, c]);
     let (op, ins): (Op, Vec<[usize; 4]>) = match which {
         0 => (Op::Conv2d { geo }, vec![x, k]),
@@ -785,13 +789,18 @@ fn window_case(
     for (i, s) in ins.iter().enumerate() {
         // Max pooling sees whole numbers: many ties, where the first maximum must win.
         let v = values(s, i as u64 + 1);
-        let v = if matches!(which, 3 | 4) && i == 0 { v.mapv(f32::round) } else { v };
+        let v = if matches!(which, 3 | 4) && i == 0 {
+            v.mapv(f32::round)
+        } else {
+            v
+        };
         env.values.insert(format!("x{i}"), v);
     }
     if epilogue {
         let shape = g.ty(g.output("r0").expect("r0")).shape.clone();
         let dims: Vec<usize> = shape.iter().map(|d| d.known().expect("known")).collect();
-        env.values.insert(format!("x{}", ins.len()), values(&dims, 9));
+        env.values
+            .insert(format!("x{}", ins.len()), values(&dims, 9));
     }
     compare_within(&g, &env, threads, 1e-4)
 }
@@ -835,7 +844,11 @@ fn split_window_kernels_are_deterministic() {
     let geo = window_geometry([3, 3], [1, 1], true, 12, 12);
     for which in 0..7 {
         // Pooling windows are not padded.
-        let g = if which < 3 { geo } else { window_geometry([3, 3], [1, 1], false, 12, 12) };
+        let g = if which < 3 {
+            geo
+        } else {
+            window_geometry([3, 3], [1, 1], false, 12, 12)
+        };
         window_case(which, [9, 12, 12, 16, 24], g, which != 2, 2).expect("matches");
         let run = |threads: usize| {
             let mut body = Graph::new();
@@ -867,7 +880,9 @@ fn split_window_kernels_are_deterministic() {
         };
         let (one, two) = (run(1), run(2));
         assert!(
-            one.iter().zip(two.iter()).all(|(a, b)| a.to_bits() == b.to_bits()),
+            one.iter()
+                .zip(two.iter())
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
             "filter gradient differs between 1 and 2 threads"
         );
     }
@@ -1004,7 +1019,8 @@ fn integer_division_rounds_toward_zero() {
         let mut env = Env::new(0, 0);
         env.values.insert(
             "x0".into(),
-            ArrayD::from_shape_vec(IxDyn(&[6]), vec![-3.0, 3.0, 7.0, -7.0, 1.0, 0.0]).expect("shape"),
+            ArrayD::from_shape_vec(IxDyn(&[6]), vec![-3.0, 3.0, 7.0, -7.0, 1.0, 0.0])
+                .expect("shape"),
         );
         let divisor = if by_scalar {
             ArrayD::from_shape_vec(IxDyn(&[]), vec![2.0]).expect("shape")

@@ -169,7 +169,11 @@ fn limits() {
 fn prelude_parses() {
     let (f, d) = parse_file(dlc_dsl::PRELUDE);
     assert!(d.is_empty(), "{d:?}");
-    assert!(f.items.iter().any(|i| i.name().is_some_and(|n| n.name == "Dense")));
+    assert!(
+        f.items
+            .iter()
+            .any(|i| i.name().is_some_and(|n| n.name == "Dense"))
+    );
 }
 
 #[test]

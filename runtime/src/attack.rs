@@ -6,9 +6,9 @@
 //! the same engine as the rest. The random signs are counter-based: (seed, the key of
 //! "random_sign", example index, pixel), so every run draws the same ones.
 
+use crate::checkpoint::Tensors;
 use crate::engine::{Engine, EngineKind};
 use crate::session::Setup;
-use crate::checkpoint::Tensors;
 use crate::trainer::{self, Scores};
 use dlc_compiler::interp::Env;
 use dlc_compiler::ops::Op;

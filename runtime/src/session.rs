@@ -24,8 +24,12 @@ fn load_imports(path: &Path, stack: &mut Vec<PathBuf>) -> Result<Program, String
     for (rel, span) in prog.imports() {
         let at = |msg: String| render(&prog.source, &[Diagnostic::new(span, msg)]);
         let target = path.parent().unwrap_or(Path::new(".")).join(&rel);
-        let canon = std::fs::canonicalize(&target)
-            .map_err(|e| at(format!("cannot import \"{rel}\": {}: {e}", target.display())))?;
+        let canon = std::fs::canonicalize(&target).map_err(|e| {
+            at(format!(
+                "cannot import \"{rel}\": {}: {e}",
+                target.display()
+            ))
+        })?;
         let here = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         if canon == here || stack.contains(&canon) {
             return Err(at(format!("\"{rel}\" imports itself (an import cycle)")));

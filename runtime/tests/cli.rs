@@ -445,7 +445,14 @@ fn jit_and_reference_engines_agree() {
 fn conv_example_gives_the_course_feature_map() {
     let img = "x=[[[[1],[1],[1],[0],[0]],[[0],[1],[1],[1],[0]],[[0],[0],[1],[1],[1]],[[0],[0],[1],[1],[0]],[[0],[1],[1],[0],[0]]]]";
     for engine in ["jit", "reference"] {
-        let o = dlc(&["run", "models/conv_example.dl", "--input", img, "--engine", engine]);
+        let o = dlc(&[
+            "run",
+            "models/conv_example.dl",
+            "--input",
+            img,
+            "--engine",
+            engine,
+        ]);
         assert!(o.status.success(), "{}", text(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json output");
         assert_eq!(
@@ -469,11 +476,23 @@ fn imports_bring_models_and_report_bad_paths_and_cycles() {
     );
     let o = dlc(&["train", s(&user), "--seed", "3"]);
     assert!(o.status.success(), "{}", text(&o));
-    let missing = tmp("missing_import.dl", b"import \"nowhere.dl\"\n\nmodel M {\n  fn forward(x: f32[B, 2]) -> f32[B, 2] { x }\n}\n");
+    let missing = tmp(
+        "missing_import.dl",
+        b"import \"nowhere.dl\"\n\nmodel M {\n  fn forward(x: f32[B, 2]) -> f32[B, 2] { x }\n}\n",
+    );
     let err = fails(&["check", s(&missing)]);
-    assert!(err.contains("missing_import.dl:1:1") && err.contains("nowhere.dl"), "{err}");
-    let a = tmp("cycle_a.dl", b"import \"cycle_b.dl\"\n\nmodel A {\n  fn forward(x: f32[B, 2]) -> f32[B, 2] { x }\n}\n");
-    tmp("cycle_b.dl", b"import \"cycle_a.dl\"\n\nmodel B {\n  fn forward(x: f32[B, 2]) -> f32[B, 2] { x }\n}\n");
+    assert!(
+        err.contains("missing_import.dl:1:1") && err.contains("nowhere.dl"),
+        "{err}"
+    );
+    let a = tmp(
+        "cycle_a.dl",
+        b"import \"cycle_b.dl\"\n\nmodel A {\n  fn forward(x: f32[B, 2]) -> f32[B, 2] { x }\n}\n",
+    );
+    tmp(
+        "cycle_b.dl",
+        b"import \"cycle_a.dl\"\n\nmodel B {\n  fn forward(x: f32[B, 2]) -> f32[B, 2] { x }\n}\n",
+    );
     let err = fails(&["check", s(&a)]);
     assert!(err.contains("import cycle"), "{err}");
 }
@@ -486,7 +505,9 @@ fn conv_shape_errors_name_both_shapes_at_the_call() {
     );
     let err = fails(&["check", s(&f)]);
     assert!(
-        err.contains("bad_conv.dl:3:59") && err.contains("[B, 28, 28, 1]") && err.contains("[3, 3, 2, 8]"),
+        err.contains("bad_conv.dl:3:59")
+            && err.contains("[B, 28, 28, 1]")
+            && err.contains("[3, 3, 2, 8]"),
         "{err}"
     );
     let g = tmp(

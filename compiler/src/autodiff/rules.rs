@@ -180,7 +180,11 @@ pub fn vjp_rules() -> Vec<Rule> {
         ),
         // The mask reads the ReLU's output (relu(x) > 0 exactly where x > 0, NaN
         // included): the pre-activation is then not kept for the backward pass.
-        rw("vjp-relu", "(vjp0 (relu ?x) ?g)", "(mul ?g (gt (relu ?x) 0))"),
+        rw(
+            "vjp-relu",
+            "(vjp0 (relu ?x) ?g)",
+            "(mul ?g (gt (relu ?x) 0))",
+        ),
         rw("vjp-abs", "(vjp0 (abs ?x) ?g)", "(mul ?g (sign ?x))"),
         // -- elementwise, two inputs (output-shaped; the walk sums to the input shape)
         rw("vjp-add-0", "(vjp0 (add ?a ?b) ?g)", "?g"),

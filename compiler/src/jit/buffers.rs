@@ -133,9 +133,7 @@ impl JitGraph {
             };
             let native = matches!(
                 self.plans[key].get(body),
-                Some(
-                    Plan::Loop(_) | Plan::MatMul { .. } | Plan::Window { .. } | Plan::Copy { .. }
-                )
+                Some(Plan::Loop(_) | Plan::MatMul { .. } | Plan::Window { .. } | Plan::Copy { .. })
             );
             let Some(last) = last_use(i, &users, actions, &is_root) else {
                 continue;

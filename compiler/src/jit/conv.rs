@@ -169,7 +169,10 @@ impl WindowCore {
         };
         if self.op == WinOp::ConvBackFilter {
             // Not per image: the plan runs its epilogue after it (`per_image`).
-            debug_assert!(epilogue.is_none(), "a filter gradient has no per-image epilogue");
+            debug_assert!(
+                epilogue.is_none(),
+                "a filter gradient has no per-image epilogue"
+            );
             // SAFETY: forwarded contract.
             unsafe { self.back_filter(ins, out, parts) };
             return;
@@ -345,7 +348,10 @@ impl WindowCore {
                     && s0 as usize + kw <= w
                 {
                     let from = (r * w + s0 as usize) * k_ch;
-                    copy(&mut row[a * kw * k_ch..][..kw * k_ch], &src[from..][..kw * k_ch]);
+                    copy(
+                        &mut row[a * kw * k_ch..][..kw * k_ch],
+                        &src[from..][..kw * k_ch],
+                    );
                     continue;
                 }
             }
@@ -402,7 +408,9 @@ impl WindowCore {
                 unsafe { part_ptr.ptr().add((ch - 1) * len) }
             };
             // SAFETY: `dst` holds len floats written by this chunk only.
-            unsafe { self.filter_chunk(ins, dst, bounds[ch], bounds[ch + 1], [h, w, c], [oh, ow, f]) };
+            unsafe {
+                self.filter_chunk(ins, dst, bounds[ch], bounds[ch + 1], [h, w, c], [oh, ow, f])
+            };
         };
         if parts <= 1 {
             (0..chunks).for_each(chunk);
@@ -610,9 +618,13 @@ impl WindowCore {
             for j in 0..ow {
                 let grow = &g[(i * ow + j) * c..][..c];
                 for a in 0..kh {
-                    let Some(r) = self.geo.src(0, i, a, h) else { continue };
+                    let Some(r) = self.geo.src(0, i, a, h) else {
+                        continue;
+                    };
                     for e in 0..kw {
-                        let Some(s) = self.geo.src(1, j, e, w) else { continue };
+                        let Some(s) = self.geo.src(1, j, e, w) else {
+                            continue;
+                        };
                         let out = &mut dx[(r * w + s) * c..][..c];
                         for (o, &v) in out.iter_mut().zip(grow) {
                             *o += v / n;

@@ -9,7 +9,11 @@ use ndarray::{ArrayViewD, ArrayViewMutD, Axis, IxDyn, Slice, Zip};
 pub fn supported(op: &Op) -> bool {
     matches!(
         op,
-        Op::Transpose { .. } | Op::Slice { .. } | Op::Concat { .. } | Op::Gather | Op::ScatterAdd { .. }
+        Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Gather
+            | Op::ScatterAdd { .. }
     )
 }
 
@@ -72,7 +76,10 @@ pub fn run(op: &Op, ins: &[ArrayViewD<f32>], out: &mut ArrayViewMutD<f32>) -> Re
                         "scatter_add index {i} is out of range for {rows} rows"
                     ));
                 }
-                for (d, &v) in o[r * width..][..width].iter_mut().zip(&gs[k * width..][..width]) {
+                for (d, &v) in o[r * width..][..width]
+                    .iter_mut()
+                    .zip(&gs[k * width..][..width])
+                {
                     *d += v;
                 }
             }

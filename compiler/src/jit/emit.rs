@@ -714,8 +714,11 @@ impl<'a> Gen<'a> {
                 && !self.rng_prefix.contains_key(&key)
             {
                 let c = self.rng_prefix_value(b, key);
-                let slot =
-                    b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 8, 3));
+                let slot = b.create_sized_stack_slot(StackSlotData::new(
+                    StackSlotKind::ExplicitSlot,
+                    8,
+                    3,
+                ));
                 b.ins().stack_store(types::I64, c, slot, 0);
                 self.rng_prefix.insert(key, slot);
             }

@@ -19,8 +19,8 @@
 
 use super::Jit;
 use super::buffers::{Layout, Pool, inplace_candidates};
-use super::loops::LoopKernel;
 use super::conv::WindowCore;
+use super::loops::LoopKernel;
 use super::plan::{Operand, Plan, Stage, sym_key};
 use super::sgemm::{self, GemmPath};
 use crate::interp::{self, Env};
@@ -67,6 +67,32 @@ fn writes_clear_of_operands(
         let (lo, hi) = span(p, k.outputs[j].iter().product());
         operands.iter().all(|&(x, y)| hi <= x || y <= lo)
     })
+}
+
+/// A loop kernel called on the fraction [a/of, b/of) of its outputs, with the pointer
+/// table `table` (see `loop_args`), which must outlive the calls. Used where an epilogue
+/// runs on a part of a product or of a window op's result as soon as that part is done.
+fn fraction_fn(
+    k: &LoopKernel,
+    env: &Env<f32>,
+    table: &[*mut f32],
+    of: usize,
+) -> impl Fn(usize, usize) + Sync + use<> {
+    let (f, seed, step) = (k.f, env.seed, env.step);
+    let table = table.as_ptr() as usize;
+    // SAFETY: as in `call_loop_into`: the table holds the kernel's buffers, each of the
+    // shape it was compiled for; the caller calls disjoint fractions of outputs whose
+    // inputs are complete.
+    move |a: usize, b: usize| unsafe {
+        f(
+            table as *const *mut f32,
+            seed,
+            step,
+            a as u64,
+            b as u64,
+            of as u64,
+        )
+    }
 }
 
 /// The shape [m, n] of op(a)·op(b) for row-major matrices.
@@ -281,21 +307,10 @@ impl JitGraph {
         let mut c = self.pool.borrow_mut().array(&[m, n]);
         let cp = c.as_mut_ptr();
         let args = self.loop_args(k, ins, Some(cp), into);
-        let (f, seed, step) = (k.f, env.seed, env.step);
-        let table = args.ptrs.as_ptr() as usize;
-        // SAFETY: as in `call_loop_into`; rows [r0, r1) of every output of shape [m, n]
-        // read only rows [r0, r1) of the product, which the GEMM has just written (panel
-        // bounds keep n·r a multiple of 4, so the kernel's slice is exactly those rows).
-        let epilogue = move |r0: usize, r1: usize| unsafe {
-            f(
-                table as *const *mut f32,
-                seed,
-                step,
-                r0 as u64,
-                r1 as u64,
-                m as u64,
-            )
-        };
+        // Rows [r0, r1) of every output of shape [m, n] read only rows [r0, r1) of the
+        // product, which the GEMM has just written (panel bounds keep n·r a multiple of 4,
+        // so the kernel's slice is exactly those rows).
+        let epilogue = fraction_fn(k, env, &args.ptrs, m);
         self.gemm(&a, &b, ta, tb, path, Some(cp), Some(&epilogue));
         self.recycle(c);
         args.outs
@@ -326,7 +341,9 @@ impl JitGraph {
             let mut own = None;
             let ptr = match into.iter().find(|(o, _)| *o == 0) {
                 Some(&(_, p)) => p,
-                None => own.insert(self.pool.borrow_mut().array(&core.out)).as_mut_ptr(),
+                None => own
+                    .insert(self.pool.borrow_mut().array(&core.out))
+                    .as_mut_ptr(),
             };
             // SAFETY: `ptr` holds the op's result (a pool buffer of its shape, or an
             // arena slot or donated buffer of the output's shape), clear of the operands.
@@ -337,22 +354,10 @@ impl JitGraph {
         let cp = c.as_mut_ptr();
         let outs = if panels && writes_clear_of_operands(k, &views, into) {
             let args = self.loop_args(k, ins, Some(cp), into);
-            let (f, seed, step) = (k.f, env.seed, env.step);
-            let table = args.ptrs.as_ptr() as usize;
-            let images = core.images() as u64;
-            // SAFETY: as in `call_loop_into`; images [b0, b1) of every output read only
-            // images [b0, b1) of the op's result, which the op has just written (the
-            // plan checked that an image's part is a whole number of vectors).
-            let epi = move |b0: usize, b1: usize| unsafe {
-                f(
-                    table as *const *mut f32,
-                    seed,
-                    step,
-                    b0 as u64,
-                    b1 as u64,
-                    images,
-                )
-            };
+            // Images [b0, b1) of every output read only images [b0, b1) of the op's
+            // result, which the op has just written (the plan checked that an image's part
+            // is a whole number of vectors).
+            let epi = fraction_fn(k, env, &args.ptrs, core.images());
             // SAFETY: `cp` is a pool buffer of the op's shape.
             unsafe { core.run(&slices, cp, self.threads, Some(&epi)) };
             args.outs
@@ -618,7 +623,8 @@ impl JitGraph {
                     vec![self.gemm(&a.view(ins), &b.view(ins), *ta, *tb, *path, out, None)]
                 }
                 Some(k)
-                    if *panels && writes_clear_of_operands(k, &[a.view(ins), b.view(ins)], into) =>
+                    if *panels
+                        && writes_clear_of_operands(k, &[a.view(ins), b.view(ins)], into) =>
                 {
                     self.matmul_panels((a, b, *ta, *tb, *path), k, ins, env, into)
                 }

@@ -3,8 +3,8 @@
 //! reductions staged around native loops, or the interpreter), and `--emit plan`.
 
 use super::Jit;
-use super::exec::JitGraph;
 use super::conv::WindowCore;
+use super::exec::JitGraph;
 use super::loops::{self, LoopKernel};
 use super::rows;
 use super::sgemm::{self, GemmPath};
@@ -100,7 +100,11 @@ fn split_core(body: &Graph, is_core: fn(&Op) -> bool) -> Option<(NodeId, Vec<Ope
         }
         _ => input_index(n).map(Operand::Input),
     };
-    let operands: Vec<Operand> = body.inputs(m).into_iter().map(operand).collect::<Option<_>>()?;
+    let operands: Vec<Operand> = body
+        .inputs(m)
+        .into_iter()
+        .map(operand)
+        .collect::<Option<_>>()?;
     let k = body
         .g
         .node_indices()
@@ -213,9 +217,7 @@ pub(super) fn flatten_leading(
     syms: &HashMap<String, usize>,
 ) -> Option<(Graph, HashMap<String, usize>)> {
     let order = body.schedule();
-    let red = order
-        .iter()
-        .find(|&&n| body.node(n).op.is_reduction())?;
+    let red = order.iter().find(|&&n| body.node(n).op.is_reduction())?;
     let full = body.ty(body.inputs(*red)[0]).shape.clone();
     let r = full.len();
     let Some(Dim::Sym(row)) = full.first() else {

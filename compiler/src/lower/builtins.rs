@@ -213,7 +213,10 @@ impl Lowerer {
             _ => {
                 self.err(
                     v.1,
-                    format!("{what} is a number or a list of two, found {} numbers", l.len()),
+                    format!(
+                        "{what} is a number or a list of two, found {} numbers",
+                        l.len()
+                    ),
                 );
                 return None;
             }
@@ -471,7 +474,11 @@ fn call_bound(lw: &mut Lowerer, name: &'static str, a: &Args, span: Span) -> Opt
                 }
             };
             let (xt, wt) = (lw.graph.ty(x).clone(), lw.graph.ty(w).clone());
-            let size = match (wt.rank(), wt.shape.first().and_then(|d| d.known()), wt.shape.get(1).and_then(|d| d.known())) {
+            let size = match (
+                wt.rank(),
+                wt.shape.first().and_then(|d| d.known()),
+                wt.shape.get(1).and_then(|d| d.known()),
+            ) {
                 (4, Some(kh), Some(kw)) => [kh, kw],
                 _ => {
                     return Some(lw.err(

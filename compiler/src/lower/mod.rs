@@ -264,7 +264,8 @@ impl Program {
     /// The graph of the main model's `forward` with its declared parameter types as inputs.
     pub fn lower_predict(&self, dims: &[(String, usize)], mode: Mode) -> Result<Lowered, Diags> {
         let mut lw = Lowerer::new(self.globals(), mode);
-        lw.diags.extend(resolve::check(&self.file, &self.prelude, &self.imported));
+        lw.diags
+            .extend(resolve::check(&self.file, &self.prelude, &self.imported));
         let dims: HashMap<String, usize> = dims.iter().cloned().collect();
         let inst = self.instantiate_main(&mut lw, &dims)?;
         let Some(fwd) = inst.def.fns.iter().find(|f| f.name.name == "forward") else {
@@ -329,7 +330,8 @@ impl Program {
             )]);
         };
         let mut lw = Lowerer::new(self.globals(), mode);
-        lw.diags.extend(resolve::check(&self.file, &self.prelude, &self.imported));
+        lw.diags
+            .extend(resolve::check(&self.file, &self.prelude, &self.imported));
         let dims: HashMap<String, usize> = data.dims.iter().cloned().collect();
         let inst = self.instantiate_main(&mut lw, &dims)?;
         let x = lw.graph.add_ok(
@@ -501,16 +503,17 @@ impl Program {
                                     inst: Some(&inst),
                                 },
                             );
-                            let list: Option<Vec<f64>> = match (&v, a.name.as_ref().map(|n| n.name.as_str())) {
-                                (Value::List(items), Some("epsilons") | None) => items
-                                    .iter()
-                                    .map(|i| match i {
-                                        Value::Num(e) if *e >= 0.0 && e.is_finite() => Some(*e),
-                                        _ => None,
-                                    })
-                                    .collect(),
-                                _ => None,
-                            };
+                            let list: Option<Vec<f64>> =
+                                match (&v, a.name.as_ref().map(|n| n.name.as_str())) {
+                                    (Value::List(items), Some("epsilons") | None) => items
+                                        .iter()
+                                        .map(|i| match i {
+                                            Value::Num(e) if *e >= 0.0 && e.is_finite() => Some(*e),
+                                            _ => None,
+                                        })
+                                        .collect(),
+                                    _ => None,
+                                };
                             match list {
                                 Some(l) if !l.is_empty() => epsilons = Some(l),
                                 _ => {

@@ -80,9 +80,10 @@ pub fn op_cost(op: &Op, ins: &[Option<&Type>], out: &Type) -> f64 {
                 });
             2.0 * big * per * ch + moved
         }
-        MaxPool2d { geo } | MaxPool2dBack { geo } | AvgPool2d { geo } | AvgPool2dBack { geo, .. } => {
-            (geo.size[0] * geo.size[1]) as f64 * n + moved
-        }
+        MaxPool2d { geo }
+        | MaxPool2dBack { geo }
+        | AvgPool2d { geo }
+        | AvgPool2dBack { geo, .. } => (geo.size[0] * geo.size[1]) as f64 * n + moved,
         Scan { .. } | Fused { .. } => 100.0 * moved,
         Vjp(_) => f64::INFINITY,
     }

@@ -415,7 +415,12 @@ impl<'a> Fuser<'a> {
             KernelKind::Update
         } else if gr.template {
             KernelKind::SoftmaxXent
-        } else if gr.matmul && gr.members.iter().any(|&m| self.g.node(self.order[m]).op.is_window()) {
+        } else if gr.matmul
+            && gr
+                .members
+                .iter()
+                .any(|&m| self.g.node(self.order[m]).op.is_window())
+        {
             KernelKind::Window
         } else if gr.matmul {
             KernelKind::MatMul
