@@ -47,18 +47,14 @@ pub fn evaluate(
 ) -> Result<Scores, String> {
     let eps = eps as f32;
     let key = rng::name_key(attack);
-    let mut perturb = |rows: &[usize], x: &mut ArrayD<f32>, y: &ArrayD<f32>, env: &Env<f32>| {
+    let mut perturb = |rows: &[usize], x: &mut ArrayD<f32>, y: &ArrayD<f32>, env: &mut Env<f32>| {
         let pixels = x.len() / rows.len().max(1);
         let dir: ArrayD<f32> = match attack {
             "fgsm" => {
-                let mut e = Env {
-                    values: env.values.clone(),
-                    seed: env.seed,
-                    step: env.step,
-                };
-                e.values.insert("x".into(), x.clone());
-                e.values.insert("y".into(), y.clone());
-                grad.run(&e, &["grad:x"])?.remove(0).mapv(sign)
+                // The parameters are already in `env`: only the batch is added.
+                env.values.insert("x".into(), x.clone());
+                env.values.insert("y".into(), y.clone());
+                grad.run(env, &["grad:x"])?.remove(0).mapv(sign)
             }
             _ => {
                 let mut d = ArrayD::zeros(x.raw_dim());

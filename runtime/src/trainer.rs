@@ -399,9 +399,11 @@ pub fn evaluate(
 }
 
 /// What changes a batch of inputs before evaluation (an adversarial attack): it gets the
-/// rows of the split, the inputs to change in place, the labels and the parameters.
+/// rows of the split, the inputs to change in place, the labels, and the run's
+/// environment (the parameters; it may set leaves there to run a graph, and the batch's
+/// `x` and `y` replace them afterwards).
 pub type Perturb<'a> =
-    dyn FnMut(&[usize], &mut ArrayD<f32>, &ArrayD<f32>, &Env<f32>) -> Result<(), String> + 'a;
+    dyn FnMut(&[usize], &mut ArrayD<f32>, &ArrayD<f32>, &mut Env<f32>) -> Result<(), String> + 'a;
 
 /// [`evaluate`] on inputs changed by `perturb` first.
 pub fn evaluate_perturbed(
@@ -417,7 +419,7 @@ pub fn evaluate_perturbed(
     for chunk in rows.chunks(1024) {
         let (mut x, y) = batch(split, chunk, &data.x_shape, data.task);
         let mut env = leaf_env(params, seed, 0);
-        perturb(chunk, &mut x, &y, &env)?;
+        perturb(chunk, &mut x, &y, &mut env)?;
         env.values.insert("x".into(), x);
         env.values.insert("y".into(), y.clone());
         let out = engine.run(&env, &["loss", "pred"])?;

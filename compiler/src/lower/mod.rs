@@ -461,86 +461,89 @@ impl Program {
                         }
                     }
                 }
-                TrainStmt::Call { name, args, span } => match name.name.as_str() {
-                    "early_stopping" => {
-                        let mut es = EarlyStopping {
-                            patience: 3,
-                            min_delta: 0.0,
-                        };
-                        for a in args {
-                            let v = lw.eval(
-                                &a.value,
-                                &Ctx {
-                                    scope: &scope,
-                                    inst: Some(&inst),
-                                },
-                            );
-                            match (a.name.as_ref().map(|n| n.name.as_str()), &v) {
-                                (Some("patience") | None, Value::Num(_)) if count(&v).is_some() => {
-                                    es.patience = count(&v).unwrap_or(3)
-                                }
-                                (Some("min_delta"), Value::Num(d)) if *d >= 0.0 => {
-                                    es.min_delta = *d
-                                }
-                                _ => {
-                                    lw.err(
-                                        a.value.span,
-                                        "early_stopping takes patience: N and min_delta: X",
-                                    );
+                TrainStmt::Call { name, args, span } => {
+                    // Arguments, evaluated once for whichever statement this is.
+                    let evaluated: Vec<(&Arg, Value)> = args
+                        .iter()
+                        .map(|a| {
+                            let cx = Ctx {
+                                scope: &scope,
+                                inst: Some(&inst),
+                            };
+                            (a, lw.eval(&a.value, &cx))
+                        })
+                        .collect();
+                    match name.name.as_str() {
+                        "early_stopping" => {
+                            let mut es = EarlyStopping {
+                                patience: 3,
+                                min_delta: 0.0,
+                            };
+                            for (a, v) in evaluated {
+                                match (a.name.as_ref().map(|n| n.name.as_str()), &v) {
+                                    (Some("patience") | None, Value::Num(_))
+                                        if count(&v).is_some() =>
+                                    {
+                                        es.patience = count(&v).unwrap_or(3)
+                                    }
+                                    (Some("min_delta"), Value::Num(d)) if *d >= 0.0 => {
+                                        es.min_delta = *d
+                                    }
+                                    _ => {
+                                        lw.err(
+                                            a.value.span,
+                                            "early_stopping takes patience: N and min_delta: X",
+                                        );
+                                    }
                                 }
                             }
+                            cfg.early_stopping = Some(es);
+                            cfg.validation = true;
                         }
-                        cfg.early_stopping = Some(es);
-                        cfg.validation = true;
-                    }
-                    "attack" => {
-                        let mut epsilons = None;
-                        for a in args {
-                            let v = lw.eval(
-                                &a.value,
-                                &Ctx {
-                                    scope: &scope,
-                                    inst: Some(&inst),
-                                },
-                            );
-                            let list: Option<Vec<f64>> =
-                                match (&v, a.name.as_ref().map(|n| n.name.as_str())) {
-                                    (Value::List(items), Some("epsilons") | None) => items
-                                        .iter()
-                                        .map(|i| match i {
-                                            Value::Num(e) if *e >= 0.0 && e.is_finite() => Some(*e),
-                                            _ => None,
-                                        })
-                                        .collect(),
-                                    _ => None,
-                                };
-                            match list {
-                                Some(l) if !l.is_empty() => epsilons = Some(l),
-                                _ => {
-                                    lw.err(
+                        "attack" => {
+                            let mut epsilons = None;
+                            for (a, v) in evaluated {
+                                let list: Option<Vec<f64>> =
+                                    match (&v, a.name.as_ref().map(|n| n.name.as_str())) {
+                                        (Value::List(items), Some("epsilons") | None) => items
+                                            .iter()
+                                            .map(|i| match i {
+                                                Value::Num(e) if *e >= 0.0 && e.is_finite() => {
+                                                    Some(*e)
+                                                }
+                                                _ => None,
+                                            })
+                                            .collect(),
+                                        _ => None,
+                                    };
+                                match list {
+                                    Some(l) if !l.is_empty() => epsilons = Some(l),
+                                    _ => {
+                                        lw.err(
                                         a.value.span,
                                         "attack takes epsilons: a list of numbers ≥ 0, such as [0, 0.1, 0.3]",
                                     );
+                                    }
+                                }
+                            }
+                            match epsilons {
+                                Some(epsilons) => cfg.attack = Some(Attack { epsilons }),
+                                None => {
+                                    lw.err(*span, "attack needs epsilons: [...]");
                                 }
                             }
                         }
-                        match epsilons {
-                            Some(epsilons) => cfg.attack = Some(Attack { epsilons }),
-                            None => {
-                                lw.err(*span, "attack needs epsilons: [...]");
-                            }
+                        other => {
+                            let hint = dlc_dsl::nearest(other, ["early_stopping", "attack"])
+                                .map(|s| format!("; did you mean `{s}`?"))
+                                .unwrap_or_default();
+                            lw.err(
+                                *span,
+                                format!("unknown training statement `{other}(…)`{hint}"),
+                            );
                         }
                     }
-                    other => {
-                        let hint = dlc_dsl::nearest(other, ["early_stopping", "attack"])
-                            .map(|s| format!("; did you mean `{s}`?"))
-                            .unwrap_or_default();
-                        lw.err(
-                            *span,
-                            format!("unknown training statement `{other}(…)`{hint}"),
-                        );
-                    }
-                },
+                }
                 TrainStmt::Minimize {
                     loss: e,
                     over,
