@@ -101,18 +101,34 @@ fn run_nodes_in<T: Real>(
         }
     }
     let mut kernels: HashMap<u32, Vec<ArrayD<T>>> = HashMap::new();
+    let mut scans: HashMap<(u32, Vec<NodeId>), Vec<ArrayD<T>>> = HashMap::new();
     for &n in &order {
         if vals.contains_key(&n) {
             continue;
         }
         let ins: Vec<&ArrayD<T>> = g.inputs(n).iter().map(|i| &vals[i]).collect();
         let v = match &g.node(n).op {
-            Op::Scan { body, axis, .. } => {
-                let b = g
-                    .bodies
-                    .get(*body as usize)
-                    .ok_or_else(|| format!("scan body {body} is missing"))?;
-                scan(b, *axis, ins[0], ins[1], env)?
+            Op::Scan {
+                body,
+                output,
+                carries,
+                xs,
+                reverse,
+                ..
+            } => {
+                let key = (*body, g.inputs(n));
+                if !scans.contains_key(&key) {
+                    let b = g
+                        .bodies
+                        .get(*body as usize)
+                        .ok_or_else(|| format!("scan body {body} is missing"))?;
+                    let outs = run_scan(b, *carries as usize, *xs as usize, *reverse, &ins, env)?;
+                    scans.insert(key.clone(), outs);
+                }
+                scans[&key]
+                    .get(*output as usize)
+                    .cloned()
+                    .ok_or_else(|| format!("scan {body} has no output {output}"))?
             }
             Op::Fused { body, output, .. } => {
                 if !kernels.contains_key(body) {
@@ -167,7 +183,7 @@ fn bind_into<T: Real>(
     Ok(())
 }
 
-/// Evaluate one node that is neither a leaf nor a fused kernel.
+/// Evaluate one node that is neither a leaf, a scan nor a fused kernel.
 pub fn eval_node<T: Real>(
     g: &Graph,
     n: NodeId,
@@ -175,16 +191,7 @@ pub fn eval_node<T: Real>(
     syms: &HashMap<String, usize>,
     env: &Env<T>,
 ) -> Result<ArrayD<T>, String> {
-    match &g.node(n).op {
-        Op::Scan { body, axis, .. } => {
-            let b = g
-                .bodies
-                .get(*body as usize)
-                .ok_or_else(|| format!("scan body {body} is missing"))?;
-            scan(b, *axis, ins[0], ins[1], env)
-        }
-        op => eval_op(op, ins, syms, env, g.node(n).ty.dtype),
-    }
+    eval_op(&g.node(n).op, ins, syms, env, g.node(n).ty.dtype)
 }
 
 /// Run a fused kernel's body: its inputs are `in0…`, its outputs `out0…`.
@@ -212,34 +219,62 @@ pub fn run_kernel<T: Real>(
     Ok(roots.iter().map(|r| vals[r].clone()).collect())
 }
 
-/// Run a scan body once per step along `axis`, threading the carry; stack the outputs.
-fn scan<T: Real>(
+/// Run a scan (see [`Op::Scan`]): its body once per step, threading the carries.
+/// Returns every output: the final carries, then the stacked per-step outputs.
+pub fn run_scan<T: Real>(
     body: &Graph,
-    axis: usize,
-    init: &ArrayD<T>,
-    xs: &ArrayD<T>,
+    carries: usize,
+    xs: usize,
+    reverse: bool,
+    ins: &[&ArrayD<T>],
     env: &Env<T>,
-) -> Result<ArrayD<T>, String> {
-    let mut carry = init.clone();
-    let mut ys = Vec::new();
-    for t in 0..xs.shape()[axis] {
-        let mut e = Env {
-            values: env.values.clone(),
-            seed: env.seed,
-            step: env.step,
-        };
-        e.values.insert("carry".into(), carry);
-        e.values
-            .insert("x".into(), xs.index_axis(Axis(axis), t).to_owned());
-        let mut out = run(body, &e, &["carry", "y"])?.into_iter();
-        carry = out.next().ok_or("scan body gave no carry")?;
-        ys.push(out.next().ok_or("scan body gave no y")?);
+) -> Result<Vec<ArrayD<T>>, String> {
+    let (c, n) = (carries, xs);
+    let steps = ins[c].shape()[0];
+    if steps == 0 {
+        return Err("scan over a sequence of length 0".into());
     }
-    let views: Vec<_> = ys
-        .iter()
-        .map(|y| y.view().insert_axis(Axis(axis)))
+    let mut e = Env {
+        values: HashMap::new(),
+        seed: env.seed,
+        step: env.step,
+    };
+    for (k, v) in ins[c + n..].iter().enumerate() {
+        e.values.insert(format!("cap{k}"), (*v).clone());
+    }
+    let ny = body.outputs.len().saturating_sub(c);
+    let names: Vec<String> = (0..c)
+        .map(|i| format!("carry{i}"))
+        .chain((0..ny).map(|l| format!("y{l}")))
         .collect();
-    ndarray::concatenate(Axis(axis), &views).map_err(|e| format!("scan: {e}"))
+    let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    let mut carry: Vec<ArrayD<T>> = ins[..c].iter().map(|v| (*v).clone()).collect();
+    let mut ys: Vec<Vec<ArrayD<T>>> = vec![Vec::with_capacity(steps); ny];
+    for s in 0..steps {
+        let t = if reverse { steps - 1 - s } else { s };
+        e.step = rng::fold(env.step, t as u64);
+        for (i, v) in carry.drain(..).enumerate() {
+            e.values.insert(format!("carry{i}"), v);
+        }
+        for j in 0..n {
+            e.values
+                .insert(format!("x{j}"), ins[c + j].index_axis(Axis(0), t).to_owned());
+        }
+        let mut out = run(body, &e, &names)?.into_iter();
+        carry = out.by_ref().take(c).collect();
+        for y in ys.iter_mut() {
+            y.push(out.next().ok_or("scan body gave too few outputs")?);
+        }
+    }
+    let mut result = carry;
+    for mut y in ys {
+        if reverse {
+            y.reverse();
+        }
+        let views: Vec<_> = y.iter().map(|v| v.view().insert_axis(Axis(0))).collect();
+        result.push(ndarray::concatenate(Axis(0), &views).map_err(|e| format!("scan: {e}"))?);
+    }
+    Ok(result)
 }
 
 fn bind(want: &[Dim], got: &[usize], syms: &mut HashMap<String, usize>) -> Result<(), String> {

@@ -162,6 +162,32 @@ impl Graph {
             .collect()
     }
 
+    /// The graph without the nodes and bodies its outputs do not need (dead nodes left by
+    /// tracing a scan's step function, bodies whose scans were moved into other bodies).
+    /// Bodies are renumbered in order of first use.
+    pub fn compact(&self) -> Graph {
+        let mut out = Graph::new();
+        let mut map: HashMap<NodeId, NodeId> = HashMap::new();
+        let mut bodies: HashMap<u32, u32> = HashMap::new();
+        for n in self.schedule() {
+            let mut op = self.g[n].op.clone();
+            if let Op::Scan { body, .. } | Op::Fused { body, .. } = &mut op {
+                let old = *body;
+                *body = *bodies.entry(old).or_insert_with(|| {
+                    out.bodies.push(self.bodies[old as usize].compact());
+                    out.bodies.len() as u32 - 1
+                });
+            }
+            let ins: Vec<NodeId> = self.inputs(n).iter().map(|i| map[i]).collect();
+            let m = out.add_ok(op, &ins);
+            map.insert(n, m);
+        }
+        for (name, id) in &self.outputs {
+            out.set_output(name.clone(), map[id]);
+        }
+        out
+    }
+
     /// Check the invariants every pass must keep: acyclic, every node's type equal to
     /// what its op's shape rule gives for its operands, no autodiff placeholder left,
     /// outputs present.
@@ -202,7 +228,19 @@ impl Graph {
         }
         for n in self.g.node_indices() {
             let (body, wanted) = match &self.g[n].op {
-                Op::Scan { body, .. } => (*body, vec!["carry".to_string(), "y".to_string()]),
+                Op::Scan {
+                    body,
+                    output,
+                    carries,
+                    ..
+                } => (
+                    *body,
+                    vec![if output < carries {
+                        format!("carry{output}")
+                    } else {
+                        format!("y{}", output - carries)
+                    }],
+                ),
                 Op::Fused { body, output, .. } => (*body, vec![format!("out{output}")]),
                 _ => continue,
             };

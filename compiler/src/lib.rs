@@ -14,6 +14,7 @@ pub mod ops;
 pub mod opt;
 pub mod print;
 pub mod rng;
+pub mod scan;
 pub mod train;
 pub mod types;
 pub mod window;

@@ -207,13 +207,21 @@ pub enum Op {
     },
 
     // ---- control flow --------------------------------------------------------
-    /// `scan(init, xs)`: run the body graph `body` (in `Graph::bodies`) once per step
-    /// of `xs` along `axis`, threading a carry; the result stacks the body's per-step
-    /// outputs along `axis`. The body has inputs `carry` and `x` and outputs `carry`
-    /// and `y`; `out` is the stacked result's type, fixed when the body is built.
+    /// Output `output` of a scan: the body graph `body` (in `Graph::bodies`) runs once per
+    /// step t of the time-major operands, threading carries. Operands: `carries` initial
+    /// carries, then `xs` scanned values [T, …] (the body sees step t's slice), then the
+    /// captured values (parameters and other loop invariants, as they are). The body has
+    /// inputs `carry{i}`, `x{j}`, `cap{k}` and outputs `carry{i}`, then `y{l}`. Outputs
+    /// `0..carries` are the final carries; the others the stacked `y`s [T, …]. With
+    /// `reverse`, steps run from T−1 down to 0 (step t still reads and writes index t).
+    /// Random draws in the body fold the step index into their stream
+    /// ([`crate::rng::fold`]). All outputs of one scan share its operands and one run.
     Scan {
         body: u32,
-        axis: usize,
+        output: u32,
+        carries: u32,
+        xs: u32,
+        reverse: bool,
         out: TypeKey,
     },
 
@@ -392,7 +400,17 @@ impl Op {
                 format!("{}, input={}x{}", geo.show(), input[0], input[1])
             }
             OneHot { depth } => format!("depth={depth}"),
-            Scan { body, axis, .. } => format!("body={body}, axis={axis}"),
+            Scan {
+                body,
+                output,
+                carries,
+                xs,
+                reverse,
+                ..
+            } => format!(
+                "body={body}, out={output}, carries={carries}, xs={xs}{}",
+                if *reverse { ", reverse=true" } else { "" }
+            ),
             Fused {
                 body, output, kind, ..
             } => format!("{}, body={body}, out={output}", kind.name()),
@@ -974,25 +992,43 @@ impl Op {
                     c,
                 ]))
             }
-            Scan { axis, out, .. } => {
-                arity(2)?;
-                if ins[1].rank() <= *axis
-                    || out.1.len() <= *axis
-                    || ins[1].shape[*axis] != out.1[*axis]
-                {
-                    return Err(format!(
-                        "scan over axis {axis} of {} cannot give {}",
-                        ins[1],
-                        Type {
-                            dtype: out.0,
-                            shape: out.1.clone()
-                        }
-                    ));
-                }
-                Ok(Type {
+            Scan {
+                output,
+                carries,
+                xs,
+                out,
+                ..
+            } => {
+                let (c, n) = (*carries as usize, *xs as usize);
+                let out = Type {
                     dtype: out.0,
                     shape: out.1.clone(),
-                })
+                };
+                if ins.len() < c + n || n == 0 {
+                    return Err(format!(
+                        "scan with {c} carries and {n} scanned values has {} operands",
+                        ins.len()
+                    ));
+                }
+                let steps = ins[c].shape.first().cloned();
+                for x in &ins[c..c + n] {
+                    if x.rank() == 0 || x.shape.first() != steps.as_ref() {
+                        return Err(format!(
+                            "scanned values must share their first (time) axis: {} and {}",
+                            ins[c], x
+                        ));
+                    }
+                }
+                let o = *output as usize;
+                let fits = if o < c {
+                    *ins[o] == out
+                } else {
+                    out.shape.first() == steps.as_ref()
+                };
+                if !fits {
+                    return Err(format!("scan output {o} cannot be {out}"));
+                }
+                Ok(out)
             }
             Fused { out, .. } => Ok(Type {
                 dtype: out.0,

@@ -17,6 +17,13 @@ pub fn bits(seed: u64, key: u64, step: u64, index: u64) -> u64 {
     mix(c ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
+/// The stream of step `t` of a scan run at training step `step`: random draws inside a
+/// scan body use it in place of `step`, so every step of a recurrence draws anew (a
+/// dropout mask per time step) and the same step of a backward scan draws the same.
+pub fn fold(step: u64, t: u64) -> u64 {
+    mix(mix(step ^ 0x5851_f42d_4c95_7f2d) ^ t.wrapping_add(1).wrapping_mul(0xa076_1d64_78bd_642f))
+}
+
 /// Uniform on [0, 1) with 24 random bits (exact in f32).
 pub fn uniform(seed: u64, key: u64, step: u64, index: u64) -> f64 {
     (bits(seed, key, step, index) >> 40) as f64 * (1.0 / (1u64 << 24) as f64)

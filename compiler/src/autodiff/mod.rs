@@ -9,12 +9,13 @@
 
 pub mod lang;
 pub mod rules;
+mod scan;
 
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
 use egg::{CostFunction, Extractor, Id, Language, Runner};
 use lang::{EGraph, ENode};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// Budgets of the `grad` phase.
@@ -32,14 +33,19 @@ pub struct GradStats {
     pub extract_ms: f64,
 }
 
-/// Extraction cost: placeholders are never chosen; otherwise prefer shallow terms.
-struct NoPlaceholders;
+/// Extraction cost: placeholders are never chosen, nor scans whose body was replaced by
+/// one that also keeps what the backward pass needs; otherwise prefer shallow terms.
+struct NoPlaceholders<'a> {
+    superseded: &'a HashSet<u32>,
+}
 
-impl CostFunction<ENode> for NoPlaceholders {
+impl CostFunction<ENode> for NoPlaceholders<'_> {
     type Cost = f64;
     fn cost<C: FnMut(Id) -> f64>(&mut self, enode: &ENode, mut costs: C) -> f64 {
-        if matches!(enode.op, Op::Vjp(_)) {
-            return f64::INFINITY;
+        match &enode.op {
+            Op::Vjp(_) => return f64::INFINITY,
+            Op::Scan { body, .. } if self.superseded.contains(body) => return f64::INFINITY,
+            _ => {}
         }
         1.0 + enode.fold(0.0, |m: f64, c| m.max(costs(c)))
     }
@@ -51,7 +57,26 @@ pub fn grad(g: &Graph, loss: &str, wrt: &[NodeId]) -> Result<(Graph, GradStats),
     let loss_node = g
         .output(loss)
         .ok_or_else(|| format!("no output `{loss}` to differentiate"))?;
-    let order = g.schedule();
+    vjp(g, &[(loss_node, None)], wrt)
+}
+
+/// Reverse-mode differentiation from several seeds: (node, its adjoint), the adjoint a
+/// node of `g` or `None` for the scalar 1. Returns `g`'s outputs plus `grad:NAME` for
+/// each leaf of `wrt`. A scan's body is differentiated by the same function
+/// (`scan::vjp_scan`).
+pub(crate) fn vjp(
+    g: &Graph,
+    seeds: &[(NodeId, Option<NodeId>)],
+    wrt: &[NodeId],
+) -> Result<(Graph, GradStats), String> {
+    let mut order = g.schedule();
+    for &(_, a) in seeds {
+        if let Some(a) = a
+            && !order.contains(&a)
+        {
+            order.insert(0, a);
+        }
+    }
     let mut eg = EGraph::default();
     let mut id: HashMap<NodeId, Id> = HashMap::new();
     for &n in &order {
@@ -71,16 +96,60 @@ pub fn grad(g: &Graph, loss: &str, wrt: &[NodeId]) -> Result<(Graph, GradStats),
         needs.insert(n, v);
     }
     let mut adj: HashMap<NodeId, Id> = HashMap::new();
-    adj.insert(
-        loss_node,
-        eg.add(ENode {
-            op: Op::scalar(1.0),
-            args: vec![],
-        }),
-    );
+    for &(n, a) in seeds {
+        let s = match a {
+            Some(a) => id[&a],
+            None => eg.add(ENode {
+                op: Op::scalar(1.0),
+                args: vec![],
+            }),
+        };
+        let total = match adj.get(&n) {
+            Some(&prev) => eg.add(ENode {
+                op: Op::Add,
+                args: vec![prev, s],
+            }),
+            None => s,
+        };
+        adj.insert(n, total);
+    }
+    let pos: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let groups = scan::groups(g, &order, &pos);
+    let mut bodies = g.bodies.clone();
+    let mut superseded: HashSet<u32> = HashSet::new();
     for &n in order.iter().rev() {
-        let Some(&gn) = adj.get(&n) else { continue };
         let op = g.node(n).op.clone();
+        if let Op::Scan { .. } = op {
+            // A scan is differentiated once, for all its outputs, when the walk reaches
+            // the first of them in schedule order (every user of every output is done).
+            let Some(grp) = groups.iter().find(|gr| gr.first == n) else {
+                continue;
+            };
+            let need: Vec<bool> = grp.operands.iter().map(|o| needs[o]).collect();
+            let outs: Vec<Option<Id>> = grp.outputs.iter().map(|m| m.and_then(|m| adj.get(&m).copied())).collect();
+            if !need.iter().any(|&b| b) || outs.iter().all(|a| a.is_none()) {
+                continue;
+            }
+            let ctx = scan::Ctx {
+                eg: &mut eg,
+                id: &id,
+                bodies: &mut bodies,
+                superseded: &mut superseded,
+            };
+            for (i, c) in scan::vjp_scan(g, grp, &need, &outs, ctx)? {
+                let input = grp.operands[i];
+                let total = match adj.get(&input) {
+                    Some(&prev) => eg.add(ENode {
+                        op: Op::Add,
+                        args: vec![prev, c],
+                    }),
+                    None => c,
+                };
+                adj.insert(input, total);
+            }
+            continue;
+        }
+        let Some(&gn) = adj.get(&n) else { continue };
         for (i, input) in g.inputs(n).into_iter().enumerate() {
             if !needs[&input] || rules::no_gradient(&op, i) {
                 continue;
@@ -153,9 +222,14 @@ pub fn grad(g: &Graph, loss: &str, wrt: &[NodeId]) -> Result<(Graph, GradStats),
         None => "unknown".to_string(),
     };
     let t1 = Instant::now();
-    let ex = Extractor::new(&runner.egraph, NoPlaceholders);
+    let ex = Extractor::new(
+        &runner.egraph,
+        NoPlaceholders {
+            superseded: &superseded,
+        },
+    );
     let mut out = Graph::new();
-    out.bodies = g.bodies.clone();
+    out.bodies = bodies;
     let mut built: HashMap<Id, NodeId> = HashMap::new();
     for (name, root) in &roots {
         let n = build(&runner.egraph, &ex, *root, &mut built, &mut out)?;
@@ -168,13 +242,13 @@ pub fn grad(g: &Graph, loss: &str, wrt: &[NodeId]) -> Result<(Graph, GradStats),
         saturation_ms,
         extract_ms: t1.elapsed().as_secs_f64() * 1e3,
     };
-    Ok((out, stats))
+    Ok((out.compact(), stats))
 }
 
 /// Rebuild the chosen term of an e-class as IR nodes (iteratively, memoised per class).
 fn build(
     eg: &EGraph,
-    ex: &Extractor<NoPlaceholders, ENode, lang::Types>,
+    ex: &Extractor<NoPlaceholders<'_>, ENode, lang::Types>,
     root: Id,
     built: &mut HashMap<Id, NodeId>,
     out: &mut Graph,

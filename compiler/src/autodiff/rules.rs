@@ -41,8 +41,7 @@ pub fn no_gradient(op: &Op, i: usize) -> bool {
         // phase reports the missing rule.
         Conv2dBackInput { .. } | Conv2dBackFilter { .. } | AvgPool2dBack { .. } => false,
         MaxPool2dBack { .. } => i == 0,
-        // Differentiable (backpropagation through time), but its rule, the reverse
-        // scan, is not written yet: the grad phase reports the missing rule.
+        // Differentiated by the walk itself (`autodiff/scan.rs`: the reverse scan).
         Scan { .. } => false,
         // Kernels exist only after optimization, which runs after differentiation.
         Fused { .. } => true,

@@ -44,6 +44,7 @@ pub const ALL: &[&str] = &[
     "int",
     "dim",
     "dropout",
+    "scan",
     "param",
     "const",
     "zeros",
@@ -83,6 +84,7 @@ fn signature(name: &str) -> &'static [&'static str] {
         "maxpool2d" | "avgpool2d" => &["x", "size", "stride"],
         "dim" => &["x", "axis"],
         "dropout" => &["x", "rate"],
+        "scan" => &["f", "xs", "init", "reverse"],
         "param" => &["shape", "init"],
         "const" => &["value"],
         "normal" => &["mean", "std"],
@@ -543,6 +545,20 @@ fn call_bound(lw: &mut Lowerer, name: &'static str, a: &Args, span: Span) -> Opt
                     format!("dimension {ax} is the symbol {s}, not a number known at compile time"),
                 ),
             }
+        }
+        "scan" => {
+            let f = lw.need(a, 0, "f", name)?;
+            let xs = lw.need(a, 1, "xs", name)?;
+            let init = lw.need(a, 2, "init", name)?;
+            let reverse = match a.get(3) {
+                None => false,
+                Some((Value::Bool(b), _)) => *b,
+                Some((other, s)) => {
+                    let k = other.kind();
+                    return Some(lw.err(*s, format!("`reverse` must be true or false, found {k}")));
+                }
+            };
+            return lw.scan(f, xs, init, reverse, span);
         }
         "dropout" => {
             let x = first(lw, "x")?;

@@ -7,6 +7,7 @@
 mod builtins;
 mod eval;
 mod resolve;
+mod scan;
 mod value;
 
 pub use builtins::ALL as BUILTINS;
@@ -661,7 +662,7 @@ fn finish(mut lw: Lowerer, outs: Vec<(&str, Value, Span)>) -> Result<Lowered, Di
         return Err(lw.diags);
     }
     Ok(Lowered {
-        graph: lw.graph,
+        graph: lw.graph.compact(),
         params: lw.params,
     })
 }

@@ -21,7 +21,7 @@ use crate::ops::{KernelKind, Op};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Class {
+pub(crate) enum Class {
     Leaf,
     Generator,
     View,
@@ -32,7 +32,7 @@ enum Class {
     Opaque,
 }
 
-fn class(op: &Op) -> Class {
+pub(crate) fn class(op: &Op) -> Class {
     use Op::*;
     match op {
         Input { .. } | Param { .. } | State { .. } => Class::Leaf,
