@@ -116,6 +116,8 @@ pub struct JitGraph {
     pub(super) layouts: Vec<(usize, SymKey, Layout)>,
     /// Seconds spent per kernel body, when `DLC_PROFILE` is set (printed on drop).
     pub(super) profile: Option<HashMap<u32, (f64, usize)>>,
+    /// Scan bodies, compiled as graphs of their own, by body.
+    pub(super) scans: HashMap<u32, JitGraph>,
 }
 
 impl Drop for JitGraph {
@@ -140,6 +142,14 @@ type Donations = Vec<(usize, String)>;
 pub(super) enum Action {
     Leaf(String),
     Kernel { body: u32, output: u32 },
+    /// Output `output` of a scan (all outputs of one scan are computed by one run).
+    Scan {
+        body: u32,
+        output: u32,
+        carries: usize,
+        xs: usize,
+        reverse: bool,
+    },
     Reshape(crate::types::Shape),
     Other,
 }
@@ -181,6 +191,7 @@ impl JitGraph {
             threads: threads.max(1),
             pool: Default::default(),
             layouts: Vec::new(),
+            scans: HashMap::new(),
         })
     }
 
@@ -711,6 +722,20 @@ impl JitGraph {
                     output: *output,
                 },
                 Op::Reshape { shape } => Action::Reshape(shape.clone()),
+                Op::Scan {
+                    body,
+                    output,
+                    carries,
+                    xs,
+                    reverse,
+                    ..
+                } => Action::Scan {
+                    body: *body,
+                    output: *output,
+                    carries: *carries as usize,
+                    xs: *xs as usize,
+                    reverse: *reverse,
+                },
                 _ => Action::Other,
             })
             .collect();
@@ -805,6 +830,8 @@ impl JitGraph {
         // Outputs of each kernel body run so far, by body.
         let mut kernels: Vec<Option<Vec<Option<ArrayD<f32>>>>> =
             (0..self.graph.bodies.len()).map(|_| None).collect();
+        // Outputs of each scan run so far, by body and operands.
+        let mut scans: Vec<((u32, Vec<usize>), Vec<Option<ArrayD<f32>>>)> = Vec::new();
         for (i, action) in prep.actions.iter().enumerate() {
             let v: CowArray<f32, IxDyn> = match action {
                 Action::Leaf(name) => CowArray::from(
@@ -878,6 +905,40 @@ impl JitGraph {
                             .ok_or_else(|| format!("kernel {body} output {output} used twice"))?,
                     )
                 }
+                Action::Scan {
+                    body,
+                    output,
+                    carries,
+                    xs,
+                    reverse,
+                } => {
+                    let key = (*body, prep.inputs[i].clone());
+                    let at = match scans.iter().position(|(k, _)| *k == key) {
+                        Some(at) => at,
+                        None => {
+                            let refs: Vec<ArrayViewD<f32>> = prep.inputs[i]
+                                .iter()
+                                .map(|&j| vals[j].as_ref().expect("operand computed").view())
+                                .collect();
+                            if !self.scans.contains_key(body) {
+                                let g = self.graph.bodies[*body as usize].clone();
+                                self.scans.insert(*body, JitGraph::new(g, self.threads)?);
+                            }
+                            let sub = self.scans.get_mut(body).expect("compiled above");
+                            let outs = run_scan(sub, *carries, *xs, *reverse, &refs, env)?;
+                            scans.push((key, outs.into_iter().map(Some).collect()));
+                            scans.len() - 1
+                        }
+                    };
+                    let slot = scans[at]
+                        .1
+                        .get_mut(*output as usize)
+                        .ok_or_else(|| format!("scan {body} has no output {output}"))?;
+                    CowArray::from(
+                        slot.take()
+                            .ok_or_else(|| format!("scan {body} output {output} used twice"))?,
+                    )
+                }
                 Action::Reshape(shape) => {
                     // A view of its operand when that is contiguous: no copy.
                     let src = vals[prep.inputs[i][0]].clone().expect("operand computed");
@@ -939,4 +1000,73 @@ impl JitGraph {
         }
         Ok((out, written))
     }
+}
+
+/// Run a scan natively: its body's compiled graph once per step, the carries moved from
+/// one step's outputs to the next step's inputs, each step's outputs written into their
+/// slice of the stacked results. Returns the final carries, then the stacked outputs.
+fn run_scan(
+    sub: &mut JitGraph,
+    carries: usize,
+    xs: usize,
+    reverse: bool,
+    ins: &[ArrayViewD<f32>],
+    env: &Env<f32>,
+) -> Result<Vec<ArrayD<f32>>, String> {
+    use ndarray::Axis;
+    let (c, n) = (carries, xs);
+    let steps = ins[c].shape()[0];
+    if steps == 0 {
+        return Err("scan over a sequence of length 0".into());
+    }
+    let ny = sub.graph.outputs.len().saturating_sub(c);
+    let outputs: Vec<String> = (0..c)
+        .map(|i| format!("carry{i}"))
+        .chain((0..ny).map(|l| format!("y{l}")))
+        .collect();
+    let outputs: Vec<&str> = outputs.iter().map(|s| s.as_str()).collect();
+    let carry_names: Vec<String> = (0..c).map(|i| format!("carry{i}")).collect();
+    let x_names: Vec<String> = (0..n).map(|j| format!("x{j}")).collect();
+    let mut e = Env::new(env.seed, env.step);
+    for (k, v) in ins[c + n..].iter().enumerate() {
+        e.values.insert(format!("cap{k}"), v.to_owned());
+    }
+    for (i, name) in carry_names.iter().enumerate() {
+        e.values.insert(name.clone(), ins[i].to_owned());
+    }
+    for (j, name) in x_names.iter().enumerate() {
+        e.values
+            .insert(name.clone(), ins[c + j].index_axis(Axis(0), 0).to_owned());
+    }
+    let mut ys: Vec<Option<ArrayD<f32>>> = (0..ny).map(|_| None).collect();
+    for s in 0..steps {
+        let t = if reverse { steps - 1 - s } else { s };
+        e.step = crate::rng::fold(env.step, t as u64);
+        for (j, name) in x_names.iter().enumerate() {
+            let slot = e.values.get_mut(name).expect("inserted above");
+            slot.assign(&ins[c + j].index_axis(Axis(0), t));
+        }
+        let mut out = sub.run(&e, &outputs)?.into_iter();
+        for name in &carry_names {
+            let v = out.next().ok_or("scan body gave too few outputs")?;
+            let old = std::mem::replace(e.values.get_mut(name).expect("inserted above"), v);
+            sub.recycle(old);
+        }
+        for y in ys.iter_mut() {
+            let v = out.next().ok_or("scan body gave too few outputs")?;
+            let stack = y.get_or_insert_with(|| {
+                let mut shape = vec![steps];
+                shape.extend_from_slice(v.shape());
+                ArrayD::zeros(IxDyn(&shape))
+            });
+            stack.index_axis_mut(Axis(0), t).assign(&v);
+            sub.recycle(v);
+        }
+    }
+    let mut result = Vec::with_capacity(c + ny);
+    for name in &carry_names {
+        result.push(e.values.remove(name).expect("inserted above"));
+    }
+    result.extend(ys.into_iter().map(|y| y.expect("at least one step")));
+    Ok(result)
 }

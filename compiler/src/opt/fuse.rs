@@ -581,14 +581,21 @@ pub fn fuse(g: &Graph) -> Graph {
 }
 
 /// Kernels one evaluation of a graph launches: fused kernels, plus ops left outside any
-/// kernel that compute something (views, leaves and constants launch nothing).
+/// kernel that compute something (views, leaves and constants launch nothing); a scan
+/// counts the kernels of one step of its body.
 pub fn kernel_count(g: &Graph) -> usize {
     let mut bodies = BTreeSet::new();
+    let mut scans = BTreeSet::new();
     let mut loose = 0;
     for n in g.schedule() {
         match &g.node(n).op {
             Op::Fused { body, .. } => {
                 bodies.insert(*body);
+            }
+            Op::Scan { body, .. } => {
+                if scans.insert(*body) {
+                    loose += kernel_count(&g.bodies[*body as usize]);
+                }
             }
             op => {
                 if !matches!(class(op), Class::Leaf | Class::Generator | Class::View) {

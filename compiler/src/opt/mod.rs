@@ -218,6 +218,16 @@ pub struct Optimized {
 pub fn optimize(g: &Graph) -> Optimized {
     let debug = std::env::var_os("DLC_DEBUG").is_some_and(|v| !v.is_empty() && v != "0");
     let mut cur = g.clone();
+    // Scan bodies are optimized as graphs of their own (their kernels run once per step).
+    let mut done = std::collections::HashSet::new();
+    for n in cur.schedule() {
+        if let crate::ops::Op::Scan { body, .. } = cur.node(n).op
+            && done.insert(body)
+        {
+            let b = optimize(&cur.bodies[body as usize]).graph;
+            cur.bodies[body as usize] = b;
+        }
+    }
     let mut reports = Vec::new();
     for phase in phases() {
         let (next, rep) = match phase {
