@@ -1,7 +1,8 @@
 //! The training graph: forward + backward (from `autodiff`) + the optimizer update,
 //! as one graph. Inputs: `x`, `y`, `step` (the 1-based update count, for Adam's bias
-//! correction), the parameters and the optimizer state; outputs: `loss`, `pred`, and
-//! `new:NAME` for every parameter and state tensor.
+//! correction), the parameters and the optimizer state; outputs: `loss`, `pred`,
+//! `grad_norm` (the global gradient norm before clipping) and `new:NAME` for every
+//! parameter and state tensor.
 
 use crate::autodiff::{self, GradStats};
 use crate::ir::{Graph, NodeId};
@@ -79,33 +80,36 @@ pub fn training_graph(
         );
         grads.push((p.clone(), pid, gid));
     }
+    // The global gradient norm before clipping, reported per step (`grad_norm`).
+    let mut total = None;
+    for (_, _, gid) in &grads {
+        let sq = g.add_ok(Op::Mul, &[*gid, *gid]);
+        let rank = g.ty(sq).rank();
+        let s = g.add_ok(
+            Op::Sum {
+                axes: (0..rank).collect(),
+                keep: false,
+            },
+            &[sq],
+        );
+        total = Some(match total {
+            None => s,
+            Some(t) => g.add_ok(Op::Add, &[t, s]),
+        });
+    }
+    let norm = match total {
+        Some(t) => g.add_ok(Op::Sqrt, &[t]),
+        None => g.scalar(0.0),
+    };
+    g.set_output("grad_norm", norm);
     if let Some(c) = clip_norm {
         // Global-norm clipping: g ← g · min(1, c / ‖g‖).
-        let mut total = None;
-        for (_, _, gid) in &grads {
-            let sq = g.add_ok(Op::Mul, &[*gid, *gid]);
-            let rank = g.ty(sq).rank();
-            let s = g.add_ok(
-                Op::Sum {
-                    axes: (0..rank).collect(),
-                    keep: false,
-                },
-                &[sq],
-            );
-            total = Some(match total {
-                None => s,
-                Some(t) => g.add_ok(Op::Add, &[t, s]),
-            });
-        }
-        if let Some(t) = total {
-            let norm = g.add_ok(Op::Sqrt, &[t]);
-            let cn = g.scalar(c);
-            let ratio = g.add_ok(Op::Div, &[cn, norm]);
-            let one = g.scalar(1.0);
-            let scale = g.add_ok(Op::Minimum, &[one, ratio]);
-            for e in grads.iter_mut() {
-                e.2 = g.add_ok(Op::Mul, &[e.2, scale]);
-            }
+        let cn = g.scalar(c);
+        let ratio = g.add_ok(Op::Div, &[cn, norm]);
+        let one = g.scalar(1.0);
+        let scale = g.add_ok(Op::Minimum, &[one, ratio]);
+        for e in grads.iter_mut() {
+            e.2 = g.add_ok(Op::Mul, &[e.2, scale]);
         }
     }
     let mut states = Vec::new();

@@ -627,7 +627,7 @@ fn bench(
         let (x, y) = &mut batches[k % 4];
         k += 1;
         let taken = std::mem::take(x);
-        let (_, _, back) = runner.run(&setup.train_engine, st, taken, y)?;
+        let back = runner.run(&setup.train_engine, st, taken, y)?.x;
         *x = back;
         Ok(())
     };

@@ -217,7 +217,11 @@ impl StepRunner {
     pub fn new(st: &TrainState) -> StepRunner {
         let params: Vec<String> = st.params.keys().cloned().collect();
         let states: Vec<String> = st.opt.keys().cloned().collect();
-        let mut outputs = vec!["loss".to_string(), "pred".to_string()];
+        let mut outputs = vec![
+            "loss".to_string(),
+            "pred".to_string(),
+            "grad_norm".to_string(),
+        ];
         outputs.extend(params.iter().map(|p| format!("new:{p}")));
         outputs.extend(states.iter().map(|s| format!("new:{s}")));
         StepRunner {
@@ -227,15 +231,15 @@ impl StepRunner {
         }
     }
 
-    /// Run one step on a batch; returns the loss, the predictions and the batch's inputs
-    /// (for the caller to reuse).
+    /// Run one step on a batch; returns the loss, the predictions, the batch's inputs
+    /// (for the caller to reuse) and the global gradient norm before clipping.
     pub fn run(
         &self,
         engine: &Engine,
         st: &mut TrainState,
         x: ArrayD<f32>,
         y: &ArrayD<f32>,
-    ) -> Result<(f32, ArrayD<f32>, ArrayD<f32>), String> {
+    ) -> Result<StepOut, String> {
         let mut env = Env::new(st.seed, st.step);
         env.values.extend(std::mem::take(&mut st.params));
         env.values.extend(std::mem::take(&mut st.opt));
@@ -247,7 +251,7 @@ impl StepRunner {
         );
         let refs: Vec<&str> = self.outputs.iter().map(|s| s.as_str()).collect();
         // new:p may be written over p (the old values are not needed after the step).
-        let donate: Vec<(&str, &str)> = refs[2..]
+        let donate: Vec<(&str, &str)> = refs[3..]
             .iter()
             .zip(self.params.iter().chain(&self.states))
             .map(|(o, l)| (*o, l.as_str()))
@@ -275,6 +279,10 @@ impl StepRunner {
             .and_then(|l| l.iter().next().copied())
             .unwrap_or(f32::NAN);
         let pred = res.next().ok_or("the step gave no prediction")?;
+        let grad_norm = res
+            .next()
+            .and_then(|l| l.iter().next().copied())
+            .unwrap_or(f32::NAN);
         for (i, name) in self.params.iter().chain(&self.states).enumerate() {
             let new = res.next().ok_or("the step gave too few outputs")?;
             let slot = if i < self.params.len() {
@@ -290,8 +298,23 @@ impl StepRunner {
         }
         let x = env.values.remove("x").ok_or("the step lost its inputs")?;
         st.step += 1;
-        Ok((loss, pred, x))
+        Ok(StepOut {
+            loss,
+            pred,
+            x,
+            grad_norm,
+        })
     }
+}
+
+/// What one training step gives back.
+pub struct StepOut {
+    pub loss: f32,
+    pub pred: ArrayD<f32>,
+    /// The batch's inputs, for the caller to reuse.
+    pub x: ArrayD<f32>,
+    /// The global gradient norm before clipping.
+    pub grad_norm: f32,
 }
 
 /// Loss and task metrics of a set of predictions.
@@ -484,6 +507,8 @@ pub fn train(
         let t0 = Instant::now();
         let order = epoch_order(n, st.seed, epoch);
         let mut tally = Tally::new(data.task);
+        // Sum, maximum and count of the steps' gradient norms.
+        let mut norms = (0.0f64, 0.0f64, 0usize);
         progress.start_epoch(epoch);
         // A run stopped by --steps inside an epoch resumes at the next batch of it.
         let done_in_epoch = (st.step as usize).saturating_sub(st.epoch * steps_per_epoch);
@@ -500,8 +525,16 @@ pub fn train(
                 }
             }
             let (x, y) = batch(&data.train, chunk, &data.x_shape, data.task);
-            let (loss, pred, x) = step.run(engine, &mut st, x, &y)?;
+            let StepOut {
+                loss,
+                pred,
+                x,
+                grad_norm,
+            } = step.run(engine, &mut st, x, &y)?;
             engine.recycle(x);
+            norms.0 += grad_norm as f64;
+            norms.1 = norms.1.max(grad_norm as f64);
+            norms.2 += 1;
             if !loss.is_finite() {
                 return Err(format!(
                     "epoch {epoch}, step {}: the loss is {loss}; try a smaller learning rate (--lr)",
@@ -521,6 +554,10 @@ pub fn train(
         m.insert("epoch".into(), json!(epoch));
         m.insert("step".into(), json!(st.step));
         put_scores(&mut m, "train", &train);
+        if norms.2 > 0 {
+            m.insert("grad_norm_mean".into(), json!(norms.0 / norms.2 as f64));
+            m.insert("grad_norm_max".into(), json!(norms.1));
+        }
         if budget_hit {
             // The epoch is not finished: report what was trained, evaluate nothing.
             m.insert("partial".into(), json!(true));
