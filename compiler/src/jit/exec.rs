@@ -821,6 +821,11 @@ impl JitGraph {
             let base = unsafe { l.arena.as_mut_ptr().add(l.base) as usize };
             (base, l.slots.clone())
         };
+        for a in &prep.actions {
+            if let Action::Scan { body, .. } = a {
+                self.scan_graph(*body)?;
+            }
+        }
         // (A schedule without kernels, as in an unoptimized graph, has no plans.)
         let no_plans = HashMap::new();
         let plans = self.plans.get(&key).unwrap_or(&no_plans);
@@ -920,11 +925,7 @@ impl JitGraph {
                                 .iter()
                                 .map(|&j| vals[j].as_ref().expect("operand computed").view())
                                 .collect();
-                            if !self.scans.contains_key(body) {
-                                let g = self.graph.bodies[*body as usize].clone();
-                                self.scans.insert(*body, JitGraph::new(g, self.threads)?);
-                            }
-                            let sub = self.scans.get_mut(body).expect("compiled above");
+                            let sub = self.scans.get_mut(body).expect("compiled before the run");
                             let outs = run_scan(sub, *carries, *xs, *reverse, &refs, env)?;
                             scans.push((key, outs.into_iter().map(Some).collect()));
                             scans.len() - 1

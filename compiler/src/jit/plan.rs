@@ -480,7 +480,36 @@ impl JitGraph {
             };
             lines.push(format!("kernel body={body} kind={}: {how}", kind.name()));
         }
+        for body in self.scan_bodies() {
+            let sub = self.scan_graph(body)?;
+            lines.push(format!("scan body={body}: its step runs"));
+            for l in sub.plan_all(syms)? {
+                lines.push(format!("  {l}"));
+            }
+        }
         Ok(lines)
+    }
+
+    /// The bodies of the scans the graph runs, in schedule order.
+    fn scan_bodies(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for n in self.graph.schedule() {
+            if let Op::Scan { body, .. } = self.graph.node(n).op
+                && !out.contains(&body)
+            {
+                out.push(body);
+            }
+        }
+        out
+    }
+
+    /// The compiled graph of a scan's body (compiled on first use).
+    pub(super) fn scan_graph(&mut self, body: u32) -> Result<&mut JitGraph, String> {
+        if !self.scans.contains_key(&body) {
+            let g = self.graph.bodies[body as usize].clone();
+            self.scans.insert(body, JitGraph::new(g, self.threads)?);
+        }
+        Ok(self.scans.get_mut(&body).expect("compiled above"))
     }
 
     /// Kernels the reference interpreter runs or stages at these sizes: kernels planned
@@ -493,8 +522,13 @@ impl JitGraph {
                 bodies.insert(body);
             }
         }
-        let loose = crate::opt::fuse::kernel_count(&self.graph) - bodies.len();
         let mut slow = 0;
+        let mut in_scans = 0;
+        for body in self.scan_bodies() {
+            in_scans += crate::opt::fuse::kernel_count(&self.graph.bodies[body as usize]);
+            slow += self.scan_graph(body)?.interpreted_kernels(syms)?;
+        }
+        let loose = crate::opt::fuse::kernel_count(&self.graph) - bodies.len() - in_scans;
         for b in bodies {
             if matches!(self.plan(b, syms)?, Plan::Staged(_) | Plan::Interpret) {
                 slow += 1;
