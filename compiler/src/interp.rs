@@ -654,6 +654,14 @@ fn eval_op<T: Real>(
             }
             out
         }
+        ContractLeading => {
+            let flat = |x: &ArrayD<T>| {
+                let k = x.shape()[x.ndim() - 1];
+                reshape(x, vec![x.len() / k.max(1), k])
+            };
+            let (a, g) = (flat(ins[0])?, flat(ins[1])?);
+            matmul2(&a.t().to_owned().into_dyn(), &g)?
+        }
         MatMul { ta, tb } => {
             let swap = |x: &ArrayD<T>, on: bool| {
                 if !on {

@@ -170,6 +170,9 @@ pub enum Op {
         ta: bool,
         tb: bool,
     },
+    /// `(a [L…, K], g [L…, N]) → [K, N]`: Σ over the leading axes L of aᵀg (the gradient of
+    /// the matrix of a product `[L…, K] @ [K, N]`, as one product over all leading rows).
+    ContractLeading,
 
     // ---- windows over the spatial axes of NHWC values (`window.rs`) ----------
     /// `conv2d(x, w)`: x [B, H, W, C], w [KH, KW, C, F] → [B, H', W', F];
@@ -333,6 +336,7 @@ impl Op {
             ScatterAdd { .. } => "scatter_add",
             OneHot { .. } => "one_hot",
             MatMul { .. } => "matmul",
+            ContractLeading => "contract_leading",
             Conv2d { .. } => "conv2d",
             Conv2dBackInput { .. } => "conv2d_back_input",
             Conv2dBackFilter { .. } => "conv2d_back_filter",
@@ -861,6 +865,21 @@ impl Op {
                 let mut shape = a.shape[..a.rank() - 1].to_vec();
                 shape.push(b.shape[b.rank() - 1].clone());
                 Ok(Type::f32(shape))
+            }
+            ContractLeading => {
+                arity(2)?;
+                float(ins[0])?;
+                float(ins[1])?;
+                let (a, g) = (ins[0], ins[1]);
+                if a.rank() < 2 || a.rank() != g.rank() || a.shape[..a.rank() - 1] != g.shape[..g.rank() - 1] {
+                    return Err(format!(
+                        "contract_leading needs the same leading axes, got {a} and {g}"
+                    ));
+                }
+                Ok(Type::f32(vec![
+                    a.shape[a.rank() - 1].clone(),
+                    g.shape[g.rank() - 1].clone(),
+                ]))
             }
             Conv2d { geo } => {
                 arity(2)?;

@@ -35,6 +35,8 @@ pub fn no_gradient(op: &Op, i: usize) -> bool {
         | Concat { .. }
         | Slice { .. } => false,
         MatMul { .. } => false,
+        // Its own rule (a second derivative) is not written: the grad phase reports it.
+        ContractLeading => false,
         Conv2d { .. } | MaxPool2d { .. } | AvgPool2d { .. } => false,
         // The window gradients are linear in their last input (and conv2d_back_input in
         // the filter); their own rules (second derivatives) are not written: the grad
@@ -396,6 +398,10 @@ pub fn vjp_rules() -> Vec<Rule> {
                 return None;
             };
             let (a, b) = (ty(eg, n.args[0])?, ty(eg, n.args[1])?);
+            if a.rank() > 2 && b.rank() == 2 {
+                // [L…, K] @ [K, N]: every leading row shared one weight matrix.
+                return Some(add(eg, Op::ContractLeading, &[n.args[0], g]));
+            }
             let at = add(
                 eg,
                 Op::Transpose {
@@ -403,20 +409,7 @@ pub fn vjp_rules() -> Vec<Rule> {
                 },
                 &[n.args[0]],
             );
-            let prod = add(eg, Op::matmul(), &[at, g]);
-            if a.rank() > 2 && b.rank() == 2 {
-                // [.., M, K] @ [K, N]: the batch axes were shared by one weight matrix.
-                let lead: Vec<usize> = (0..a.rank() - 2).collect();
-                return Some(add(
-                    eg,
-                    Op::Sum {
-                        axes: lead,
-                        keep: false,
-                    },
-                    &[prod],
-                ));
-            }
-            Some(prod)
+            Some(add(eg, Op::matmul(), &[at, g]))
         }),
         // -- windows (convolution and pooling) ---------------------------------------
         custom("vjp-conv2d-0", 0, "conv2d", |eg, n, _, g| {

@@ -95,10 +95,13 @@ fn fraction_fn(
     }
 }
 
-/// The shape [m, n] of op(a)·op(b) for row-major matrices.
+/// The shape [m, n] of op(a)·op(b) for row-major matrices (operands of rank > 2 are
+/// matrices of rows: `plan::rows_cols`).
 fn product_shape(a: &ArrayViewD<f32>, b: &ArrayViewD<f32>, ta: bool, tb: bool) -> (usize, usize) {
-    let m = if ta { a.shape()[1] } else { a.shape()[0] };
-    let n = if tb { b.shape()[0] } else { b.shape()[1] };
+    let (ar, ac) = super::plan::rows_cols(a.shape());
+    let (br, bc) = super::plan::rows_cols(b.shape());
+    let m = if ta { ac } else { ar };
+    let n = if tb { br } else { bc };
     (m, n)
 }
 
@@ -500,8 +503,10 @@ impl JitGraph {
         epilogue: Option<&(dyn Fn(usize, usize) + Sync)>,
     ) -> Option<ArrayD<f32>> {
         let (a, b) = (a.as_standard_layout(), b.as_standard_layout());
-        let (ar, ac) = (a.shape()[0], a.shape()[1]);
-        let (br, bc) = (b.shape()[0], b.shape()[1]);
+        // Operands of rank > 2 are matrices of rows (`plan::split_matmul`).
+        let (ar, ac) = super::plan::rows_cols(a.shape());
+        let (br, bc) = super::plan::rows_cols(b.shape());
+        let lead = (a.ndim() > 2 && !ta).then(|| a.shape()[..a.ndim() - 1].to_vec());
         let (m, k) = if ta { (ac, ar) } else { (ar, ac) };
         let n = if tb { br } else { bc };
         // Row-major storage; a transposed operand swaps its strides.
@@ -532,7 +537,13 @@ impl JitGraph {
             {
                 e(0, m);
             }
-            return c;
+            return match (c, lead) {
+                (Some(c), Some(mut shape)) => {
+                    shape.push(n);
+                    Some(c.into_shape_with_order(IxDyn(&shape)).expect("m·n elements"))
+                }
+                (c, _) => c,
+            };
         }
         let (cp, ap, bp) = (cp as usize, a.as_ptr() as usize, b.as_ptr() as usize);
         // Rows [r0, r1) of C from rows [r0, r1) of A: independent of every other row, so a
@@ -597,7 +608,13 @@ impl JitGraph {
                 rows(bounds[0], bounds[1]);
             });
         }
-        c
+        match (c, lead) {
+            (Some(c), Some(mut shape)) => {
+                shape.push(n);
+                Some(c.into_shape_with_order(IxDyn(&shape)).expect("m·n elements"))
+            }
+            (c, _) => c,
+        }
     }
 
     /// Run kernel `body_id` by its plan.

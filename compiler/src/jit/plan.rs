@@ -136,19 +136,28 @@ fn split_core(body: &Graph, is_core: fn(&Op) -> bool) -> Option<(NodeId, Vec<Ope
     Some((m, operands, epi))
 }
 
-/// The matmul of a matmul kernel (rank-2 operands that are kernel inputs or constants)
-/// and its epilogue (`split_core`).
+/// The matmul of a matmul kernel (operands that are kernel inputs or constants) and its
+/// epilogue (`split_core`): rank-2 operands; a `[L…, K] @ [K, N]` product, whose leading
+/// axes are rows; or a `contract_leading`, the product aᵀg of both operands' rows.
 fn split_matmul(body: &Graph) -> Option<(Operand, Operand, bool, bool, Graph)> {
-    let (m, operands, epi) = split_core(body, |op| matches!(op, Op::MatMul { .. }))?;
-    let Op::MatMul { ta, tb } = body.node(m).op else {
-        return None;
-    };
+    let (m, operands, epi) = split_core(body, |op| {
+        matches!(op, Op::MatMul { .. } | Op::ContractLeading)
+    })?;
     let ops = body.inputs(m);
-    if body.ty(ops[0]).rank() != 2 || body.ty(ops[1]).rank() != 2 {
-        return None;
-    }
+    let (ra, rb) = (body.ty(ops[0]).rank(), body.ty(ops[1]).rank());
+    let (ta, tb) = match body.node(m).op {
+        Op::ContractLeading => (true, false),
+        Op::MatMul { ta, tb } if rb == 2 && (ra == 2 || !ta) => (ta, tb),
+        _ => return None,
+    };
     let [a, b]: [Operand; 2] = operands.try_into().ok()?;
     Some((a, b, ta, tb, epi))
+}
+
+/// A matmul operand as a matrix: its leading axes are rows.
+pub(super) fn rows_cols(shape: &[usize]) -> (usize, usize) {
+    let cols = shape.last().copied().unwrap_or(1);
+    (shape.iter().product::<usize>() / cols.max(1), cols)
 }
 
 /// The body with every `sum`, `mean` or `max` over both axes of a rank-2 value split into
@@ -617,14 +626,10 @@ impl JitGraph {
                     Operand::Input(k) => input_shape(body, *k, syms),
                     Operand::Const(c) => Ok(c.shape().to_vec()),
                 };
-                let a_shape = shape(&a)?;
-                let (m, k) = if ta {
-                    (a_shape[1], a_shape[0])
-                } else {
-                    (a_shape[0], a_shape[1])
-                };
-                let b_shape = shape(&b)?;
-                let n = if tb { b_shape[0] } else { b_shape[1] };
+                let (ar, ac) = rows_cols(&shape(&a)?);
+                let (m, k) = if ta { (ac, ar) } else { (ar, ac) };
+                let (br, bc) = rows_cols(&shape(&b)?);
+                let n = if tb { br } else { bc };
                 let path = sgemm::choose(m, n, k);
                 if trivial {
                     Plan::MatMul {

@@ -44,6 +44,16 @@ pub fn op_cost(op: &Op, ins: &[Option<&Type>], out: &Type) -> f64 {
         | Gather
         | ScatterAdd { .. }
         | OneHot { .. } => moved,
+        ContractLeading => {
+            // 2·K·N·rows flops: the rows are the first operand's size over K.
+            let rows = ins.first().and_then(|t| *t).map_or(SYMBOLIC_DIM, |t| {
+                t.shape[..t.shape.len().saturating_sub(1)]
+                    .iter()
+                    .map(|d| d.known().map_or(SYMBOLIC_DIM, |k| k as f64))
+                    .product()
+            });
+            2.0 * n * rows + moved
+        }
         MatMul { .. } => {
             // 2·M·N·K flops: K is the contracted size of the first operand.
             let k = ins.first().and_then(|t| *t).map_or(1.0, |t| {

@@ -52,7 +52,7 @@ pub(crate) fn class(op: &Op) -> Class {
         | SumTo { .. }
         | Softmax { .. }
         | LogSoftmax { .. } => Class::Reduction,
-        MatMul { .. } => Class::MatMul,
+        MatMul { .. } | ContractLeading => Class::MatMul,
         // Window ops fuse like matmuls: an elementwise epilogue on their output.
         Conv2d { .. }
         | Conv2dBackInput { .. }
