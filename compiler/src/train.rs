@@ -81,13 +81,21 @@ pub fn training_graph(
         grads.push((p.clone(), pid, gid));
     }
     // The global gradient norm before clipping, reported per step (`grad_norm`).
+    // Each gradient is read as one row [1, n], so that its sum of squares is a row
+    // kernel of its own (not sharing the squares with the optimizer's update).
     let mut total = None;
-    for (_, _, gid) in &grads {
-        let sq = g.add_ok(Op::Mul, &[*gid, *gid]);
-        let rank = g.ty(sq).rank();
+    for (p, _, gid) in &grads {
+        let n: usize = p.shape.iter().product();
+        let row = g.add_ok(
+            Op::Reshape {
+                shape: shape_of(&[1, n]),
+            },
+            &[*gid],
+        );
+        let sq = g.add_ok(Op::Mul, &[row, row]);
         let s = g.add_ok(
             Op::Sum {
-                axes: (0..rank).collect(),
+                axes: vec![0, 1],
                 keep: false,
             },
             &[sq],
