@@ -72,6 +72,8 @@ pub fn parse_file_at(text: &str, base: usize) -> (File, Vec<Diagnostic>) {
     pest::set_call_limit(std::num::NonZeroUsize::new(50_000_000));
     let mut items = Vec::new();
     let mut diags = Vec::new();
+    // The line each chunk starts on (for notes), counted as the chunks go by.
+    let (mut first_line, mut counted_to) = (1, 0);
     for (start, end) in split_items(text) {
         let chunk = &text[start..end];
         if is_blank(chunk) {
@@ -81,7 +83,9 @@ pub fn parse_file_at(text: &str, base: usize) -> (File, Vec<Diagnostic>) {
             diags.push(d);
             continue;
         }
-        match parse_item(chunk, base + start) {
+        first_line += text[counted_to..start].matches('\n').count();
+        counted_to = start;
+        match parse_item(chunk, base + start, first_line) {
             Ok(item) => items.push(item),
             Err(d) => diags.push(d),
         }
@@ -190,11 +194,15 @@ fn check_nesting(chunk: &str, base: usize) -> Result<(), Diagnostic> {
     Ok(())
 }
 
-fn parse_item(chunk: &str, base: usize) -> Result<Item, Diagnostic> {
+/// Parse one item; `first_line` is the 1-based line of the file the chunk starts on.
+fn parse_item(chunk: &str, base: usize, first_line: usize) -> Result<Item, Diagnostic> {
     let mut pairs = DlParser::parse(Rule::item, chunk).map_err(|e| {
         let mut d = syntax_error(e, base);
         if d.span.start - base >= chunk.trim_end().len() {
             d.message = format!("unexpected end of file; {}", d.message);
+        }
+        if let Some(note) = bracket_line_note(chunk, d.span.start - base, first_line) {
+            d = d.with_note(note);
         }
         d
     })?;
@@ -220,6 +228,80 @@ fn parse_item(chunk: &str, base: usize) -> Result<Item, Diagnostic> {
         }
         r => Err(Diagnostic::new(b.span(&pair), format!("unexpected {r:?}"))),
     }
+}
+
+/// A syntax error caused by the newline rule — a line that starts with `(` or `[` begins a
+/// new expression instead of calling or indexing the end of the line before — gets a note
+/// that says so. The test is direct: join that line to the code line before it (the newline,
+/// indentation and any comment between become spaces, so offsets do not move) and parse
+/// again; if the item then parses, the split was the problem. Only errors at the first
+/// token of a line (where the expression begun by such a line ends) are considered, and
+/// only the few such lines nearest before the error.
+fn bracket_line_note(chunk: &str, err_at: usize, first_line: usize) -> Option<String> {
+    const TRIES: usize = 4;
+    let err_at = err_at.min(chunk.len());
+    let line_start = chunk[..err_at].rfind('\n').map_or(0, |i| i + 1);
+    if !chunk[line_start..err_at].trim().is_empty() {
+        return None;
+    }
+    // The last line with code: its index, the offset where its code ends (before trailing
+    // blanks and any comment), and its last character.
+    let mut prev_code: Option<(usize, usize, char)> = None;
+    let mut candidates = Vec::new();
+    let mut offset = 0;
+    for (i, line) in chunk.split_inclusive('\n').enumerate() {
+        let code = code_part(line);
+        let trimmed = code.trim_start();
+        let at = offset + (code.len() - trimmed.len());
+        if let (Some(open @ ('(' | '[')), Some((prev_line, prev_end, last))) =
+            (trimmed.chars().next(), prev_code)
+        {
+            let complete = last.is_ascii_alphanumeric() || matches!(last, '_' | ')' | ']' | '"');
+            if complete && at <= err_at {
+                candidates.push((i, at, open, prev_line, prev_end));
+            }
+        }
+        let code = code.trim_end();
+        if let Some(last) = code.chars().last() {
+            prev_code = Some((i, offset + code.len(), last));
+        }
+        offset += line.len();
+    }
+    for &(line, at, open, prev_line, prev_end) in candidates.iter().rev().take(TRIES) {
+        let joined = format!(
+            "{}{}{}",
+            &chunk[..prev_end],
+            " ".repeat(at - prev_end),
+            &chunk[at..]
+        );
+        if DlParser::parse(Rule::item, &joined).is_ok() {
+            let (verb, what, object) = if open == '(' {
+                ("calling", "a call's `(`", "calls")
+            } else {
+                ("indexing", "an index's `[`", "indexes")
+            };
+            return Some(format!(
+                "line {} starts with `{open}`, so it begins a new expression rather than \
+                 {verb} the end of line {} ({what} must be on the line of what it {object})",
+                first_line + line,
+                first_line + prev_line,
+            ));
+        }
+    }
+    None
+}
+
+/// A line without its comment (a `#` outside a string).
+fn code_part(line: &str) -> &str {
+    let mut in_string = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            '"' => in_string = !in_string,
+            '#' if !in_string => return &line[..i],
+            _ => {}
+        }
+    }
+    line
 }
 
 fn syntax_error(e: pest::error::Error<Rule>, base: usize) -> Diagnostic {

@@ -195,3 +195,144 @@ fn import_is_an_item_with_its_path() {
     assert!(matches!(&f.items[0], dlc_dsl::ast::Item::Import(i) if i.path == "cnn.dl"));
     assert!(f.items[0].name().is_none());
 }
+
+/// A whole function body: its `let`s (pattern text, value) and its result, as s-expressions.
+fn body(src: &str) -> (Vec<String>, String) {
+    let (f, d) = parse_file(src);
+    assert!(d.is_empty(), "{src}: {d:?}");
+    let Item::Fn(f) = &f.items[0] else {
+        panic!("a fn")
+    };
+    let lets = f.body.lets.iter().map(|l| sexp(&l.value)).collect();
+    (lets, sexp(&f.body.result))
+}
+
+#[test]
+fn a_line_starting_with_a_bracket_starts_a_new_expression() {
+    // The LSTM-style cell: `(h2, h2)` is the result, not a call of `c`.
+    let cell = "fn step(h: f32[B, 4], c: f32[B, 4]) {
+  let f = sigmoid(h)
+  let h2 = (1 - f) * h + f * c
+  (h2, h2)
+}
+";
+    let (lets, result) = body(cell);
+    assert_eq!(
+        lets,
+        ["(call sigmoid h)", "(+ (* (- 1 f) h) (* f c))"],
+        "{cell}"
+    );
+    assert_eq!(result, "(tuple h2 h2)");
+    // The same for `[`: a list, not an index of `x`.
+    let (lets, result) = body("fn g(x) {\n  let a = x\n  [a, a]\n}\n");
+    assert_eq!((lets, result.as_str()), (vec!["x".to_string()], "[a a]"));
+    // `f` then `(x)`: two expressions, the second the block's result. Likewise across a
+    // comment, a blank line, and with CRLF line ends.
+    for src in [
+        "fn g(x) {\n  let a = f\n  (x)\n}\n",
+        "fn g(x) {\n  let a = f  # a comment\n\n  (x)\n}\n",
+        "fn g(x) {\r\n  let a = f\r\n  (x)\r\n}\r\n",
+    ] {
+        assert_eq!(
+            body(src),
+            (vec!["f".to_string()], "x".to_string()),
+            "{src:?}"
+        );
+    }
+    let (lets, result) = body("fn g(x) {\n  let a = f\n  [1]\n}\n");
+    assert_eq!((lets, result.as_str()), (vec!["f".to_string()], "[1]"));
+}
+
+#[test]
+fn brackets_on_the_same_line_still_call_and_index() {
+    for (src, want) in [
+        ("f (x)", "(call f x)"),
+        ("f\t[1]", "(index f 1)"),
+        ("f(\n  x,\n  y\n)", "(call f x y)"),
+        ("f(x,\n  y)", "(call f x y)"),
+        ("f(x\n)(y\n)", "(call (call f x) y)"),
+        ("x[\n  1,\n  ::2\n]", "(index x 1 ::2)"),
+        (
+            "g(f(\n  x), [\n  1])[0]",
+            "(index (call g (call f x) [1]) 0)",
+        ),
+        (
+            "adam(\n  lr: 1e-3,  # a comment\n  beta1: 0.9,\n)",
+            "(call adam lr:0.001 beta1:0.9)",
+        ),
+        ("(\n  a,\n  b\n)", "(tuple a b)"),
+        ("f(x,\r\n  y)", "(call f x y)"),
+    ] {
+        assert_eq!(sexp(&one_expr(src)), want, "{src:?}");
+    }
+}
+
+#[test]
+fn operators_and_fields_still_continue_a_line() {
+    for (src, want) in [
+        // An operator at the end of a line, or at the start of the next, continues it.
+        ("a +\n  b", "(+ a b)"),
+        ("a\n  - b", "(- a b)"),
+        ("a @\n  w", "(@ a w)"),
+        // `.` may start a line: a method chain.
+        ("x\n  .foo", "(. x foo)"),
+        (
+            "x  # a comment\n  .foo(1)\n  .bar[0]",
+            "(index (. (call (. x foo) 1) bar) 0)",
+        ),
+    ] {
+        assert_eq!(sexp(&one_expr(src)), want, "{src:?}");
+    }
+    // The calls of a training section keep their `(` on the line of the name too.
+    let (f, d) = parse_file("train M on d(a: 1) {\n  early_stopping (patience: 2)\n}\n");
+    assert!(d.is_empty(), "{d:?}");
+    let Item::Train(t) = &f.items[0] else {
+        panic!("train")
+    };
+    assert_eq!((t.data_args.len(), t.stmts.len()), (1, 1));
+}
+
+#[test]
+fn a_split_call_that_breaks_the_parse_is_explained() {
+    let at = |src: &str, offset: usize| dlc_dsl::Source::new("t.dl", src).line_col(offset);
+    // `(x)` is the result, so the `let` after it is an error; the note says why.
+    let src = "fn g(x) {\n  let a = f\n  (x)\n  let b = a\n  b\n}\n";
+    let (_, d) = parse_file(src);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(at(src, d[0].span.start), (4, 3));
+    assert_eq!(d[0].message, "syntax error: expected `.` or an operator");
+    assert_eq!(
+        d[0].notes,
+        [
+            "line 3 starts with `(`, so it begins a new expression rather than calling the end of \
+          line 2 (a call's `(` must be on the line of what it calls)"
+        ]
+    );
+    // In a model, the `(` line is not a member. Lines count from the top of the file.
+    let src = "fn h(x) { x }\n\nmodel A {\n  x = f\n  [0]\n  fn forward(x) { x }\n}\n";
+    let (_, d) = parse_file(src);
+    assert_eq!(at(src, d[0].span.start), (5, 3));
+    assert!(
+        d[0].notes[0].starts_with("line 5 starts with `[`, so it begins a new expression rather than indexing the end of line 4"),
+        "{d:?}"
+    );
+    // Inside brackets too: a new expression where a `,` or `)` is due.
+    let src = "fn g(x) {\n  f(x\n    (y))\n}\n";
+    let (_, d) = parse_file(src);
+    assert_eq!(at(src, d[0].span.start), (3, 5));
+    assert_eq!(d[0].notes.len(), 1, "{d:?}");
+    // A training-section call: the error is where the `(` belongs.
+    let src = "train M on d {\n  early_stopping\n  (patience: 2)\n}\n";
+    let (_, d) = parse_file(src);
+    assert_eq!(at(src, d[0].span.start), (2, 17));
+    assert_eq!(d[0].message, "syntax error: expected `(`");
+    // An error the line split does not explain gets no note.
+    let src = "fn g(h, c) {\n  let h2 = h * c\n  (h2, h2) x\n}\n";
+    let (_, d) = parse_file(src);
+    assert_eq!(at(src, d[0].span.start), (3, 12));
+    assert!(d[0].notes.is_empty(), "{d:?}");
+    let src = "fn g(h, c) {\n  let h2 = h * c\n  (h2, h2)\n  let z = * 2\n  z\n}\n";
+    let (_, d) = parse_file(src);
+    assert_eq!(at(src, d[0].span.start), (4, 3));
+    assert!(d[0].notes.is_empty(), "{d:?}");
+}
