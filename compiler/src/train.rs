@@ -81,17 +81,19 @@ pub fn training_graph(
         grads.push((p.clone(), pid, gid));
     }
     // The global gradient norm before clipping, reported per step (`grad_norm`).
-    // Each gradient is read as one row [1, n], so that its sum of squares is a row
-    // kernel of its own (not sharing the squares with the optimizer's update).
+    // Each gradient is copied into one row [1, n] (a column transposed): its sum of
+    // squares is then a row kernel of its own, not fused into the kernels that compute
+    // the gradient, and its squares are not shared with the optimizer's update.
     let mut total = None;
     for (p, _, gid) in &grads {
         let n: usize = p.shape.iter().product();
-        let row = g.add_ok(
+        let col = g.add_ok(
             Op::Reshape {
-                shape: shape_of(&[1, n]),
+                shape: shape_of(&[n, 1]),
             },
             &[*gid],
         );
+        let row = g.add_ok(Op::Transpose { perm: vec![1, 0] }, &[col]);
         let sq = g.add_ok(Op::Mul, &[row, row]);
         let s = g.add_ok(
             Op::Sum {

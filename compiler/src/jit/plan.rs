@@ -295,6 +295,96 @@ pub(super) fn flatten_leading(
     Some((g, sizes))
 }
 
+/// A body whose only reductions sum every element of values of one known shape S
+/// (a gradient's sum of squares) seen as one over `[R, C]` values, C the last axis of S
+/// and R a symbol for the number of rows: the full sums become row-kernel reductions
+/// (along each row, then across rows). Values of S's size in other known shapes are the
+/// same row-major elements (reshapes between them vanish). None when the body has other
+/// shapes or ops.
+pub(super) fn rows_of_known(
+    body: &Graph,
+    syms: &HashMap<String, usize>,
+) -> Option<(Graph, HashMap<String, usize>)> {
+    let order = body.schedule();
+    let red = order.iter().find(|&&n| body.node(n).op.is_reduction())?;
+    let full = body.ty(body.inputs(*red)[0]).shape.clone();
+    let dims: Vec<usize> = full.iter().map(|d| d.known()).collect::<Option<_>>()?;
+    let c = *dims.last()?;
+    let rows = dims.iter().product::<usize>() / c.max(1);
+    let sym = format!("rows·{}", show_shape(&full));
+    let flat: Shape = vec![Dim::Sym(sym.clone()), Dim::Known(c)];
+    let numel = rows * c;
+    let reshape = |s: &Shape| -> Option<Shape> {
+        let known: Option<Vec<usize>> = s.iter().map(|d| d.known()).collect();
+        if s.is_empty() {
+            Some(s.clone())
+        } else if known?.iter().product::<usize>() == numel {
+            Some(flat.clone())
+        } else {
+            None
+        }
+    };
+    let all: Vec<usize> = (0..full.len()).collect();
+    let mut g = Graph::new();
+    let mut map: HashMap<NodeId, NodeId> = HashMap::new();
+    let inputs = body
+        .g
+        .node_indices()
+        .filter(|&n| matches!(body.node(n).op, Op::Input { .. }));
+    for n in inputs.chain(order.iter().copied()) {
+        if map.contains_key(&n) {
+            continue;
+        }
+        let ins: Vec<NodeId> = body.inputs(n).iter().map(|i| map[i]).collect();
+        let op = match body.node(n).op.clone() {
+            Op::Input { name, ty } => Op::Input {
+                name,
+                ty: (ty.0, reshape(&ty.1)?),
+            },
+            Op::Broadcast { shape } => Op::Broadcast {
+                shape: reshape(&shape)?,
+            },
+            Op::Sum { axes, keep: false } if axes == all => {
+                let per_row = g
+                    .add(
+                        Op::Sum {
+                            axes: vec![1],
+                            keep: false,
+                        },
+                        &ins,
+                    )
+                    .ok()?;
+                let id = g
+                    .add(
+                        Op::Sum {
+                            axes: vec![0],
+                            keep: false,
+                        },
+                        &[per_row],
+                    )
+                    .ok()?;
+                map.insert(n, id);
+                continue;
+            }
+            Op::Reshape { shape } if reshape(&shape).is_some() && !shape.is_empty() => {
+                map.insert(n, ins[0]);
+                continue;
+            }
+            op if op.is_reduction() || matches!(op, Op::Reshape { .. }) => return None,
+            op => op,
+        };
+        let id = g.add(op, &ins).ok()?;
+        reshape(&body.ty(n).shape)?;
+        map.insert(n, id);
+    }
+    for (name, n) in &body.outputs {
+        g.set_output(name.clone(), map[n]);
+    }
+    let mut sizes = syms.clone();
+    sizes.insert(sym, rows);
+    Some((g, sizes))
+}
+
 /// The concrete shape of kernel input `in{k}` of a body.
 fn input_shape(
     body: &Graph,
@@ -659,8 +749,9 @@ impl JitGraph {
                 Plan::Loop(rows::compile(&mut self.jit, body, syms)?)
             } else if let Some(split) = split_full_reductions(body).filter(rows::supported) {
                 Plan::Loop(rows::compile(&mut self.jit, &split, syms)?)
-            } else if let Some((flat, sizes)) =
-                flatten_leading(body, syms).filter(|(f, _)| rows::supported(f))
+            } else if let Some((flat, sizes)) = flatten_leading(body, syms)
+                .or_else(|| rows_of_known(body, syms))
+                .filter(|(f, _)| rows::supported(f))
             {
                 let mut k = rows::compile(&mut self.jit, &flat, &sizes)?;
                 // Same elements, in the shapes the graph gives them.
