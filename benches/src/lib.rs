@@ -36,7 +36,7 @@ pub fn step(model: &str, batch_size: usize, engine: EngineKind) -> Step {
     let data = session::load_data(&setup.cfg, path.as_deref(), None).expect("data");
     let st = TrainState::fresh(&setup, 0);
     let rows: Vec<usize> = (0..batch_size.min(data.train.n)).collect();
-    let (x, y) = batch(&data.train, &rows, &data.x_shape, data.task);
+    let (x, y) = batch(&data.train, &rows, &data.x_shape, &data.y_shape);
     let mut env = Env::new(0, 0);
     env.values.extend(st.params.clone());
     env.values.extend(st.opt.clone());

@@ -41,6 +41,21 @@ pub enum Emit {
     Clif,
 }
 
+/// `--set` and `--data-arg`, taken by every command that reads a model file.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ModelArgs {
+    /// Give a parameter of the main model a value, replacing its default or the size the
+    /// data set provides: NAME=VALUE, where VALUE is a number, true/false, a quoted string
+    /// or a name of the language such as tanh (another word is a string). Repeatable;
+    /// recorded in checkpoints.
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = session::parse_assignment)]
+    pub set: Vec<(String, String)>,
+    /// Set a data-set argument, as if written in the file's `on DATA(NAME: VALUE)` (e.g.
+    /// seq=200 for songs). Repeatable; recorded in checkpoints.
+    #[arg(long = "data-arg", value_name = "NAME=VALUE", value_parser = session::parse_assignment)]
+    pub data_arg: Vec<(String, String)>,
+}
+
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Parse, resolve and shape-check a .dl file.
@@ -49,6 +64,8 @@ pub enum Cmd {
         /// Check against this data set instead of the file's (NAME or NAME=PATH).
         #[arg(long, value_parser = session::parse_data_flag)]
         data: Vec<(String, Option<PathBuf>)>,
+        #[command(flatten)]
+        model: ModelArgs,
     },
     /// Print a compiler stage.
     Compile {
@@ -66,6 +83,8 @@ pub enum Cmd {
         /// Skip the optimizer (show and count the unoptimized graph).
         #[arg(long)]
         no_opt: bool,
+        #[command(flatten)]
+        model: ModelArgs,
     },
     /// Evaluate the model's forward function on inputs given as JSON.
     Run {
@@ -82,6 +101,8 @@ pub enum Cmd {
         engine: String,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        #[command(flatten)]
+        model: ModelArgs,
     },
     /// Train a model.
     Train(TrainArgs),
@@ -104,6 +125,8 @@ pub enum Cmd {
         engine: String,
         #[arg(long)]
         no_opt: bool,
+        #[command(flatten)]
+        model: ModelArgs,
     },
     /// Evaluate a checkpoint on the test split.
     Eval {
@@ -116,13 +139,15 @@ pub enum Cmd {
         metrics: Option<PathBuf>,
         #[arg(long, default_value = "jit")]
         engine: String,
+        #[command(flatten)]
+        model: ModelArgs,
     },
 }
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
     file: PathBuf,
-    /// Data set NAME=PATH (mnist, fashion_mnist, breast_cancer, diabetes) or NAME (digits).
+    /// Data set NAME=PATH (mnist, fashion_mnist, breast_cancer, diabetes, songs) or NAME (digits).
     #[arg(long, value_parser = session::parse_data_flag)]
     data: Vec<(String, Option<PathBuf>)>,
     /// Total epochs (a resumed run continues up to this count).
@@ -156,6 +181,8 @@ pub struct TrainArgs {
     /// Skip the e-graph optimizer: run the unfused graph op by op.
     #[arg(long)]
     no_opt: bool,
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 fn positive_f64(s: &str) -> Result<f64, String> {
@@ -167,7 +194,7 @@ fn positive_f64(s: &str) -> Result<f64, String> {
 
 pub fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
-        Cmd::Check { file, data } => check(&file, data),
+        Cmd::Check { file, data, model } => check(&file, overrides(data, model)),
         Cmd::Compile {
             file,
             emit,
@@ -175,7 +202,8 @@ pub fn run(cli: Cli) -> Result<(), String> {
             batch,
             stats,
             no_opt,
-        } => compile(&file, emit, data, batch, stats, no_opt),
+            model,
+        } => compile(&file, emit, overrides(data, model), batch, stats, no_opt),
         Cmd::Run {
             file,
             load,
@@ -183,7 +211,15 @@ pub fn run(cli: Cli) -> Result<(), String> {
             data,
             engine,
             seed,
-        } => run_forward(&file, load.as_deref(), &inputs, data, &engine, seed),
+            model,
+        } => run_forward(
+            &file,
+            load.as_deref(),
+            &inputs,
+            overrides(data, model),
+            &engine,
+            seed,
+        ),
         Cmd::Train(a) => train(a),
         Cmd::Bench {
             file,
@@ -194,13 +230,13 @@ pub fn run(cli: Cli) -> Result<(), String> {
             threads,
             engine,
             no_opt,
+            model,
         } => {
             let ov = Overrides {
-                data,
                 batch: batch.map(|b| b as usize),
                 no_opt,
                 threads: threads.map_or(0, |t| t as usize),
-                ..Overrides::default()
+                ..overrides(data, model)
             };
             bench(&file, &ov, steps as usize, repeats as usize, &engine)
         }
@@ -210,22 +246,65 @@ pub fn run(cli: Cli) -> Result<(), String> {
             data,
             metrics,
             engine,
-        } => eval(&file, &load, data, metrics.as_deref(), &engine),
+            model,
+        } => eval(
+            &file,
+            &load,
+            overrides(data, model),
+            metrics.as_deref(),
+            &engine,
+        ),
     }
 }
 
-fn check(file: &Path, data: Vec<(String, Option<PathBuf>)>) -> Result<(), String> {
-    let prog = session::load_program(file)?;
-    let render = |d: Vec<dlc_dsl::Diagnostic>| session::render(&prog.source, &d);
-    if prog.train_def().is_some() || !data.is_empty() {
-        let ov = Overrides {
-            data,
-            ..Overrides::default()
-        };
-        let (name, _) = session::choose_data(&prog, &ov)?;
-        let sig = session::signature(&prog, &name)?;
-        prog.lower_training(&sig, Mode::Train).map_err(render)?;
+/// The flags every model command shares.
+fn overrides(data: Vec<(String, Option<PathBuf>)>, model: ModelArgs) -> Overrides {
+    Overrides {
+        data,
+        sets: model.set,
+        data_args: model.data_arg,
+        ..Overrides::default()
+    }
+}
+
+/// `--data-arg` without a data set has nothing to apply to.
+fn no_data_args(ov: &Overrides, file: &Path) -> Result<(), String> {
+    match ov.data_args.first() {
+        Some((k, v)) => Err(format!(
+            "--data-arg {k}={v}: {} has no training section and no --data names a data set",
+            file.display()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The chosen data set's signature and the lowered training graph and configuration.
+fn lower_with_data(
+    prog: &dlc_compiler::lower::Program,
+    ov: &Overrides,
+    mode: Mode,
+) -> Result<
+    (
+        dlc_compiler::lower::Lowered,
+        dlc_compiler::lower::TrainConfig,
+    ),
+    String,
+> {
+    let data = session::choose_data(prog, ov)?;
+    let sig = session::signature(prog, &data, None)?;
+    let (lowered, cfg) = prog
+        .lower_training(&sig, mode)
+        .map_err(|d| session::render_lowering(prog, ov, &d))?;
+    Ok((lowered, session::apply(cfg, ov, &data)?))
+}
+
+fn check(file: &Path, ov: Overrides) -> Result<(), String> {
+    let prog = session::open_program(file, &ov)?;
+    let render = |d: Vec<dlc_dsl::Diagnostic>| session::render_lowering(&prog, &ov, &d);
+    if prog.train_def().is_some() || !ov.data.is_empty() {
+        lower_with_data(&prog, &ov, Mode::Train)?;
     } else {
+        no_data_args(&ov, file)?;
         prog.lower_predict(&[], Mode::Eval).map_err(render)?;
     }
     say!("{}: ok", file.display());
@@ -235,21 +314,17 @@ fn check(file: &Path, data: Vec<(String, Option<PathBuf>)>) -> Result<(), String
 fn compile(
     file: &Path,
     emit: Emit,
-    data: Vec<(String, Option<PathBuf>)>,
+    ov: Overrides,
     batch: Option<usize>,
     stats: bool,
     no_opt: bool,
 ) -> Result<(), String> {
-    let prog = session::load_program(file)?;
+    let prog = session::open_program(file, &ov)?;
     if emit == Emit::Ast {
         say!("{:#?}", prog.file);
         return Ok(());
     }
-    let render = |d: Vec<dlc_dsl::Diagnostic>| session::render(&prog.source, &d);
-    let ov = Overrides {
-        data,
-        ..Overrides::default()
-    };
+    let render = |d: Vec<dlc_dsl::Diagnostic>| session::render_lowering(&prog, &ov, &d);
     // The graph to optimize: the training step, or `forward` for a file without training.
     let mut file_batch = None;
     let (ir, grad, step, grad_stats) = if prog.train_def().is_none() && ov.data.is_empty() {
@@ -259,12 +334,11 @@ fn compile(
                 file.display()
             ));
         }
+        no_data_args(&ov, file)?;
         let l = prog.lower_predict(&[], Mode::Eval).map_err(render)?;
         (l.graph.clone(), None, l.graph, None)
     } else {
-        let (name, _) = session::choose_data(&prog, &ov)?;
-        let sig = session::signature(&prog, &name)?;
-        let (lowered, cfg) = prog.lower_training(&sig, Mode::Train).map_err(render)?;
+        let (lowered, cfg) = lower_with_data(&prog, &ov, Mode::Train)?;
         let tg = training_graph(&lowered, &cfg.optimizer, cfg.clip_norm)
             .map_err(|e| format!("{}: {e}", file.display()))?;
         file_batch = Some(cfg.batch);
@@ -436,26 +510,34 @@ fn run_forward(
     file: &Path,
     load: Option<&Path>,
     inputs: &[String],
-    data: Vec<(String, Option<PathBuf>)>,
+    mut ov: Overrides,
     engine: &str,
     seed: u64,
 ) -> Result<(), String> {
     let kind = EngineKind::parse(engine)?;
-    let prog = session::load_program(file)?;
-    let render = |d: Vec<dlc_dsl::Diagnostic>| session::render(&prog.source, &d);
-    let ov = Overrides {
-        data,
-        ..Overrides::default()
+    let ck = match load {
+        Some(p) => Some((Checkpoint::load(p)?, p)),
+        None => None,
     };
+    let mut vocab = None;
+    if let Some((ck, p)) = &ck {
+        ov.recorded = Some(ck.recorded(p)?);
+        vocab = crate::checkpoint::vocabulary(ck).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    let prog = session::open_program(file, &ov)?;
+    let render = |d: Vec<dlc_dsl::Diagnostic>| session::render_lowering(&prog, &ov, &d);
     let dims = match session::choose_data(&prog, &ov) {
-        Ok((name, _)) => session::signature(&prog, &name)?.dims,
-        Err(_) => vec![],
+        Ok(data) => session::signature(&prog, &data, vocab.as_deref())?.dims,
+        Err(_) => {
+            no_data_args(&ov, file)?;
+            vec![]
+        }
     };
     let lowered = prog.lower_predict(&dims, Mode::Eval).map_err(render)?;
     let mut env = Env::new(seed, 0);
-    match load {
-        Some(p) => {
-            let ck = Checkpoint::load(p)?;
+    match &ck {
+        Some((ck, p)) => {
+            let sets = ov.sets_in_force();
             for info in &lowered.params {
                 let t = ck.tensors.get(&info.name).ok_or_else(|| {
                     format!(
@@ -464,6 +546,22 @@ fn run_forward(
                         info.name
                     )
                 })?;
+                if t.shape() != &info.shape[..] {
+                    let note = if sets.is_empty() {
+                        String::new()
+                    } else {
+                        let v: Vec<String> =
+                            sets.iter().map(|(k, v)| format!("--set {k}={v}")).collect();
+                        format!(" (this run has {})", v.join(" "))
+                    };
+                    return Err(format!(
+                        "{}: `{}` has shape {:?}, the model needs {:?}{note}",
+                        p.display(),
+                        info.name,
+                        t.shape(),
+                        info.shape
+                    ));
+                }
                 env.values.insert(info.name.clone(), t.clone());
             }
         }
@@ -510,20 +608,24 @@ fn run_forward(
 
 fn train(a: TrainArgs) -> Result<(), String> {
     let kind = EngineKind::parse(&a.engine)?;
+    let resume = match &a.resume {
+        Some(p) => Some((Checkpoint::load(p)?, p.clone())),
+        None => None,
+    };
     let ov = Overrides {
-        data: a.data,
         epochs: a.epochs.map(|e| e as usize),
         batch: a.batch.map(|b| b as usize),
         optimizer: a.optimizer,
         lr: a.lr,
         no_opt: a.no_opt,
         threads: a.threads.map_or(0, |t| t as usize),
+        recorded: match &resume {
+            Some((ck, p)) => Some(ck.recorded(p)?),
+            None => None,
+        },
+        ..overrides(a.data, a.model)
     };
     let (setup, data_path) = session::compile(&a.file, &ov, kind)?;
-    let resume = match &a.resume {
-        Some(p) => Some((Checkpoint::load(p)?, p.clone())),
-        None => None,
-    };
     let scaling = match &resume {
         Some((ck, _)) => scaling_of(ck),
         None => None,
@@ -531,6 +633,7 @@ fn train(a: TrainArgs) -> Result<(), String> {
     let data = session::load_data(&setup.cfg, data_path.as_deref(), scaling.as_ref())?;
     let st = match &resume {
         Some((ck, p)) => {
+            same_vocabulary(ck, p, &data)?;
             let batch: usize = ck.meta_num("batch", p)?;
             if batch != setup.cfg.batch {
                 return Err(format!(
@@ -546,6 +649,7 @@ fn train(a: TrainArgs) -> Result<(), String> {
         a.metrics.as_deref(),
         kind.name(),
         setup.train_engine.kernels,
+        session::args_json(&setup.cfg.data_args),
     )?;
     say!(
         "training {} on {} ({} train / {} test examples{}), {} (lr {}), batch {}, {} epochs, engine {}",
@@ -616,7 +720,7 @@ fn bench(
     let mut batches: Vec<(ArrayD<f32>, ArrayD<f32>)> = (0..4)
         .map(|i| {
             let rows: Vec<usize> = (0..b).map(|r| (i * b + r) % data.train.n).collect();
-            trainer::batch(&data.train, &rows, &data.x_shape, data.task)
+            trainer::batch(&data.train, &rows, &data.x_shape, &data.y_shape)
         })
         .collect();
     let mut st = TrainState::fresh(&setup, 0);
@@ -683,27 +787,52 @@ fn scaling_of(ck: &Checkpoint) -> Option<dlc_data::Scaling> {
     })
 }
 
+/// A checkpoint trained on text must meet the same vocabulary: ids would otherwise stand
+/// for other characters.
+fn same_vocabulary(ck: &Checkpoint, path: &Path, data: &dlc_data::Dataset) -> Result<(), String> {
+    let theirs =
+        crate::checkpoint::vocabulary(ck).map_err(|e| format!("{}: {e}", path.display()))?;
+    match (theirs, &data.vocab) {
+        (Some(a), Some(b)) if &a != b => Err(format!(
+            "{}: the checkpoint's vocabulary ({} characters) differs from that of {} ({} characters), so character ids would stand for other characters",
+            path.display(),
+            a.len(),
+            data.source,
+            b.len()
+        )),
+        (Some(a), None) => Err(format!(
+            "{}: the checkpoint was trained on text with a vocabulary of {} characters, but data set {} has none",
+            path.display(),
+            a.len(),
+            data.name
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn eval(
     file: &Path,
     load: &Path,
-    data: Vec<(String, Option<PathBuf>)>,
+    mut ov: Overrides,
     metrics: Option<&Path>,
     engine: &str,
 ) -> Result<(), String> {
     let kind = EngineKind::parse(engine)?;
-    let ov = Overrides {
-        data,
-        ..Overrides::default()
-    };
     let ck = Checkpoint::load(load)?;
-    let mut ov = ov;
     if let Some(opt) = ck.meta.get("optimizer") {
         ov.optimizer = Some(opt.clone());
     }
+    ov.recorded = Some(ck.recorded(load)?);
     let (setup, data_path) = session::compile(file, &ov, kind)?;
     let data = session::load_data(&setup.cfg, data_path.as_deref(), scaling_of(&ck).as_ref())?;
+    same_vocabulary(&ck, load, &data)?;
     let st = TrainState::from_checkpoint(&setup, &ck, load)?;
-    let mut sink = MetricsSink::open(metrics, kind.name(), setup.eval_engine.kernels)?;
+    let mut sink = MetricsSink::open(
+        metrics,
+        kind.name(),
+        setup.eval_engine.kernels,
+        session::args_json(&setup.cfg.data_args),
+    )?;
     let test = trainer::evaluate(&setup.eval_engine, &st.params, &data.test, &data, st.seed)?;
     let mut m = Map::new();
     m.insert("epoch".into(), json!(st.epoch));

@@ -1,5 +1,6 @@
-//! What each data set looks like to the compiler, known without reading it: the shapes
-//! of `x` and `y` and the named sizes (`inputs`, `classes`, `height`, …) a model may use.
+//! What each data set looks like to the compiler: the shapes of `x` and `y` and the named
+//! sizes (`inputs`, `classes`, `height`, …) a model may use. Known without reading the
+//! data, except for `songs`, whose vocabulary comes from its file (or a checkpoint).
 
 use dlc_compiler::lower::DataSig;
 use dlc_compiler::types::{DType, Dim, Type};
@@ -29,7 +30,35 @@ pub fn by_name(name: &str) -> Option<DataSig> {
 
 /// The signature of a loaded data set.
 pub fn of(d: &Dataset) -> DataSig {
-    make(&d.name, &d.x_shape, d.task)
+    match (&d.vocab, &d.x_shape[..]) {
+        (Some(vocab), [seq]) => text(&d.name, vocab.len(), *seq),
+        _ => make(&d.name, &d.x_shape, d.task),
+    }
+}
+
+/// The signature of a character-level text data set (`songs`): `x` and `y` are
+/// i32[B, seq] character ids (`y` the next character at every position), with the sizes
+/// `vocab`, `classes` and `outputs` (the vocabulary size), `seq`, `inputs` and `features`
+/// (= seq).
+pub fn text(name: &str, vocab: usize, seq: usize) -> DataSig {
+    let ids = Type {
+        dtype: DType::I32,
+        shape: vec![Dim::Sym("B".into()), Dim::Known(seq)],
+    };
+    let dims = [
+        ("inputs", seq),
+        ("features", seq),
+        ("classes", vocab),
+        ("outputs", vocab),
+        ("vocab", vocab),
+        ("seq", seq),
+    ];
+    DataSig {
+        name: name.to_string(),
+        dims: dims.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        x: ids.clone(),
+        y: ids,
+    }
 }
 
 fn make(name: &str, x_shape: &[usize], task: Task) -> DataSig {

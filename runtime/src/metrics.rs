@@ -6,11 +6,14 @@ use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-/// Writes one JSON object per line, each with the engine and its kernel count.
+/// Writes one JSON object per line, each with the engine, its kernel count and the
+/// data-set arguments in force (`"data_args": {"seq": 100}`, `{}` for a data set
+/// without arguments).
 pub struct MetricsSink {
     file: Option<(PathBuf, File)>,
     engine: &'static str,
     kernels: usize,
+    data_args: Map<String, Value>,
 }
 
 impl MetricsSink {
@@ -18,6 +21,7 @@ impl MetricsSink {
         path: Option<&Path>,
         engine: &'static str,
         kernels: usize,
+        data_args: Map<String, Value>,
     ) -> Result<MetricsSink, String> {
         let file = match path {
             Some(p) => Some((
@@ -31,12 +35,14 @@ impl MetricsSink {
             file,
             engine,
             kernels,
+            data_args,
         })
     }
 
     pub fn write(&mut self, mut m: Map<String, Value>) -> Result<(), String> {
         m.insert("engine".into(), json!(self.engine));
         m.insert("kernels".into(), json!(self.kernels));
+        m.insert("data_args".into(), Value::Object(self.data_args.clone()));
         if let Some((path, f)) = &mut self.file {
             let line = Value::Object(m).to_string();
             writeln!(f, "{line}")

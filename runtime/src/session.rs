@@ -94,6 +94,59 @@ pub fn parse_data_flag(s: &str) -> Result<(String, Option<PathBuf>), String> {
     Ok((name, path))
 }
 
+/// `--set NAME=VALUE` and `--data-arg NAME=VALUE`: a name (letters, digits, `_`) and a
+/// non-empty value.
+pub fn parse_assignment(s: &str) -> Result<(String, String), String> {
+    let Some((name, value)) = s.split_once('=') else {
+        return Err(format!("`{s}`: expected NAME=VALUE"));
+    };
+    let name = name.trim();
+    let ident = name.starts_with(|c: char| c.is_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_alphanumeric() || c == '_');
+    if !ident {
+        return Err(format!("`{s}`: `{name}` is not a name"));
+    }
+    if value.trim().is_empty() {
+        return Err(format!("`{s}`: empty value"));
+    }
+    Ok((name.to_string(), value.trim().to_string()))
+}
+
+/// `list` with `later` applied over it: an entry of `later` replaces the one of `list`
+/// with the same name, new names are added at the end.
+pub fn merge(list: &[(String, String)], later: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out = list.to_vec();
+    for (k, v) in later {
+        match out.iter_mut().find(|(n, _)| n == k) {
+            Some(slot) => slot.1 = v.clone(),
+            None => out.push((k.clone(), v.clone())),
+        }
+    }
+    out
+}
+
+/// A name given twice among the `flag` values is an error (the values would contradict).
+pub fn no_repeats(flag: &str, list: &[(String, String)]) -> Result<(), String> {
+    for (i, (k, _)) in list.iter().enumerate() {
+        if list[..i].iter().any(|(n, _)| n == k) {
+            return Err(format!("--{flag} {k}=… given more than once"));
+        }
+    }
+    Ok(())
+}
+
+/// What a checkpoint records of the command line it was trained with, applied again when
+/// it is loaded (`--load`, `--resume`); flags given again win.
+#[derive(Clone, Debug, Default)]
+pub struct Recorded {
+    /// The data set it was trained on.
+    pub data: String,
+    /// Its `--set` values.
+    pub sets: Vec<(String, String)>,
+    /// Its `--data-arg` values (applied only when the same data set is used).
+    pub data_args: Vec<(String, String)>,
+}
+
 /// Flags that change the training configuration.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
@@ -106,32 +159,130 @@ pub struct Overrides {
     pub no_opt: bool,
     /// Threads for the JIT engine's kernels (0: all cores).
     pub threads: usize,
+    /// `--set NAME=VALUE`: parameters of the main model.
+    pub sets: Vec<(String, String)>,
+    /// `--data-arg NAME=VALUE`: data-set arguments.
+    pub data_args: Vec<(String, String)>,
+    /// What a loaded checkpoint recorded (the flags above win over it).
+    pub recorded: Option<Recorded>,
 }
 
-/// Which data set a command uses: the one named on `--data`, else the file's.
-pub fn choose_data(prog: &Program, ov: &Overrides) -> Result<(String, Option<PathBuf>), String> {
-    if let Some((n, p)) = ov.data.first() {
+impl Overrides {
+    /// The `--set` values in force: the checkpoint's, then the flags.
+    pub fn sets_in_force(&self) -> Vec<(String, String)> {
+        let recorded = self.recorded.as_ref().map_or(&[][..], |r| &r.sets[..]);
+        merge(recorded, &self.sets)
+    }
+}
+
+/// Parse a `.dl` file (with its imports) and apply the `--set` values in force.
+pub fn open_program(path: &Path, ov: &Overrides) -> Result<Program, String> {
+    let mut prog = load_program(path)?;
+    no_repeats("set", &ov.sets)?;
+    prog.set_params(&ov.sets_in_force())?;
+    Ok(prog)
+}
+
+/// The data set a command uses and its arguments.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataChoice {
+    /// Canonical name.
+    pub name: String,
+    /// `--data NAME=PATH`'s path (None: the embedded copy, or none given).
+    pub path: Option<PathBuf>,
+    /// Every argument in force (the data set's defaults, then the file's `on NAME(…)`
+    /// when the file's data set is the one used, then the checkpoint's, then the flags).
+    pub args: Vec<(String, String)>,
+    /// The `--data-arg` values in force (the checkpoint's, then the flags): what a
+    /// checkpoint records.
+    pub arg_flags: Vec<(String, String)>,
+}
+
+/// Which data set a command uses: the one named on `--data`, else the file's; with the
+/// data-set arguments in force.
+pub fn choose_data(prog: &Program, ov: &Overrides) -> Result<DataChoice, String> {
+    let file_data = prog.train_def().map(|t| datasig::canonical(&t.data.name));
+    let (name, path) = if let Some((n, p)) = ov.data.first() {
         if ov.data.len() > 1 {
             return Err("--data given more than once: this model trains on one data set".into());
         }
-        return Ok((n.clone(), p.clone()));
-    }
-    match prog.train_def() {
-        Some(t) => Ok((datasig::canonical(&t.data.name), None)),
-        None => Err(format!(
-            "{}: no training section, so no data set: add `train … on DATA {{ … }}` or pass --data",
-            prog.source.name
-        )),
-    }
+        (n.clone(), p.clone())
+    } else {
+        match &file_data {
+            Some(n) => (n.clone(), None),
+            None => {
+                return Err(format!(
+                    "{}: no training section, so no data set: add `train … on DATA {{ … }}` or pass --data",
+                    prog.source.name
+                ));
+            }
+        }
+    };
+    // The file's arguments belong to the file's data set.
+    let written = if file_data.as_deref() == Some(name.as_str()) {
+        prog.data_args().map_err(|d| render(&prog.source, &d))?
+    } else {
+        Vec::new()
+    };
+    no_repeats("data-arg", &ov.data_args)?;
+    let recorded = match &ov.recorded {
+        Some(r) if r.data == name => r.data_args.clone(),
+        _ => Vec::new(),
+    };
+    let arg_flags = merge(&recorded, &ov.data_args);
+    let mut given = written;
+    given.extend(arg_flags.iter().cloned());
+    let args = dlc_data::resolve_args(&name, &given).map_err(|e| {
+        let span = prog.train_def().map(|t| t.data.span).unwrap_or_default();
+        if file_data.as_deref() == Some(name.as_str()) && ov.data_args.is_empty() {
+            render(&prog.source, &[Diagnostic::new(span, e.to_string())])
+        } else {
+            e.to_string()
+        }
+    })?;
+    Ok(DataChoice {
+        name,
+        path,
+        args,
+        arg_flags,
+    })
 }
 
-pub fn signature(prog: &Program, name: &str) -> Result<DataSig, String> {
-    datasig::by_name(name).ok_or_else(|| {
+/// The signature of the chosen data set. `songs` needs its vocabulary: `vocab` (from a
+/// checkpoint) when given, else read from the file.
+pub fn signature(
+    prog: &Program,
+    data: &DataChoice,
+    vocab: Option<&[char]>,
+) -> Result<DataSig, String> {
+    if data.name == "songs" {
+        let seq: usize = data
+            .args
+            .iter()
+            .find(|(k, _)| k == "seq")
+            .and_then(|(_, v)| v.parse().ok())
+            .ok_or("data set `songs`: no seq")?;
+        let size = match (vocab, &data.path) {
+            (Some(v), _) => v.len(),
+            (None, Some(p)) => dlc_data::songs_vocabulary(p)
+                .map_err(|e| e.to_string())?
+                .len(),
+            (None, None) => {
+                return Err(
+                    "data set `songs` has no embedded copy and its vocabulary comes from its file: pass --data songs=PATH (a UTF-8 text file of tunes separated by blank lines)"
+                        .into(),
+                );
+            }
+        };
+        return Ok(datasig::text("songs", size, seq));
+    }
+    datasig::by_name(&data.name).ok_or_else(|| {
         let span = prog.train_def().map(|t| t.data.span).unwrap_or_default();
         let d = Diagnostic::new(
             span,
             format!(
-                "unknown data set `{name}`; known: {}",
+                "unknown data set `{}`; known: {}",
+                data.name,
                 dlc_data::DATASET_NAMES.join(", ")
             ),
         );
@@ -139,16 +290,29 @@ pub fn signature(prog: &Program, name: &str) -> Result<DataSig, String> {
     })
 }
 
+/// A lowering error, with a note on the `--set` values in force (they may be the cause).
+pub fn render_lowering(prog: &Program, ov: &Overrides, diags: &[Diagnostic]) -> String {
+    let text = render(&prog.source, diags);
+    let sets = ov.sets_in_force();
+    if sets.is_empty() {
+        return text;
+    }
+    let shown: Vec<String> = sets.iter().map(|(k, v)| format!("--set {k}={v}")).collect();
+    format!(
+        "{text}\nnote: the model's parameters were set with {}",
+        shown.join(" ")
+    )
+}
+
 /// Apply the flags to the file's training configuration (DESIGN §3: `--optimizer` without
 /// `--lr` takes that optimizer's default learning rate).
-pub fn apply(mut cfg: TrainConfig, ov: &Overrides, data_name: &str) -> Result<TrainConfig, String> {
-    if let Some((k, _)) = cfg.data_args.first() {
-        return Err(format!(
-            "data set `{}` takes no arguments (got `{k}`)",
-            cfg.data
-        ));
-    }
-    cfg.data = data_name.to_string();
+pub fn apply(
+    mut cfg: TrainConfig,
+    ov: &Overrides,
+    data: &DataChoice,
+) -> Result<TrainConfig, String> {
+    cfg.data = data.name.clone();
+    cfg.data_args = data.args.clone();
     if let Some(e) = ov.epochs {
         cfg.epochs = e;
     }
@@ -179,6 +343,10 @@ pub struct Setup {
     pub eval: Lowered,
     pub train_engine: Engine,
     pub eval_engine: Engine,
+    /// The `--set` values in force (a checkpoint records them).
+    pub sets: Vec<(String, String)>,
+    /// The `--data-arg` values in force (a checkpoint records them).
+    pub data_arg_flags: Vec<(String, String)>,
 }
 
 pub fn compile(
@@ -186,17 +354,17 @@ pub fn compile(
     ov: &Overrides,
     engine: EngineKind,
 ) -> Result<(Setup, Option<PathBuf>), String> {
-    let program = load_program(path)?;
-    let (data_name, data_path) = choose_data(&program, ov)?;
-    let sig = signature(&program, &data_name)?;
-    let render_err = |d: Vec<Diagnostic>| render(&program.source, &d);
+    let program = open_program(path, ov)?;
+    let data = choose_data(&program, ov)?;
+    let sig = signature(&program, &data, None)?;
+    let render_err = |d: Vec<Diagnostic>| render_lowering(&program, ov, &d);
     let (lowered, cfg) = program
         .lower_training(&sig, Mode::Train)
         .map_err(render_err)?;
     let (eval, _) = program
         .lower_training(&sig, Mode::Eval)
         .map_err(render_err)?;
-    let cfg = apply(cfg, ov, &data_name)?;
+    let cfg = apply(cfg, ov, &data)?;
     let train = training_graph(&lowered, &cfg.optimizer, cfg.clip_norm)
         .map_err(|e| format!("{}: {e}", program.source.name))?;
     let (train_graph, eval_graph) = if ov.no_opt {
@@ -223,16 +391,41 @@ pub fn compile(
             eval,
             train_engine,
             eval_engine,
+            sets: ov.sets_in_force(),
+            data_arg_flags: data.arg_flags,
         },
-        data_path,
+        data.path,
     ))
 }
 
-/// Load the data set of a setup (with a checkpoint's scaling when given).
+/// Load the data set of a setup with its arguments (and a checkpoint's scaling when
+/// given).
 pub fn load_data(
     cfg: &TrainConfig,
     path: Option<&Path>,
     scaling: Option<&dlc_data::Scaling>,
 ) -> Result<Dataset, String> {
-    dlc_data::load_with_scaling(&cfg.data, path, cfg.validation, scaling).map_err(|e| e.to_string())
+    dlc_data::load_with_args(&cfg.data, path, cfg.validation, scaling, &cfg.data_args)
+        .map_err(|e| e.to_string())
+}
+
+/// The data-set arguments as a JSON object for metrics lines and checkpoints: whole
+/// numbers and other numbers as JSON numbers, `true`/`false` as booleans, the rest as
+/// strings.
+pub fn args_json(args: &[(String, String)]) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::{Value, json};
+    args.iter()
+        .map(|(k, v)| {
+            let value = if let Ok(i) = v.parse::<i64>() {
+                json!(i)
+            } else if let Some(f) = v.parse::<f64>().ok().filter(|f| f.is_finite()) {
+                json!(f)
+            } else if let Ok(b) = v.parse::<bool>() {
+                json!(b)
+            } else {
+                Value::String(v.clone())
+            };
+            (k.clone(), value)
+        })
+        .collect()
 }

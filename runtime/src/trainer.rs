@@ -100,6 +100,21 @@ impl TrainState {
         m.insert("best_epoch".into(), self.best_epoch.to_string());
         m.insert("patience_left".into(), self.patience_left.to_string());
         m.insert("stopped".into(), self.stopped.to_string());
+        m.insert("set".into(), crate::checkpoint::pairs_meta(&setup.sets));
+        m.insert(
+            "data_arg".into(),
+            crate::checkpoint::pairs_meta(&setup.data_arg_flags),
+        );
+        m.insert(
+            "data_args".into(),
+            Value::Object(crate::session::args_json(&setup.cfg.data_args)).to_string(),
+        );
+        if let Some(vocab) = &data.vocab {
+            m.insert(
+                crate::checkpoint::VOCAB_KEY.into(),
+                crate::checkpoint::vocab_meta(vocab),
+            );
+        }
         ck
     }
 
@@ -110,6 +125,25 @@ impl TrainState {
         path: &Path,
     ) -> Result<TrainState, String> {
         let fresh = TrainState::fresh(setup, 0);
+        // A shape mismatch after `--set` most likely comes from the values set.
+        let recorded = ck.recorded(path)?.sets;
+        let sets_note = if recorded.is_empty() && setup.sets.is_empty() {
+            String::new()
+        } else {
+            let show = |l: &[(String, String)]| {
+                if l.is_empty() {
+                    "no --set".to_string()
+                } else {
+                    let v: Vec<String> = l.iter().map(|(k, v)| format!("--set {k}={v}")).collect();
+                    v.join(" ")
+                }
+            };
+            format!(
+                " (the checkpoint was trained with {}; this run has {})",
+                show(&recorded),
+                show(&setup.sets)
+            )
+        };
         let take = |names: &Tensors, prefix: &str| -> Result<Tensors, String> {
             let mut out = Tensors::new();
             for (k, v) in names {
@@ -119,7 +153,7 @@ impl TrainState {
                 })?;
                 if t.shape() != v.shape() {
                     return Err(format!(
-                        "{}: `{key}` has shape {:?}, the model needs {:?}",
+                        "{}: `{key}` has shape {:?}, the model needs {:?}{sets_note}",
                         path.display(),
                         t.shape(),
                         v.shape()
@@ -167,27 +201,27 @@ impl TrainState {
     }
 }
 
-/// A batch of examples as tensors `x` [n, …] and `y` ([n] labels or [n, 1] targets).
+/// A batch of examples as tensors `x` [n, …x_shape] and `y` [n, …y_shape] ([n] labels,
+/// [n, 1] targets, or [n, seq] labels per position).
 pub fn batch(
     split: &Split,
     rows: &[usize],
     x_shape: &[usize],
-    task: Task,
+    y_shape: &[usize],
 ) -> (ArrayD<f32>, ArrayD<f32>) {
     let w = split.example_len();
+    let yw: usize = y_shape.iter().product();
     let mut xs = Vec::with_capacity(rows.len() * w);
-    let mut ys = Vec::with_capacity(rows.len());
+    let mut ys = Vec::with_capacity(rows.len() * yw);
     for &r in rows {
         xs.extend_from_slice(&split.x[r * w..(r + 1) * w]);
-        ys.push(split.y[r]);
+        ys.extend_from_slice(&split.y[r * yw..(r + 1) * yw]);
     }
     let mut shape = vec![rows.len()];
     shape.extend_from_slice(x_shape);
     let x = ArrayD::from_shape_vec(IxDyn(&shape), xs).expect("batch x shape");
-    let yshape = match task {
-        Task::Classification { .. } => vec![rows.len()],
-        _ => vec![rows.len(), 1],
-    };
+    let mut yshape = vec![rows.len()];
+    yshape.extend_from_slice(y_shape);
     (
         x,
         ArrayD::from_shape_vec(IxDyn(&yshape), ys).expect("batch y shape"),
@@ -331,6 +365,9 @@ struct Tally {
     task: Task,
     n: usize,
     loss_sum: f64,
+    /// Predictions compared with a label (examples, or positions for per-position
+    /// labels) and how many were right.
+    judged: usize,
     correct: usize,
     sq_err: f64,
     ys: Vec<f64>,
@@ -342,6 +379,7 @@ impl Tally {
             task,
             n: 0,
             loss_sum: 0.0,
+            judged: 0,
             correct: 0,
             sq_err: 0.0,
             ys: Vec::new(),
@@ -354,7 +392,9 @@ impl Tally {
         self.loss_sum += loss as f64 * b as f64;
         match self.task {
             Task::Classification { .. } => {
-                let classes = pred.len() / b.max(1);
+                // One row of scores per label: per example ([B] labels, [B, C] scores)
+                // or per position ([B, T] labels, [B, T, C] scores).
+                let classes = pred.len() / y.len().max(1);
                 let p = pred.as_standard_layout();
                 let flat = p.as_slice().expect("standard layout");
                 for (i, &label) in y.iter().enumerate() {
@@ -367,11 +407,13 @@ impl Tally {
                     }
                     self.correct += usize::from(best as f32 == label);
                 }
+                self.judged += y.len();
             }
             Task::Binary => {
                 for (p, t) in pred.iter().zip(y.iter()) {
                     self.correct += usize::from((*p > 0.5) == (*t > 0.5));
                 }
+                self.judged += y.len();
             }
             Task::Regression => {
                 for (p, t) in pred.iter().zip(y.iter()) {
@@ -389,7 +431,9 @@ impl Tally {
             ..Scores::default()
         };
         match self.task {
-            Task::Classification { .. } | Task::Binary => s.acc = Some(self.correct as f64 / n),
+            Task::Classification { .. } | Task::Binary => {
+                s.acc = Some(self.correct as f64 / self.judged.max(1) as f64)
+            }
             Task::Regression => {
                 let mse = self.sq_err / n;
                 let mean = self.ys.iter().sum::<f64>() / n;
@@ -440,7 +484,7 @@ pub fn evaluate_perturbed(
     let mut tally = Tally::new(data.task);
     let rows: Vec<usize> = (0..split.n).collect();
     for chunk in rows.chunks(1024) {
-        let (mut x, y) = batch(split, chunk, &data.x_shape, data.task);
+        let (mut x, y) = batch(split, chunk, &data.x_shape, &data.y_shape);
         let mut env = leaf_env(params, seed, 0);
         perturb(chunk, &mut x, &y, &mut env)?;
         env.values.insert("x".into(), x);
@@ -524,7 +568,7 @@ pub fn train(
                     std::thread::sleep(std::time::Duration::from_secs(3600));
                 }
             }
-            let (x, y) = batch(&data.train, chunk, &data.x_shape, data.task);
+            let (x, y) = batch(&data.train, chunk, &data.x_shape, &data.y_shape);
             let StepOut {
                 loss,
                 pred,
@@ -632,4 +676,59 @@ pub fn restore_best(
         shown.join("  ")
     );
     sink.write(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn array(shape: &[usize], v: Vec<f32>) -> ArrayD<f32> {
+        ArrayD::from_shape_vec(IxDyn(shape), v).unwrap()
+    }
+
+    #[test]
+    fn accuracy_per_example_and_per_position() {
+        let task = Task::Classification { classes: 3 };
+        // Two examples of one label each: the first right (class 1), the second wrong.
+        let mut t = Tally::new(task);
+        let pred = array(&[2, 3], vec![0.1, 0.8, 0.1, 0.9, 0.0, 0.1]);
+        t.add(0.5, &pred, &array(&[2], vec![1.0, 2.0]));
+        let s = t.scores();
+        assert_eq!((s.loss, s.acc), (0.5, Some(0.5)));
+        // Two examples of three positions: 4 of the 6 positions right; the loss is
+        // weighted by examples across batches.
+        let mut t = Tally::new(task);
+        let pred = array(
+            &[2, 3, 3],
+            vec![
+                1., 0., 0., 0., 1., 0., 0., 0., 1., // predicts 0 1 2
+                0., 0., 1., 0., 0., 1., 0., 0., 1., // predicts 2 2 2
+            ],
+        );
+        t.add(1.0, &pred, &array(&[2, 3], vec![0., 1., 0., 2., 2., 1.]));
+        let one = array(&[1, 3, 3], vec![1., 0., 0., 1., 0., 0., 1., 0., 0.]);
+        t.add(4.0, &one, &array(&[1, 3], vec![0., 0., 0.]));
+        let s = t.scores();
+        assert_eq!(s.acc, Some(7.0 / 9.0));
+        assert_eq!(s.loss, 2.0);
+    }
+
+    #[test]
+    fn batches_take_every_position_of_y() {
+        let split = Split {
+            x: (0..6).map(|v| v as f32).collect(),
+            y: (10..16).map(|v| v as f32).collect(),
+            n: 3,
+        };
+        let (x, y) = batch(&split, &[2, 0], &[2], &[2]);
+        assert_eq!(x, array(&[2, 2], vec![4., 5., 0., 1.]));
+        assert_eq!(y, array(&[2, 2], vec![14., 15., 10., 11.]));
+        let labels = Split {
+            x: vec![0.; 6],
+            y: vec![7., 8., 9.],
+            n: 3,
+        };
+        let (_, y) = batch(&labels, &[1], &[2], &[]);
+        assert_eq!(y, array(&[1], vec![8.]));
+    }
 }

@@ -32,6 +32,51 @@ pub struct Program {
     /// Models and functions of the files this one imports (`import "other.dl"`).
     imported: Vec<Item>,
     import_count: usize,
+    /// Values for parameters of the main model given on the command line (`--set`).
+    sets: Vec<(String, SetValue)>,
+}
+
+/// A value for a parameter of the main model given on the command line
+/// (`--set NAME=VALUE`): it replaces the parameter's default, or the size the data set
+/// provides.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SetValue {
+    Num(f64),
+    Bool(bool),
+    Str(String),
+    /// A bare word: a name of the language (`relu`, `tanh`, `he`, a model or function
+    /// of the file) when there is one, else the word as a string.
+    Word(String),
+}
+
+impl SetValue {
+    /// Read a `--set` value: a number, `true`/`false`, a quoted string (`"tanh"` or
+    /// `'tanh'`) or a bare word; anything else is taken as a string.
+    pub fn parse(text: &str) -> SetValue {
+        let t = text.trim();
+        if let Ok(v) = t.parse::<f64>()
+            && v.is_finite()
+        {
+            return SetValue::Num(v);
+        }
+        match t {
+            "true" => return SetValue::Bool(true),
+            "false" => return SetValue::Bool(false),
+            _ => {}
+        }
+        for q in ['"', '\''] {
+            if t.len() >= 2 && t.starts_with(q) && t.ends_with(q) {
+                return SetValue::Str(t[1..t.len() - 1].to_string());
+            }
+        }
+        let word = t.starts_with(|c: char| c.is_alphabetic() || c == '_')
+            && t.chars().all(|c| c.is_alphanumeric() || c == '_');
+        if word {
+            SetValue::Word(t.to_string())
+        } else {
+            SetValue::Str(t.to_string())
+        }
+    }
 }
 
 /// Imported files are parsed with their spans placed after the prelude's, each file at
@@ -139,6 +184,7 @@ impl Program {
                 prelude,
                 imported: Vec::new(),
                 import_count: 0,
+                sets: Vec::new(),
             })
         } else {
             Err((source, diags))
@@ -175,6 +221,64 @@ impl Program {
 
     fn imported_files(&self) -> usize {
         self.import_count
+    }
+
+    /// Give parameters of the main model values from the command line (`--set
+    /// NAME=VALUE`, in order; a later value for the same name wins). A name that is not
+    /// a parameter of the main model is an error that lists its parameters.
+    pub fn set_params(&mut self, sets: &[(String, String)]) -> Result<(), String> {
+        if sets.is_empty() {
+            return Ok(());
+        }
+        let main = self.main_model().map_err(|d| {
+            d.first()
+                .map_or_else(|| "no model".to_string(), |d| d.message.clone())
+        })?;
+        let params: Vec<&str> = main.params.iter().map(|p| p.name.name.as_str()).collect();
+        for (name, text) in sets {
+            if !params.contains(&name.as_str()) {
+                let hint = dlc_dsl::nearest(name, params.iter().copied())
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                let list = if params.is_empty() {
+                    "it has none".to_string()
+                } else {
+                    format!("its parameters: {}", params.join(", "))
+                };
+                return Err(format!(
+                    "--set {name}={text}: model `{}` has no parameter `{name}`{hint} ({list})",
+                    main.name.name
+                ));
+            }
+            self.sets.retain(|(n, _)| n != name);
+            self.sets.push((name.clone(), SetValue::parse(text)));
+        }
+        Ok(())
+    }
+
+    /// The data-set arguments written in the training section (`on songs(seq: 100)`), as
+    /// (name, value) text; a positional argument has an empty name. Empty without a
+    /// training section.
+    pub fn data_args(&self) -> Result<Vec<(String, String)>, Diags> {
+        let Some(t) = self.train_def() else {
+            return Ok(Vec::new());
+        };
+        let mut lw = Lowerer::new(self.globals(), Mode::Eval);
+        let scope = Scope::new();
+        let cx = Ctx {
+            scope: &scope,
+            inst: None,
+        };
+        let args: Vec<(String, String)> = t
+            .data_args
+            .iter()
+            .filter_map(|a| data_arg(&mut lw, a, &cx))
+            .collect();
+        if lw.diags.is_empty() {
+            Ok(args)
+        } else {
+            Err(lw.diags)
+        }
     }
 
     pub fn train_def(&self) -> Option<&TrainDef> {
@@ -255,7 +359,43 @@ impl Program {
     ) -> Result<Rc<value::Instance>, Diags> {
         let main = self.main_model()?;
         let span = main.name.span;
-        match lw.instantiate(&main, String::new(), vec![], dims, span) {
+        // `--set` values are arguments, so they win over data-set sizes and defaults.
+        let mut args = Vec::new();
+        for (name, v) in &self.sets {
+            let at = main
+                .params
+                .iter()
+                .find(|p| &p.name.name == name)
+                .map_or(span, |p| p.name.span);
+            let value = match v {
+                SetValue::Num(n) => Value::Num(*n),
+                SetValue::Bool(b) => Value::Bool(*b),
+                SetValue::Str(s) => Value::Str(s.clone()),
+                SetValue::Word(w)
+                    if lw.globals.contains_key(w) || builtins::named_value(w).is_some() =>
+                {
+                    let e = Expr {
+                        kind: ExprKind::Name(w.clone()),
+                        span: at,
+                    };
+                    let scope = Scope::new();
+                    lw.eval(
+                        &e,
+                        &Ctx {
+                            scope: &scope,
+                            inst: None,
+                        },
+                    )
+                }
+                SetValue::Word(w) => Value::Str(w.clone()),
+            };
+            let ident = Ident {
+                name: name.clone(),
+                span: at,
+            };
+            args.push((Some(ident), value, at));
+        }
+        match lw.instantiate(&main, String::new(), args, dims, span) {
             // Keep going after errors in members: later code may have more to report.
             Value::Instance(i) => Ok(i),
             _ => Err(std::mem::take(&mut lw.diags)),
@@ -380,30 +520,13 @@ impl Program {
             attack: None,
         };
         for a in &t.data_args {
-            let v = lw.eval(
-                &a.value,
-                &Ctx {
-                    scope: &scope,
-                    inst: Some(&inst),
-                },
-            );
-            let key = a.name.as_ref().map(|n| n.name.clone()).unwrap_or_default();
-            let shown = match v {
-                Value::Num(n) => n.to_string(),
-                Value::Str(s) => s,
-                Value::Bool(b) => b.to_string(),
-                other => {
-                    lw.err(
-                        a.value.span,
-                        format!(
-                            "data set arguments are numbers or strings, found {}",
-                            other.kind()
-                        ),
-                    );
-                    continue;
-                }
+            let cx = Ctx {
+                scope: &scope,
+                inst: Some(&inst),
             };
-            cfg.data_args.push((key, shown));
+            if let Some(arg) = data_arg(&mut lw, a, &cx) {
+                cfg.data_args.push(arg);
+            }
         }
         let mut loss: Option<(Value, Span)> = None;
         for s in &t.stmts {
@@ -596,6 +719,29 @@ impl Program {
         )?;
         Ok((lowered, cfg))
     }
+}
+
+/// A data-set argument as (name, value) text; a value that is not a number, string or
+/// boolean is reported.
+fn data_arg(lw: &mut Lowerer, a: &Arg, cx: &Ctx) -> Option<(String, String)> {
+    let key = a.name.as_ref().map(|n| n.name.clone()).unwrap_or_default();
+    let shown = match lw.eval(&a.value, cx) {
+        Value::Num(n) => n.to_string(),
+        Value::Str(s) => s,
+        Value::Bool(b) => b.to_string(),
+        Value::Poison => return None,
+        other => {
+            lw.err(
+                a.value.span,
+                format!(
+                    "data set arguments are numbers or strings, found {}",
+                    other.kind()
+                ),
+            );
+            return None;
+        }
+    };
+    Some((key, shown))
 }
 
 fn train_defs(file: &File) -> impl Iterator<Item = &TrainDef> {

@@ -3,7 +3,8 @@
 /// What a data set asks a model to predict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Task {
-    /// One of `classes` classes; `y` holds the class index as an `f32`.
+    /// One of `classes` classes; `y` holds the class index as an `f32` (one per
+    /// example, or one per position for `songs`).
     Classification {
         /// Number of classes (labels are `0..classes`).
         classes: usize,
@@ -19,7 +20,8 @@ pub enum Task {
 pub struct Split {
     /// Inputs, `n * prod(x_shape)` values, example-major then row-major.
     pub x: Vec<f32>,
-    /// Targets, `n` values (one per example: class index, 0/1 or a real number).
+    /// Targets, `n * prod(y_shape)` values, example-major (class indices, 0/1 or real
+    /// numbers).
     pub y: Vec<f32>,
     /// Number of examples.
     pub n: usize,
@@ -53,7 +55,8 @@ pub struct Dataset {
     pub task: Task,
     /// Shape of one input example, e.g. `[8, 8]` or `[30]`.
     pub x_shape: Vec<usize>,
-    /// Shape of one target: `[]` for classification, `[1]` otherwise.
+    /// Shape of one target: `[]` for classification, `[seq]` for `songs` (a class per
+    /// position), `[1]` otherwise.
     pub y_shape: Vec<usize>,
     /// Training rows.
     pub train: Split,
@@ -63,6 +66,9 @@ pub struct Dataset {
     pub test: Split,
     /// The standardisation applied to `x` (tabular data sets only).
     pub scaling: Option<Scaling>,
+    /// Character-level text (`songs`): the sorted distinct characters of the file; a
+    /// character's id in `x` and `y` is its index here.
+    pub vocab: Option<Vec<char>>,
 }
 
 impl Dataset {
@@ -70,7 +76,8 @@ impl Dataset {
     ///
     /// Always `inputs` (product of `x_shape`) and `features` (same value);
     /// `height` and `width` for images; `classes` and `outputs` (= classes)
-    /// for classification; `outputs` = 1 for binary and regression tasks.
+    /// for classification; `outputs` = 1 for binary and regression tasks; for text,
+    /// also `vocab` (= classes) and `seq` (the window length).
     pub fn dims(&self) -> Vec<(String, usize)> {
         let inputs: usize = self.x_shape.iter().product();
         let mut dims = vec![
@@ -87,6 +94,10 @@ impl Dataset {
                 dims.push(("outputs".to_string(), classes));
             }
             Task::Binary | Task::Regression => dims.push(("outputs".to_string(), 1)),
+        }
+        if let (Some(vocab), [seq]) = (&self.vocab, &self.x_shape[..]) {
+            dims.push(("vocab".to_string(), vocab.len()));
+            dims.push(("seq".to_string(), *seq));
         }
         dims
     }

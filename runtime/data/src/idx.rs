@@ -255,5 +255,6 @@ pub(crate) fn load_images(name: &str, dir: &Path, validation: bool) -> Result<Da
         val,
         test: to_split(&test_images.pixels, &test_labels),
         scaling: None,
+        vocab: None,
     })
 }

@@ -142,6 +142,7 @@ pub(crate) fn load_digits(
         val,
         test,
         scaling: None,
+        vocab: None,
     })
 }
 
@@ -203,6 +204,7 @@ pub(crate) fn load_breast_cancer(
         val,
         test,
         scaling: Some(scaling),
+        vocab: None,
     })
 }
 
@@ -256,5 +258,6 @@ pub(crate) fn load_diabetes(
         val,
         test,
         scaling: Some(scaling),
+        vocab: None,
     })
 }

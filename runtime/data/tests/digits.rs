@@ -111,7 +111,8 @@ fn dims_and_names() -> Result<(), DataError> {
             "mnist",
             "fashion_mnist",
             "breast_cancer",
-            "diabetes"
+            "diabetes",
+            "songs"
         ]
     );
     let empty = dlc_data::Split {
