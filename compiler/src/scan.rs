@@ -236,3 +236,92 @@ pub fn build(g: &mut Graph, t: &Trace) -> Result<Vec<NodeId>, String> {
         })
         .collect()
 }
+
+/// The graph as a step function of its scans' carries, to generate one step at a time
+/// with the carry kept: the initial carries of every scan (numbered K in schedule order)
+/// become inputs `carry:K`; outputs `init:K` give their original values and `last:K` the
+/// final carries. With sequences of length 1, each run is one step of every scan.
+pub fn stepper(g: &Graph) -> Graph {
+    struct Group {
+        body: u32,
+        operands: Vec<NodeId>,
+        new_operands: Vec<NodeId>,
+        first_k: usize,
+        op: Op,
+    }
+    let mut out = Graph::new();
+    out.bodies = g.bodies.clone();
+    let mut map: HashMap<NodeId, NodeId> = HashMap::new();
+    let mut groups: Vec<Group> = Vec::new();
+    let mut k = 0;
+    for n in g.schedule() {
+        let op = g.node(n).op.clone();
+        let mut ins: Vec<NodeId> = g.inputs(n).iter().map(|i| map[i]).collect();
+        if let Op::Scan { body, carries, .. } = op {
+            let operands = g.inputs(n);
+            let at = match groups
+                .iter()
+                .position(|gr| gr.body == body && gr.operands == operands)
+            {
+                Some(at) => at,
+                None => {
+                    let mut new_operands = ins.clone();
+                    for (i, slot) in new_operands.iter_mut().take(carries as usize).enumerate() {
+                        let ty = out.ty(*slot).clone();
+                        out.set_output(format!("init:{}", k + i), *slot);
+                        *slot = out.add_ok(
+                            Op::Input {
+                                name: format!("carry:{}", k + i),
+                                ty: (ty.dtype, ty.shape),
+                            },
+                            &[],
+                        );
+                    }
+                    groups.push(Group {
+                        body,
+                        operands,
+                        new_operands,
+                        first_k: k,
+                        op: op.clone(),
+                    });
+                    k += carries as usize;
+                    groups.len() - 1
+                }
+            };
+            ins = groups[at].new_operands.clone();
+        }
+        let m = out.add_ok(op, &ins);
+        map.insert(n, m);
+    }
+    for (name, id) in &g.outputs {
+        out.set_output(name.clone(), map[id]);
+    }
+    for gr in &groups {
+        let Op::Scan {
+            body,
+            carries,
+            xs,
+            reverse,
+            ..
+        } = gr.op
+        else {
+            continue;
+        };
+        for i in 0..carries as usize {
+            let ty = out.ty(gr.new_operands[i]).clone();
+            let last = out.add_ok(
+                Op::Scan {
+                    body,
+                    output: i as u32,
+                    carries,
+                    xs,
+                    reverse,
+                    out: (ty.dtype, ty.shape),
+                },
+                &gr.new_operands,
+            );
+            out.set_output(format!("last:{}", gr.first_k + i), last);
+        }
+    }
+    out
+}

@@ -106,6 +106,28 @@ pub enum Cmd {
     },
     /// Train a model.
     Train(TrainArgs),
+    /// Generate text from a checkpoint of a character model (one step at a time, the
+    /// recurrent state kept between steps).
+    Sample {
+        file: PathBuf,
+        #[arg(long)]
+        load: PathBuf,
+        /// Characters to generate after the prime.
+        #[arg(long, default_value_t = 1000)]
+        length: usize,
+        /// Divides the logits before sampling: below 1 more conservative, above 1 wilder.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Text the model reads first (printed as the start of the sample).
+        #[arg(long, default_value = "X:")]
+        prime: String,
+        #[arg(long, default_value = "jit")]
+        engine: String,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
     /// Time whole training steps (forward, backward, update) on batches in memory.
     Bench {
         file: PathBuf,
@@ -221,6 +243,36 @@ pub fn run(cli: Cli) -> Result<(), String> {
             seed,
         ),
         Cmd::Train(a) => train(a),
+        Cmd::Sample {
+            file,
+            load,
+            length,
+            temperature,
+            seed,
+            prime,
+            engine,
+            model,
+        } => {
+            let mut ov = overrides(Vec::new(), model);
+            let kind = EngineKind::parse(&engine)?;
+            let (lowered, env, vocab) = forward_with_weights(&file, Some(&load), &mut ov, seed)?;
+            let vocab = vocab.ok_or_else(|| {
+                format!(
+                    "{}: the checkpoint has no vocabulary (sampling needs a model trained on a text data set such as songs)",
+                    load.display()
+                )
+            })?;
+            let opts = crate::sample::Options {
+                length,
+                temperature,
+                seed,
+                prime,
+            };
+            let text = crate::sample::sample(&lowered.graph, env, &vocab, &opts, kind)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            print!("{text}");
+            Ok(())
+        }
         Cmd::Bench {
             file,
             data,
@@ -506,15 +558,15 @@ fn to_json(a: &ArrayD<f32>) -> Value {
     rec(a.view())
 }
 
-fn run_forward(
+/// The forward graph of a model file and its weights: from a checkpoint (whose recorded
+/// `--set` and `--data-arg` values apply, and whose vocabulary gives the songs data set's
+/// size) or, without one, the initial weights of the seed. Also the vocabulary.
+fn forward_with_weights(
     file: &Path,
     load: Option<&Path>,
-    inputs: &[String],
-    mut ov: Overrides,
-    engine: &str,
+    ov: &mut Overrides,
     seed: u64,
-) -> Result<(), String> {
-    let kind = EngineKind::parse(engine)?;
+) -> Result<(dlc_compiler::lower::Lowered, Env<f32>, Option<Vec<char>>), String> {
     let ck = match load {
         Some(p) => Some((Checkpoint::load(p)?, p)),
         None => None,
@@ -524,12 +576,12 @@ fn run_forward(
         ov.recorded = Some(ck.recorded(p)?);
         vocab = crate::checkpoint::vocabulary(ck).map_err(|e| format!("{}: {e}", p.display()))?;
     }
-    let prog = session::open_program(file, &ov)?;
-    let render = |d: Vec<dlc_dsl::Diagnostic>| session::render_lowering(&prog, &ov, &d);
-    let dims = match session::choose_data(&prog, &ov) {
+    let prog = session::open_program(file, ov)?;
+    let render = |d: Vec<dlc_dsl::Diagnostic>| session::render_lowering(&prog, ov, &d);
+    let dims = match session::choose_data(&prog, ov) {
         Ok(data) => session::signature(&prog, &data, vocab.as_deref())?.dims,
         Err(_) => {
-            no_data_args(&ov, file)?;
+            no_data_args(ov, file)?;
             vec![]
         }
     };
@@ -575,6 +627,19 @@ fn run_forward(
             }
         }
     }
+    Ok((lowered, env, vocab))
+}
+
+fn run_forward(
+    file: &Path,
+    load: Option<&Path>,
+    inputs: &[String],
+    mut ov: Overrides,
+    engine: &str,
+    seed: u64,
+) -> Result<(), String> {
+    let kind = EngineKind::parse(engine)?;
+    let (lowered, mut env, _) = forward_with_weights(file, load, &mut ov, seed)?;
     let wanted = lowered
         .graph
         .leaves(|op| matches!(op, dlc_compiler::ops::Op::Input { .. }));

@@ -27,5 +27,6 @@ pub mod datasig;
 pub mod engine;
 pub mod init;
 pub mod metrics;
+pub mod sample;
 pub mod session;
 pub mod trainer;
