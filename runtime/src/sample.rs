@@ -58,10 +58,25 @@ pub fn sample(
     let graph = dlc_compiler::opt::optimize(&step).graph;
     let engine = Engine::new(kind, graph, 1)?;
     let id = |c: usize| ArrayD::from_elem(IxDyn(&[1, 1]), c as f32);
+    // The initial carries (as the model computes them, at batch 1): one run with
+    // placeholder carries of their types, whose other results are not used.
     env.values.insert("x".into(), id(prime[0]));
-    let inits: Vec<String> = (0..carries).map(|k| format!("init:{k}")).collect();
+    for (name, n) in step.leaves(|op| matches!(op, dlc_compiler::ops::Op::Input { .. })) {
+        if name.starts_with("carry:") {
+            let dims: Vec<usize> = step
+                .ty(n)
+                .shape
+                .iter()
+                .map(|d| d.known().unwrap_or(1))
+                .collect();
+            env.values.insert(name, ArrayD::zeros(IxDyn(&dims)));
+        }
+    }
+    let mut inits: Vec<String> = (0..carries).map(|k| format!("init:{k}")).collect();
+    inits.push("pred".into());
     let refs: Vec<&str> = inits.iter().map(|s| s.as_str()).collect();
     let mut state = engine.run(&env, &refs)?;
+    state.pop();
     let mut outputs = vec!["pred".to_string()];
     outputs.extend((0..carries).map(|k| format!("last:{k}")));
     let outs: Vec<&str> = outputs.iter().map(|s| s.as_str()).collect();

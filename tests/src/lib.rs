@@ -28,3 +28,13 @@ pub fn shared_data() -> Option<PathBuf> {
         .unwrap_or_else(|| root().join("../shared/data"));
     p.is_dir().then_some(p)
 }
+
+/// The signature of the data set a model trains on, without loading it. Text data sets
+/// take their vocabulary from the file; for the course's corpus (`songs`) that is 83
+/// characters, windows of 100 by default.
+pub fn signature(name: &str) -> dlc_compiler::lower::DataSig {
+    dlc_runtime::datasig::by_name(name).unwrap_or_else(|| {
+        assert_eq!(name, "songs", "unknown data set {name}");
+        dlc_runtime::datasig::text("songs", 83, 100)
+    })
+}

@@ -25,7 +25,7 @@ fn step_graph(path: &std::path::Path) -> Graph {
                 .graph
         }
         Some(t) => {
-            let sig = dlc_runtime::datasig::by_name(&t.data.name).expect("data set");
+            let sig = dlc_tests::signature(&t.data.name);
             let (l, cfg) = prog
                 .lower_training(&sig, Mode::Train)
                 .unwrap_or_else(|_| panic!("lowers"));

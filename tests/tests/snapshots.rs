@@ -5,7 +5,6 @@ use dlc_compiler::lower::Mode;
 use dlc_compiler::opt::optimize;
 use dlc_compiler::print::print_graph;
 use dlc_compiler::train::training_graph;
-use dlc_runtime::datasig;
 
 /// Forward IR, gradient graph, and the optimized step (training step, or `forward`).
 fn lower(path: &std::path::Path) -> (String, String, String) {
@@ -20,7 +19,7 @@ fn lower(path: &std::path::Path) -> (String, String, String) {
             (print_graph(&l.graph), String::new(), print_graph(&o.graph))
         }
         Some(t) => {
-            let sig = datasig::by_name(&t.data.name).expect("known data set");
+            let sig = dlc_tests::signature(&t.data.name);
             let (l, cfg) = prog.lower_training(&sig, Mode::Train).expect("lowers");
             l.graph.verify().expect("forward graph verifies");
             let tg = training_graph(&l, &cfg.optimizer, cfg.clip_norm).expect("differentiates");
