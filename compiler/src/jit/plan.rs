@@ -156,8 +156,8 @@ fn split_matmul(body: &Graph) -> Option<(Operand, Operand, bool, bool, Graph)> {
 
 /// A matmul operand as a matrix: its leading axes are rows.
 pub(super) fn rows_cols(shape: &[usize]) -> (usize, usize) {
-    let cols = shape.last().copied().unwrap_or(1);
-    (shape.iter().product::<usize>() / cols.max(1), cols)
+    let (cols, lead) = shape.split_last().map_or((1, &[][..]), |(c, l)| (*c, l));
+    (lead.iter().product(), cols)
 }
 
 /// The body with every `sum`, `mean` or `max` over both axes of a rank-2 value split into
