@@ -257,8 +257,10 @@ pub fn run_scan<T: Real>(
             e.values.insert(format!("carry{i}"), v);
         }
         for j in 0..n {
-            e.values
-                .insert(format!("x{j}"), ins[c + j].index_axis(Axis(0), t).to_owned());
+            e.values.insert(
+                format!("x{j}"),
+                ins[c + j].index_axis(Axis(0), t).to_owned(),
+            );
         }
         let mut out = run(body, &e, &names)?.into_iter();
         carry = out.by_ref().take(c).collect();

@@ -871,7 +871,10 @@ impl Op {
                 float(ins[0])?;
                 float(ins[1])?;
                 let (a, g) = (ins[0], ins[1]);
-                if a.rank() < 2 || a.rank() != g.rank() || a.shape[..a.rank() - 1] != g.shape[..g.rank() - 1] {
+                if a.rank() < 2
+                    || a.rank() != g.rank()
+                    || a.shape[..a.rank() - 1] != g.shape[..g.rank() - 1]
+                {
                     return Err(format!(
                         "contract_leading needs the same leading axes, got {a} and {g}"
                     ));

@@ -53,7 +53,9 @@ pub fn sample(
         .take_while(|k| step.output(&format!("init:{k}")).is_some())
         .count();
     if carries == 0 {
-        return Err("the model has no recurrence (scan) to carry from one character to the next".into());
+        return Err(
+            "the model has no recurrence (scan) to carry from one character to the next".into(),
+        );
     }
     let graph = dlc_compiler::opt::optimize(&step).graph;
     let engine = Engine::new(kind, graph, 1)?;
@@ -103,7 +105,11 @@ pub fn sample(
         logits = next(c, &mut state)?;
     }
     for i in 0..opts.length {
-        let c = draw(&logits, opts.temperature, rng::uniform(opts.seed, SAMPLE_KEY, i as u64, 0));
+        let c = draw(
+            &logits,
+            opts.temperature,
+            rng::uniform(opts.seed, SAMPLE_KEY, i as u64, 0),
+        );
         text.push(vocab[c]);
         if i + 1 < opts.length {
             logits = next(c, &mut state)?;
@@ -114,7 +120,9 @@ pub fn sample(
 
 /// The index drawn from softmax(logits / temperature) by the uniform number `u`.
 fn draw(logits: &[f32], temperature: f64, u: f64) -> usize {
-    let m = logits.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    let m = logits
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
     let w: Vec<f64> = logits
         .iter()
         .map(|&v| ((v as f64 - m) / temperature).exp())

@@ -17,7 +17,10 @@ const B: usize = 2;
 /// `x_shape` (B first) and targets y of `y_shape`.
 fn lower(src: &str, x_shape: &[usize], y_shape: &[usize]) -> Lowered {
     let prog = Program::parse("scan_test.dl", src.as_bytes()).unwrap_or_else(|(s, d)| {
-        panic!("parse: {:?}", d.iter().map(|d| s.render(d)).collect::<Vec<_>>())
+        panic!(
+            "parse: {:?}",
+            d.iter().map(|d| s.render(d)).collect::<Vec<_>>()
+        )
     });
     let dims = |s: &[usize]| {
         let mut v = vec![Dim::Sym("B".into())];
@@ -30,9 +33,12 @@ fn lower(src: &str, x_shape: &[usize], y_shape: &[usize]) -> Lowered {
         x: Type::f32(dims(x_shape)),
         y: Type::f32(dims(y_shape)),
     };
-    let (l, _) = prog
-        .lower_training(&sig, Mode::Train)
-        .unwrap_or_else(|d| panic!("lower: {:?}", d.iter().map(|d| prog.source.render(d)).collect::<Vec<_>>()));
+    let (l, _) = prog.lower_training(&sig, Mode::Train).unwrap_or_else(|d| {
+        panic!(
+            "lower: {:?}",
+            d.iter().map(|d| prog.source.render(d)).collect::<Vec<_>>()
+        )
+    });
     l
 }
 
@@ -73,7 +79,11 @@ fn check(src: &str, x_shape: &[usize], y_shape: &[usize]) -> Graph {
     gg.verify().expect("gradient graph verifies");
     let env = env_for(&l, x_shape, y_shape);
     let loss = |env: &Env<f64>| interp::run(&l.graph, env, &["loss"]).expect("runs")[0].sum();
-    let names: Vec<String> = l.params.iter().map(|p| format!("grad:{}", p.name)).collect();
+    let names: Vec<String> = l
+        .params
+        .iter()
+        .map(|p| format!("grad:{}", p.name))
+        .collect();
     let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
     let grads = interp::run(&gg, &env, &refs).expect("gradient graph runs");
     let mut env32: Env<f32> = Env::new(env.seed, env.step);
@@ -91,7 +101,12 @@ fn check(src: &str, x_shape: &[usize], y_shape: &[usize]) -> Graph {
             let mut e2 = Env::new(env.seed, env.step);
             e2.values = env.values.clone();
             let slot = |e: &mut Env<f64>| -> *mut f64 {
-                &mut e.values.get_mut(&p.name).expect("p").as_slice_mut().expect("std")[j]
+                &mut e
+                    .values
+                    .get_mut(&p.name)
+                    .expect("p")
+                    .as_slice_mut()
+                    .expect("std")[j]
             };
             let x = env.values[&p.name].as_slice().expect("std")[j];
             // SAFETY: the pointer is into e2's own array, used before e2 changes.
@@ -119,7 +134,10 @@ fn check(src: &str, x_shape: &[usize], y_shape: &[usize]) -> Graph {
 
 fn scan_nodes(g: &Graph) -> (usize, usize) {
     let text = dlc_compiler::print::print_graph(g);
-    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('%') && l.contains(" = scan[")).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with('%') && l.contains(" = scan["))
+        .collect();
     let rev = lines.iter().filter(|l| l.contains("reverse=true")).count();
     (lines.len(), rev)
 }
@@ -232,7 +250,8 @@ train M on seq {
 "#;
     let l = lower(src, &[3, 4], &[3, 4]);
     let mut env = env_for(&l, &[3, 4], &[3, 4]);
-    env.values.insert("x".into(), ArrayD::ones(IxDyn(&[B, 3, 4])));
+    env.values
+        .insert("x".into(), ArrayD::ones(IxDyn(&[B, 3, 4])));
     env.values.insert("w".into(), ArrayD::ones(IxDyn(&[4])));
     let mut g = l.graph.clone();
     let pred = g.output("loss").expect("loss");
@@ -241,7 +260,14 @@ train M on seq {
     let ys = g
         .schedule()
         .into_iter()
-        .find(|&n| matches!(g.node(n).op, Op::Transpose { .. }) && g.ty(n).shape.len() == 3 && g.ty(n).shape[1] == Dim::Known(3) && g.inputs(n).iter().any(|&i| matches!(g.node(i).op, Op::Scan { .. })))
+        .find(|&n| {
+            matches!(g.node(n).op, Op::Transpose { .. })
+                && g.ty(n).shape.len() == 3
+                && g.ty(n).shape[1] == Dim::Known(3)
+                && g.inputs(n)
+                    .iter()
+                    .any(|&i| matches!(g.node(i).op, Op::Scan { .. }))
+        })
         .expect("stacked outputs");
     g.set_output("ys", ys);
     let a = interp::run(&g, &env, &["ys"]).expect("runs").remove(0);
@@ -251,7 +277,10 @@ train M on seq {
     assert_ne!(step(0), step(1), "steps 0 and 1 drew the same mask");
     assert_ne!(step(1), step(2), "steps 1 and 2 drew the same mask");
     for v in a.iter() {
-        assert!(*v == 0.0 || *v == 2.0, "dropout of ones at rate 0.5 gives 0 or 2, got {v}");
+        assert!(
+            *v == 0.0 || *v == 2.0,
+            "dropout of ones at rate 0.5 gives 0 or 2, got {v}"
+        );
     }
     // And the gradient through the masks is still exact.
     check(src, &[3, 4], &[3, 4]);
@@ -275,8 +304,12 @@ train M on seq {{
     };
     let nodes = |t: usize| {
         let l = lower(&src(t), &[t, 2], &[3]);
-        let tg = dlc_compiler::train::training_graph(&l, &dlc_compiler::lower::Optimizer::with_defaults("adam", None).expect("adam"), None)
-            .expect("training graph");
+        let tg = dlc_compiler::train::training_graph(
+            &l,
+            &dlc_compiler::lower::Optimizer::with_defaults("adam", None).expect("adam"),
+            None,
+        )
+        .expect("training graph");
         tg.graph.schedule().len()
     };
     assert_eq!(nodes(5), nodes(200));

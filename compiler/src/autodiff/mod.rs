@@ -126,7 +126,11 @@ pub(crate) fn vjp(
                 continue;
             };
             let need: Vec<bool> = grp.operands.iter().map(|o| needs[o]).collect();
-            let outs: Vec<Option<Id>> = grp.outputs.iter().map(|m| m.and_then(|m| adj.get(&m).copied())).collect();
+            let outs: Vec<Option<Id>> = grp
+                .outputs
+                .iter()
+                .map(|m| m.and_then(|m| adj.get(&m).copied()))
+                .collect();
             if !need.iter().any(|&b| b) || outs.iter().all(|a| a.is_none()) {
                 continue;
             }

@@ -128,7 +128,9 @@ fn stacked(steps: &crate::types::Dim, ty: &Type) -> (DType, Shape) {
 fn recomputed(op: &Op) -> bool {
     use crate::opt::fuse::{Class, class};
     match class(op) {
-        Class::Elementwise | Class::View | Class::Copy => !matches!(op, Op::Gather | Op::ScatterAdd { .. }),
+        Class::Elementwise | Class::View | Class::Copy => {
+            !matches!(op, Op::Gather | Op::ScatterAdd { .. })
+        }
         Class::Generator => matches!(op, Op::Const { .. }),
         _ => false,
     }
@@ -230,7 +232,9 @@ pub(super) fn vjp_scan(
     let mut residuals: Vec<NodeId> = Vec::new();
     let mut moved: HashMap<u32, u32> = HashMap::new();
     for i in 0..c {
-        let ty = body.ty(body.output(&format!("carry{i}")).expect("carry")).clone();
+        let ty = body
+            .ty(body.output(&format!("carry{i}")).expect("carry"))
+            .clone();
         let m = input(&mut b, format!("carry{i}"), &ty);
         if let Some(a) = gf
             .leaves(|op| matches!(op, Op::Input { .. }))
@@ -242,7 +246,12 @@ pub(super) fn vjp_scan(
     }
     let grad_outs: Vec<(usize, NodeId)> = wrt_pos
         .iter()
-        .map(|(p, name)| (*p, gf.output(&format!("grad:{name}")).expect("gradient output")))
+        .map(|(p, name)| {
+            (
+                *p,
+                gf.output(&format!("grad:{name}")).expect("gradient output"),
+            )
+        })
         .collect();
     let roots: Vec<NodeId> = grad_outs.iter().map(|&(_, n)| n).collect();
     // Nodes to copy: backward nodes and the invariant forward values they read; the
@@ -340,7 +349,10 @@ pub(super) fn vjp_scan(
             Some(v) => *v,
             None => {
                 // The step does not read this carry: nothing flows to earlier steps.
-                let shape = body.ty(body.output(&format!("carry{i}")).expect("carry")).shape.clone();
+                let shape = body
+                    .ty(body.output(&format!("carry{i}")).expect("carry"))
+                    .shape
+                    .clone();
                 let z = b.scalar(0.0);
                 b.add_ok(Op::Broadcast { shape }, &[z])
             }
@@ -383,7 +395,10 @@ pub(super) fn vjp_scan(
             let t = g.ty(grp.operands[o]);
             (t.dtype, t.shape.clone())
         } else {
-            stacked(&steps, fwd.ty(fwd.output(&format!("y{}", o - c)).expect("y")))
+            stacked(
+                &steps,
+                fwd.ty(fwd.output(&format!("y{}", o - c)).expect("y")),
+            )
         };
         let e = eg.add(ENode {
             op: Op::Scan {

@@ -144,7 +144,10 @@ type Donations = Vec<(usize, String)>;
 /// What running one node of the schedule means, worked out once per set of outputs.
 pub(super) enum Action {
     Leaf(String),
-    Kernel { body: u32, output: u32 },
+    Kernel {
+        body: u32,
+        output: u32,
+    },
     /// Output `output` of a scan (all outputs of one scan are computed by one run).
     Scan {
         body: u32,
@@ -540,7 +543,10 @@ impl JitGraph {
             return match (c, lead) {
                 (Some(c), Some(mut shape)) => {
                     shape.push(n);
-                    Some(c.into_shape_with_order(IxDyn(&shape)).expect("m·n elements"))
+                    Some(
+                        c.into_shape_with_order(IxDyn(&shape))
+                            .expect("m·n elements"),
+                    )
                 }
                 (c, _) => c,
             };
@@ -611,7 +617,10 @@ impl JitGraph {
         match (c, lead) {
             (Some(c), Some(mut shape)) => {
                 shape.push(n);
-                Some(c.into_shape_with_order(IxDyn(&shape)).expect("m·n elements"))
+                Some(
+                    c.into_shape_with_order(IxDyn(&shape))
+                        .expect("m·n elements"),
+                )
             }
             (c, _) => c,
         }

@@ -24,7 +24,10 @@ fn flat(lw: &mut Lowerer, v: &Value, what: &str, span: Span) -> Option<(Vec<Node
                     other => {
                         lw.err(
                             span,
-                            format!("{what} must be tensors, found {} in the tuple", other.kind()),
+                            format!(
+                                "{what} must be tensors, found {} in the tuple",
+                                other.kind()
+                            ),
                         );
                         return None;
                     }
@@ -36,7 +39,10 @@ fn flat(lw: &mut Lowerer, v: &Value, what: &str, span: Span) -> Option<(Vec<Node
         other => {
             lw.err(
                 span,
-                format!("{what} must be a tensor or a tuple of tensors, found {}", other.kind()),
+                format!(
+                    "{what} must be a tensor or a tuple of tensors, found {}",
+                    other.kind()
+                ),
             );
             None
         }
@@ -85,7 +91,10 @@ impl Lowerer {
                 Some(t) if *t != ty.shape[1] => {
                     self.err(
                         xs.1,
-                        format!("the scanned values have different lengths ({t} and {})", ty.shape[1]),
+                        format!(
+                            "the scanned values have different lengths ({t} and {})",
+                            ty.shape[1]
+                        ),
                     );
                     return None;
                 }
