@@ -104,14 +104,7 @@ pub(crate) fn vjp(
                 args: vec![],
             }),
         };
-        let total = match adj.get(&n) {
-            Some(&prev) => eg.add(ENode {
-                op: Op::Add,
-                args: vec![prev, s],
-            }),
-            None => s,
-        };
-        adj.insert(n, total);
+        accumulate(&mut eg, &mut adj, n, s);
     }
     let pos: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     let groups = scan::groups(g, &order, &pos);
@@ -141,15 +134,7 @@ pub(crate) fn vjp(
                 superseded: &mut superseded,
             };
             for (i, c) in scan::vjp_scan(g, grp, &need, &outs, ctx)? {
-                let input = grp.operands[i];
-                let total = match adj.get(&input) {
-                    Some(&prev) => eg.add(ENode {
-                        op: Op::Add,
-                        args: vec![prev, c],
-                    }),
-                    None => c,
-                };
-                adj.insert(input, total);
+                accumulate(&mut eg, &mut adj, grp.operands[i], c);
             }
             continue;
         }
@@ -171,14 +156,7 @@ pub(crate) fn vjp(
                     args: vec![c],
                 });
             }
-            let total = match adj.get(&input) {
-                Some(&prev) => eg.add(ENode {
-                    op: Op::Add,
-                    args: vec![prev, c],
-                }),
-                None => c,
-            };
-            adj.insert(input, total);
+            accumulate(&mut eg, &mut adj, input, c);
         }
     }
     let mut roots: Vec<(String, Id)> = g
@@ -197,16 +175,7 @@ pub(crate) fn vjp(
             Some(&a) => a,
             None => {
                 // The loss does not depend on this leaf: its gradient is zero.
-                let z = eg.add(ENode {
-                    op: Op::scalar(0.0),
-                    args: vec![],
-                });
-                eg.add(ENode {
-                    op: Op::Broadcast {
-                        shape: g.ty(w).shape.clone(),
-                    },
-                    args: vec![z],
-                })
+                zeros(&mut eg, &g.ty(w).shape)
             }
         };
         roots.push((format!("grad:{name}"), gid));
@@ -247,6 +216,32 @@ pub(crate) fn vjp(
         extract_ms: t1.elapsed().as_secs_f64() * 1e3,
     };
     Ok((out.compact(), stats))
+}
+
+/// Add a gradient contribution `c` to the adjoint of `node`.
+fn accumulate(eg: &mut EGraph, adj: &mut HashMap<NodeId, Id>, node: NodeId, c: Id) {
+    let total = match adj.get(&node) {
+        Some(&prev) => eg.add(ENode {
+            op: Op::Add,
+            args: vec![prev, c],
+        }),
+        None => c,
+    };
+    adj.insert(node, total);
+}
+
+/// Zeros of a shape, as an e-class.
+pub(super) fn zeros(eg: &mut EGraph, shape: &crate::types::Shape) -> Id {
+    let z = eg.add(ENode {
+        op: Op::scalar(0.0),
+        args: vec![],
+    });
+    eg.add(ENode {
+        op: Op::Broadcast {
+            shape: shape.clone(),
+        },
+        args: vec![z],
+    })
 }
 
 /// Rebuild the chosen term of an e-class as IR nodes (iteratively, memoised per class).

@@ -14,6 +14,7 @@
 //!   stacks the gradients of the scanned operands.
 
 use super::lang::{EGraph, ENode};
+use super::zeros;
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
 use crate::types::{DType, Shape, Type};
@@ -100,19 +101,6 @@ fn input_name(g: &Graph, n: NodeId) -> Option<&str> {
         Op::Input { name, .. } => Some(name),
         _ => None,
     }
-}
-
-fn zeros(eg: &mut EGraph, shape: &Shape) -> Id {
-    let z = eg.add(ENode {
-        op: Op::scalar(0.0),
-        args: vec![],
-    });
-    eg.add(ENode {
-        op: Op::Broadcast {
-            shape: shape.clone(),
-        },
-        args: vec![z],
-    })
 }
 
 fn stacked(steps: &crate::types::Dim, ty: &Type) -> (DType, Shape) {
@@ -231,17 +219,15 @@ pub(super) fn vjp_scan(
     let mut caps: Vec<usize> = Vec::new();
     let mut residuals: Vec<NodeId> = Vec::new();
     let mut moved: HashMap<u32, u32> = HashMap::new();
+    let gf_inputs = gf.leaves(|op| matches!(op, Op::Input { .. }));
     for i in 0..c {
         let ty = body
             .ty(body.output(&format!("carry{i}")).expect("carry"))
             .clone();
         let m = input(&mut b, format!("carry{i}"), &ty);
-        if let Some(a) = gf
-            .leaves(|op| matches!(op, Op::Input { .. }))
-            .into_iter()
-            .find(|(nm, _)| *nm == format!("adj_carry{i}"))
-        {
-            map.insert(a.1, m);
+        let adj_name = format!("adj_carry{i}");
+        if let Some((_, a)) = gf_inputs.iter().find(|(nm, _)| *nm == adj_name) {
+            map.insert(*a, m);
         }
     }
     let grad_outs: Vec<(usize, NodeId)> = wrt_pos
