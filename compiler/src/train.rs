@@ -1,7 +1,7 @@
 //! The training graph: forward + backward (from `autodiff`) + the optimizer update,
 //! as one graph. Inputs: `x`, `y`, `step` (the 1-based update count, for Adam's bias
 //! correction), the parameters and the optimizer state; outputs: `loss`, `pred`,
-//! `grad_norm` (the global gradient norm before clipping) and `new:NAME` for every
+//! `grad_sq_norm` (the squared global gradient norm before clipping) and `new:NAME` for every
 //! parameter and state tensor.
 
 use crate::autodiff::{self, GradStats};
@@ -80,40 +80,41 @@ pub fn training_graph(
         );
         grads.push((p.clone(), pid, gid));
     }
-    // The global gradient norm before clipping, reported per step (`grad_norm`).
-    // Each gradient is copied into one row [1, n] (a column transposed): its sum of
-    // squares is then a row kernel of its own, not fused into the kernels that compute
-    // the gradient, and its squares are not shared with the optimizer's update.
-    let mut total = None;
-    for (p, _, gid) in &grads {
-        let n: usize = p.shape.iter().product();
-        let col = g.add_ok(
-            Op::Reshape {
-                shape: shape_of(&[n, 1]),
-            },
-            &[*gid],
-        );
-        let row = g.add_ok(Op::Transpose { perm: vec![1, 0] }, &[col]);
-        let sq = g.add_ok(Op::Mul, &[row, row]);
-        let s = g.add_ok(
-            Op::Sum {
-                axes: vec![0, 1],
-                keep: false,
-            },
-            &[sq],
-        );
-        total = Some(match total {
-            None => s,
-            Some(t) => g.add_ok(Op::Add, &[t, s]),
-        });
-    }
-    let norm = match total {
-        Some(t) => g.add_ok(Op::Sqrt, &[t]),
-        None => g.scalar(0.0),
+    // The global gradient norm before clipping, reported per step (`grad_sq_norm`, squared).
+    // Every gradient as a row [1, n], concatenated into one row: the sum of squares is
+    // then one copy and one row kernel for the whole model, not fused into the kernels
+    // that compute the gradients, and its squares are not shared with the update.
+    let rows: Vec<NodeId> = grads
+        .iter()
+        .map(|(p, _, gid)| {
+            let n: usize = p.shape.iter().product();
+            g.add_ok(
+                Op::Reshape {
+                    shape: shape_of(&[1, n]),
+                },
+                &[*gid],
+            )
+        })
+        .collect();
+    let squares = match rows.len() {
+        0 => g.scalar(0.0),
+        _ => {
+            let all = g.add_ok(Op::Concat { axis: 1 }, &rows);
+            let sq = g.add_ok(Op::Mul, &[all, all]);
+            g.add_ok(
+                Op::Sum {
+                    axes: vec![0, 1],
+                    keep: false,
+                },
+                &[sq],
+            )
+        }
     };
-    g.set_output("grad_norm", norm);
+    // The caller takes the square root of this scalar (no kernel of its own).
+    g.set_output("grad_sq_norm", squares);
     if let Some(c) = clip_norm {
         // Global-norm clipping: g ← g · min(1, c / ‖g‖).
+        let norm = g.add_ok(Op::Sqrt, &[squares]);
         let cn = g.scalar(c);
         let ratio = g.add_ok(Op::Div, &[cn, norm]);
         let one = g.scalar(1.0);

@@ -31,7 +31,7 @@ pub fn by_name(name: &str) -> Option<DataSig> {
 /// The signature of a loaded data set.
 pub fn of(d: &Dataset) -> DataSig {
     match (&d.vocab, &d.x_shape[..]) {
-        (Some(vocab), [seq]) => text(&d.name, vocab.len(), *seq),
+        (Some(vocab), [seq]) => text(&d.name, Some(vocab.len()), *seq),
         _ => make(&d.name, &d.x_shape, d.task),
     }
 }
@@ -40,19 +40,15 @@ pub fn of(d: &Dataset) -> DataSig {
 /// i32[B, seq] character ids (`y` the next character at every position), with the sizes
 /// `vocab`, `classes` and `outputs` (the vocabulary size), `seq`, `inputs` and `features`
 /// (= seq).
-pub fn text(name: &str, vocab: usize, seq: usize) -> DataSig {
+pub fn text(name: &str, vocab: Option<usize>, seq: usize) -> DataSig {
     let ids = Type {
         dtype: DType::I32,
         shape: vec![Dim::Sym("B".into()), Dim::Known(seq)],
     };
-    let dims = [
-        ("inputs", seq),
-        ("features", seq),
-        ("classes", vocab),
-        ("outputs", vocab),
-        ("vocab", vocab),
-        ("seq", seq),
-    ];
+    let mut dims = vec![("inputs", seq), ("features", seq), ("seq", seq)];
+    if let Some(v) = vocab {
+        dims.extend([("classes", v), ("outputs", v), ("vocab", v)]);
+    }
     DataSig {
         name: name.to_string(),
         dims: dims.iter().map(|(k, v)| (k.to_string(), *v)).collect(),

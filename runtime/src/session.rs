@@ -248,8 +248,9 @@ pub fn choose_data(prog: &Program, ov: &Overrides) -> Result<DataChoice, String>
     })
 }
 
-/// The signature of the chosen data set. `songs` needs its vocabulary: `vocab` (from a
-/// checkpoint) when given, else read from the file.
+/// The signature of the chosen data set. `songs` gives its vocabulary's size: `vocab`
+/// (from a checkpoint) when given, else read from the file, else none (the model's
+/// default applies).
 pub fn signature(
     prog: &Program,
     data: &DataChoice,
@@ -262,17 +263,16 @@ pub fn signature(
             .find(|(k, _)| k == "seq")
             .and_then(|(_, v)| v.parse().ok())
             .ok_or("data set `songs`: no seq")?;
+        // Without a file (checking or compiling a model), the vocabulary size is the
+        // model's own default (or --set vocab=N).
         let size = match (vocab, &data.path) {
-            (Some(v), _) => v.len(),
-            (None, Some(p)) => dlc_data::songs_vocabulary(p)
-                .map_err(|e| e.to_string())?
-                .len(),
-            (None, None) => {
-                return Err(
-                    "data set `songs` has no embedded copy and its vocabulary comes from its file: pass --data songs=PATH (a UTF-8 text file of tunes separated by blank lines)"
-                        .into(),
-                );
-            }
+            (Some(v), _) => Some(v.len()),
+            (None, Some(p)) => Some(
+                dlc_data::songs_vocabulary(p)
+                    .map_err(|e| e.to_string())?
+                    .len(),
+            ),
+            (None, None) => None,
         };
         return Ok(datasig::text("songs", size, seq));
     }
@@ -292,7 +292,13 @@ pub fn signature(
 
 /// A lowering error, with a note on the `--set` values in force (they may be the cause).
 pub fn render_lowering(prog: &Program, ov: &Overrides, diags: &[Diagnostic]) -> String {
-    let text = render(&prog.source, diags);
+    let mut text = render(&prog.source, diags);
+    let on_songs = prog.train_def().is_some_and(|t| t.data.name == "songs");
+    if on_songs && !ov.data.iter().any(|(n, p)| n == "songs" && p.is_some()) {
+        text.push_str(
+            "\nnote: the songs data set's vocabulary comes from its file: pass --data songs=PATH (a UTF-8 text file of tunes separated by blank lines)",
+        );
+    }
     let sets = ov.sets_in_force();
     if sets.is_empty() {
         return text;

@@ -254,7 +254,7 @@ impl StepRunner {
         let mut outputs = vec![
             "loss".to_string(),
             "pred".to_string(),
-            "grad_norm".to_string(),
+            "grad_sq_norm".to_string(),
         ];
         outputs.extend(params.iter().map(|p| format!("new:{p}")));
         outputs.extend(states.iter().map(|s| format!("new:{s}")));
@@ -316,7 +316,7 @@ impl StepRunner {
         let grad_norm = res
             .next()
             .and_then(|l| l.iter().next().copied())
-            .unwrap_or(f32::NAN);
+            .map_or(f32::NAN, f32::sqrt);
         for (i, name) in self.params.iter().chain(&self.states).enumerate() {
             let new = res.next().ok_or("the step gave too few outputs")?;
             let slot = if i < self.params.len() {

@@ -35,6 +35,6 @@ pub fn shared_data() -> Option<PathBuf> {
 pub fn signature(name: &str) -> dlc_compiler::lower::DataSig {
     dlc_runtime::datasig::by_name(name).unwrap_or_else(|| {
         assert_eq!(name, "songs", "unknown data set {name}");
-        dlc_runtime::datasig::text("songs", 83, 100)
+        dlc_runtime::datasig::text("songs", Some(83), 100)
     })
 }

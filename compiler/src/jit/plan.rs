@@ -216,11 +216,13 @@ pub(super) fn split_full_reductions(body: &Graph) -> Option<Graph> {
     Some(g)
 }
 
-/// A body over `[R, d1, …, C]` values (with `[C]` and scalar operands) seen as one over
-/// `[R·d1·…, C]`: the bias gradient of a convolution (`sum_to [C]` of an NHWC value, with
-/// the backward ReLU mask before it) becomes a row kernel's reduction across rows. The
-/// merged leading axes get a symbol of their own, whose size is added to the returned
-/// sizes. None when the body has other shapes or ops.
+/// A body over `[R, d1, …, C]` values seen as one over `[R·d1·…, C]`: the leading axes
+/// merge into one row axis with a symbol of its own (whose size is added to the returned
+/// sizes). Values shaped `[R, d1, …, rest…]` become `[R·d1·…, rest…]`, their reductions
+/// kept as 1s (`[1, 1, …, rest…]`) become `[1, rest…]`, and values without R stay as
+/// they are. So the bias gradient of a convolution (`sum_to [C]` of an NHWC value) and
+/// the softmax cross-entropy of `[B, T, V]` logits become row kernels. None when an op
+/// reduces only some of the leading axes, or for other shapes and ops.
 pub(super) fn flatten_leading(
     body: &Graph,
     syms: &HashMap<String, usize>,
@@ -235,21 +237,40 @@ pub(super) fn flatten_leading(
     if r < 3 {
         return None;
     }
-    let lead = &full[1..r - 1];
-    let lead_n: usize = lead.iter().map(|d| d.known()).product::<Option<usize>>()?;
-    let chan = vec![full[r - 1].clone()];
-    let merged = Dim::Sym(format!("{row}·{}", show_shape(lead)));
-    let flat: Shape = vec![merged.clone(), full[r - 1].clone()];
-    let reshape = |s: &Shape| -> Option<Shape> {
-        if *s == full {
-            Some(flat.clone())
-        } else if s.is_empty() || *s == chan {
-            Some(s.clone())
+    let lead = &full[..r - 1];
+    let lead_n: usize = full[1..r - 1]
+        .iter()
+        .map(|d| d.known())
+        .product::<Option<usize>>()?;
+    let merged = Dim::Sym(format!("{row}·{}", show_shape(&full[1..r - 1])));
+    let ones = vec![Dim::Known(1); r - 1];
+    let row_sym = Dim::Sym(row.clone());
+    // How a shape maps, and whether it had the leading axes (true) or their kept 1s.
+    let reshape = |s: &Shape| -> Option<(Shape, bool)> {
+        if s.len() >= r - 1 && s[..r - 1] == *lead {
+            Some(([vec![merged.clone()], s[r - 1..].to_vec()].concat(), true))
+        } else if s.len() >= r - 1 && s[..r - 1] == ones[..] && !s.contains(&row_sym) {
+            Some(([vec![Dim::Known(1)], s[r - 1..].to_vec()].concat(), true))
+        } else if !s.contains(&row_sym) {
+            Some((s.clone(), false))
         } else {
             None
         }
     };
-    let all_leading: Vec<usize> = (0..r - 1).collect();
+    // Axes of an operand of shape `s`: every leading axis, or none of them.
+    let axes_of = |s: &Shape, axes: &[usize]| -> Option<Vec<usize>> {
+        let (_, flat) = reshape(s)?;
+        if !flat {
+            return Some(axes.to_vec());
+        }
+        let leading = axes.iter().filter(|&&a| a < r - 1).count();
+        if leading != 0 && leading != r - 1 {
+            return None;
+        }
+        let mut out: Vec<usize> = if leading > 0 { vec![0] } else { vec![] };
+        out.extend(axes.iter().filter(|&&a| a >= r - 1).map(|&a| a - (r - 2)));
+        Some(out)
+    };
     let mut g = Graph::new();
     let mut map: HashMap<NodeId, NodeId> = HashMap::new();
     // Every input, used or not, so the kernel keeps the body's operand positions.
@@ -262,28 +283,53 @@ pub(super) fn flatten_leading(
             continue;
         }
         let ins: Vec<NodeId> = body.inputs(n).iter().map(|i| map[i]).collect();
+        let x = || body.ty(body.inputs(n)[0]).shape.clone();
         let op = match body.node(n).op.clone() {
             Op::Input { name, ty } => Op::Input {
                 name,
-                ty: (ty.0, reshape(&ty.1)?),
+                ty: (ty.0, reshape(&ty.1)?.0),
             },
             Op::Broadcast { shape } => Op::Broadcast {
-                shape: reshape(&shape)?,
+                shape: reshape(&shape)?.0,
             },
-            Op::SumTo { shape } if shape == chan => Op::SumTo { shape },
-            Op::Sum { axes, keep: false } if axes == all_leading => Op::Sum {
-                axes: vec![0],
-                keep: false,
+            Op::Reshape { shape } => Op::Reshape {
+                shape: reshape(&shape)?.0,
             },
-            Op::Mean { axes, keep: false } if axes == all_leading => Op::Mean {
-                axes: vec![0],
-                keep: false,
+            Op::SumTo { shape } if !shape.contains(&row_sym) && !reshape(&shape)?.1 => {
+                Op::SumTo { shape }
+            }
+            Op::Sum { axes, keep } => Op::Sum {
+                axes: axes_of(&x(), &axes)?,
+                keep,
             },
-            op if op.is_reduction() || matches!(op, Op::Reshape { .. }) => return None,
+            Op::Mean { axes, keep } => Op::Mean {
+                axes: axes_of(&x(), &axes)?,
+                keep,
+            },
+            Op::Max { axes, keep } => Op::Max {
+                axes: axes_of(&x(), &axes)?,
+                keep,
+            },
+            Op::Softmax { axis } => Op::Softmax {
+                axis: *axes_of(&x(), &[axis])?.first()?,
+            },
+            Op::LogSoftmax { axis } => Op::LogSoftmax {
+                axis: *axes_of(&x(), &[axis])?.first()?,
+            },
+            op if op.is_reduction()
+                || matches!(
+                    op,
+                    Op::Transpose { .. } | Op::Slice { .. } | Op::Concat { .. }
+                ) =>
+            {
+                return None;
+            }
             op => op,
         };
         let id = g.add(op, &ins).ok()?;
-        reshape(&body.ty(n).shape)?;
+        if g.ty(id).shape != reshape(&body.ty(n).shape)?.0 {
+            return None;
+        }
         map.insert(n, id);
     }
     for (name, n) in &body.outputs {
