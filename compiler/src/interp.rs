@@ -389,6 +389,12 @@ fn nan_min<T: Real>(a: T, b: T) -> T {
     }
 }
 
+/// A sum along one axis, accumulated in f64 whatever `T` is: the oracle's f32 sums of
+/// millions of terms (a global gradient norm) stay within a few ulps of the exact value.
+fn sum_axis<T: Real>(v: &ArrayD<T>, a: Axis) -> ArrayD<T> {
+    v.mapv(|x| x.f64()).sum_axis(a).mapv(T::of)
+}
+
 fn reduce<T: Real>(
     x: &ArrayD<T>,
     axes: &[usize],
@@ -539,10 +545,10 @@ fn eval_op<T: Real>(
                 .and(&b)
                 .map_collect(|&c, &a, &b| if c != T::zero() { a } else { b })
         }
-        Sum { axes, keep } => reduce(x(), axes, *keep, |v, a| v.sum_axis(a)),
+        Sum { axes, keep } => reduce(x(), axes, *keep, sum_axis),
         Mean { axes, keep } => {
             let n: usize = axes.iter().map(|&a| x().shape()[a]).product();
-            let s = reduce(x(), axes, *keep, |v, a| v.sum_axis(a));
+            let s = reduce(x(), axes, *keep, sum_axis);
             s.mapv(|v| v / T::of(n as f64))
         }
         Max { axes, keep } => reduce(x(), axes, *keep, |v, a| {
@@ -578,11 +584,11 @@ fn eval_op<T: Real>(
             let target = concrete(shape, syms)?;
             let mut v = x().clone();
             while v.ndim() > target.len() {
-                v = v.sum_axis(Axis(0));
+                v = sum_axis(&v, Axis(0));
             }
             for (i, &t) in target.iter().enumerate() {
                 if t == 1 && v.shape()[i] != 1 {
-                    v = v.sum_axis(Axis(i)).insert_axis(Axis(i));
+                    v = sum_axis(&v, Axis(i)).insert_axis(Axis(i));
                 }
             }
             v

@@ -207,7 +207,7 @@ impl JitGraph {
 
 /// Kernel outputs that may be written over a donated leaf, by the schedule position of
 /// the kernel's first node: the output is requested once and read by no other node, and
-/// every reader of the leaf is a kernel that runs no later than this one.
+/// every reader of the leaf is a kernel or a scan that runs no later than this one.
 pub(super) fn inplace_candidates(
     actions: &[Action],
     inputs: &[Vec<usize>],
@@ -221,14 +221,19 @@ pub(super) fn inplace_candidates(
             users[i].push(u);
         }
     }
+    // Where each kernel and each scan (a body on its operands) runs: at its first output.
     let mut first: HashMap<u32, usize> = HashMap::new();
+    let mut first_scan: HashMap<(u32, &[usize]), usize> = HashMap::new();
     for (i, a) in actions.iter().enumerate() {
-        if let Action::Kernel { body, .. } = a {
-            first.entry(*body).or_insert(i);
-        }
+        match a {
+            Action::Kernel { body, .. } => first.entry(*body).or_insert(i),
+            Action::Scan { body, .. } => first_scan.entry((*body, &inputs[i])).or_insert(i),
+            _ => continue,
+        };
     }
     let runs_at = |p: usize| match &actions[p] {
         Action::Kernel { body, .. } => Some(first[body]),
+        Action::Scan { body, .. } => Some(first_scan[&(*body, &inputs[p][..])]),
         _ => None,
     };
     let mut out: HashMap<usize, Vec<InPlace>> = HashMap::new();

@@ -173,6 +173,9 @@ fn span(
     Ok(b.block_params(exit).to_vec())
 }
 
+/// Columns per partial sum of a long row reduction.
+const SUM_BLOCK: usize = 1024;
+
 /// Forget values of the current loop body (they do not dominate what follows).
 fn fresh(g: &mut Gen) {
     g.memo.clear();
@@ -451,7 +454,26 @@ pub fn compile(
                         }
                         g.vec = true;
                         let v0 = b.ins().splat(types::F32X4, acc);
-                        let mut v = span(b, 0, c4, LANES, &[v0], |b, ci, a| {
+                        // Long sums in blocks: each block's partial sum starts from zero,
+                        // so the error grows with the block and the count of blocks, not
+                        // with the length of the row (a gradient norm sums millions).
+                        let mut blocked = if red == Red::Max { 0 } else { c4 - c4 % SUM_BLOCK };
+                        let mut v = v0;
+                        if blocked > SUM_BLOCK {
+                            v = span(b, 0, blocked, SUM_BLOCK, &[v], |b, k, a| {
+                                let zero = b.ins().splat(types::F32X4, acc);
+                                let part = span(b, 0, SUM_BLOCK, LANES, &[zero], |b, j, p| {
+                                    let ci = b.ins().iadd(k, j);
+                                    Ok(vec![step(b, g, ci, p[0])?])
+                                })?[0];
+                                fresh(g);
+                                Ok(vec![combine(b, red, a[0], part)])
+                            })?[0];
+                            fresh(g);
+                        } else {
+                            blocked = 0;
+                        }
+                        v = span(b, blocked, c4, LANES, &[v], |b, ci, a| {
                             Ok(vec![step(b, g, ci, a[0])?])
                         })?[0];
                         if c4 < c {
