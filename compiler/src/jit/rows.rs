@@ -457,7 +457,11 @@ pub fn compile(
                         // Long sums in blocks: each block's partial sum starts from zero,
                         // so the error grows with the block and the count of blocks, not
                         // with the length of the row (a gradient norm sums millions).
-                        let mut blocked = if red == Red::Max { 0 } else { c4 - c4 % SUM_BLOCK };
+                        let mut blocked = if red == Red::Max {
+                            0
+                        } else {
+                            c4 - c4 % SUM_BLOCK
+                        };
                         let mut v = v0;
                         if blocked > SUM_BLOCK {
                             v = span(b, 0, blocked, SUM_BLOCK, &[v], |b, k, a| {
