@@ -121,6 +121,17 @@ pub struct JitGraph {
     pub(super) profile: Option<HashMap<u32, (f64, usize)>>,
     /// Scan bodies, compiled as graphs of their own, by body.
     pub(super) scans: HashMap<u32, JitGraph>,
+    /// While a scan runs this graph as its body: the captured operands (which no step
+    /// changes) and the right operands of products packed from them (`packed.rs`).
+    pub(super) invariant: std::cell::RefCell<Invariant>,
+}
+
+/// Operands that stay the same over the steps of one scan run, by (address, length), and
+/// their packings for products, by (address, transposed).
+#[derive(Default)]
+pub(super) struct Invariant {
+    operands: Vec<(usize, usize)>,
+    packed: Vec<((usize, bool), std::sync::Arc<super::packed::PackedB>)>,
 }
 
 impl Drop for JitGraph {
@@ -198,6 +209,7 @@ impl JitGraph {
             pool: Default::default(),
             layouts: Vec::new(),
             scans: HashMap::new(),
+            invariant: Default::default(),
         })
     }
 
@@ -495,6 +507,33 @@ impl JitGraph {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// B packed for `packed.rs` when it is an operand that no step of the running scan
+    /// changes (packed on its first product of the run), else None.
+    fn packed_operand(
+        &self,
+        b: &ndarray::CowArray<f32, IxDyn>,
+        tb: bool,
+        k: usize,
+        n: usize,
+        b_rs: isize,
+        b_cs: isize,
+    ) -> Option<std::sync::Arc<super::packed::PackedB>> {
+        let mut inv = self.invariant.borrow_mut();
+        let key = (b.as_ptr() as usize, b.len());
+        if !inv.operands.contains(&key) || !super::packed::available() {
+            return None;
+        }
+        if let Some((_, p)) = inv.packed.iter().find(|(q, _)| *q == (key.0, tb)) {
+            return Some(p.clone());
+        }
+        // SAFETY: B is k·n floats read through its strides, unchanged during the scan.
+        let p = std::sync::Arc::new(unsafe {
+            super::packed::PackedB::pack(k, n, b.as_ptr(), b_rs, b_cs)
+        });
+        inv.packed.push(((key.0, tb), p.clone()));
+        Some(p)
+    }
+
     pub(super) fn gemm(
         &self,
         a: &ArrayViewD<f32>,
@@ -552,9 +591,25 @@ impl JitGraph {
             };
         }
         let (cp, ap, bp) = (cp as usize, a.as_ptr() as usize, b.as_ptr() as usize);
+        let packed = self.packed_operand(&b, tb, k, n, b_rs, b_cs);
         // Rows [r0, r1) of C from rows [r0, r1) of A: independent of every other row, so a
         // split across threads gives the same bits as one call.
         let product = |r0: usize, r1: usize| {
+            if let Some(pb) = &packed {
+                // SAFETY: as below; `pb` is B packed, and `available()` held to pack it.
+                unsafe {
+                    super::packed::matmul(
+                        r1 - r0,
+                        (ap as *const f32).wrapping_offset(r0 as isize * a_rs),
+                        a_rs,
+                        a_cs,
+                        pb,
+                        (cp as *mut f32).wrapping_add(r0 * n),
+                        n as isize,
+                    )
+                };
+                return;
+            }
             // SAFETY: pointers and strides describe the buffers above; each call writes
             // its own rows of C, which overlaps neither operand, and nothing writes the
             // operands meanwhile.
@@ -1065,6 +1120,16 @@ fn run_scan(
         e.values
             .insert(name.clone(), ins[c + j].index_axis(Axis(0), 0).to_owned());
     }
+    // The captured operands are the same at every step: products pack them once.
+    *sub.invariant.borrow_mut() = Invariant {
+        operands: (0..ins.len() - c - n)
+            .map(|k| {
+                let v = &e.values[&format!("cap{k}")];
+                (v.as_ptr() as usize, v.len())
+            })
+            .collect(),
+        packed: Vec::new(),
+    };
     let mut ys: Vec<Option<ArrayD<f32>>> = (0..ny).map(|_| None).collect();
     for s in 0..steps {
         let t = if reverse { steps - 1 - s } else { s };
@@ -1090,6 +1155,7 @@ fn run_scan(
             sub.recycle(v);
         }
     }
+    *sub.invariant.borrow_mut() = Invariant::default();
     let mut result = Vec::with_capacity(c + ny);
     for name in &carry_names {
         result.push(e.values.remove(name).expect("inserted above"));

@@ -15,7 +15,8 @@
 //!   outputs);
 //! - `sgemm.rs` is the GEMM core: the JIT's own F32X4 micro-kernel and the `gemm` crate
 //!   behind one `matmul` interface, with the path per shape chosen from a committed,
-//!   measured cost table.
+//!   measured cost table; `packed.rs` multiplies by a right operand packed once, the
+//!   weights a scan's steps share.
 //!
 //! A `Jit` owns its `JITModule`: Cranelift cannot free single functions, so a compiled
 //! model drops its module whole.
@@ -28,6 +29,7 @@ pub mod exec;
 pub mod loops;
 pub mod math;
 pub mod memory;
+pub mod packed;
 pub mod plan;
 pub mod rows;
 pub mod sgemm;
