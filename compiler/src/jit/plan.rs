@@ -555,16 +555,31 @@ impl JitGraph {
     /// Plan (and compile) every kernel at the given sizes; one line per kernel saying how
     /// it runs. This is `dlc compile --emit plan`.
     pub fn plan_all(&mut self, syms: &HashMap<String, usize>) -> Result<Vec<String>, String> {
-        let mut kernels: Vec<(u32, crate::ops::KernelKind)> = Vec::new();
+        let mut kernels: Vec<(u32, crate::ops::KernelKind, NodeId)> = Vec::new();
         for n in self.graph.schedule() {
             if let Op::Fused { body, kind, .. } = self.graph.node(n).op
-                && !kernels.iter().any(|(b, _)| *b == body)
+                && !kernels.iter().any(|(b, _, _)| *b == body)
             {
-                kernels.push((body, kind));
+                kernels.push((body, kind, n));
             }
         }
+        // In a scan's body, a captured operand (`cap{k}`) is the same at every step.
+        let captured = |g: &Graph, k: usize, n: NodeId| {
+            g.inputs(n).get(k).is_some_and(
+                |&i| matches!(&g.node(i).op, Op::Input { name, .. } if name.starts_with("cap")),
+            )
+        };
         let mut lines = Vec::new();
-        for (body, kind) in kernels {
+        for (body, kind, node) in kernels {
+            let b_input = match self.plan(body, syms)? {
+                Plan::MatMul {
+                    b: Operand::Input(k),
+                    ..
+                } => Some(*k),
+                _ => None,
+            };
+            let packed = b_input.is_some_and(|k| captured(&self.graph, k, node))
+                && super::packed::available();
             let how = match self.plan(body, syms)? {
                 Plan::Loop(k) if !k.splittable => format!(
                     "native row kernel (reductions in JIT code), {} inputs, outputs {:?}",
@@ -583,6 +598,7 @@ impl JitGraph {
                 } => format!(
                     "matmul (ta={ta}, tb={tb}) by {}{}",
                     match path {
+                        _ if packed => "the AVX2 kernel on B packed once per scan run",
                         GemmPath::Jit => "the JIT's F32X4 micro-kernel",
                         GemmPath::Crate => "the gemm crate",
                     },
