@@ -5,7 +5,10 @@
 # convolution is several times slower here), on 1 thread (pinned to core 0) and 2 threads.
 # Each configuration runs dlc and the peer in turn, PAIRS times (interleaved, so both see
 # the same machine), and prints the median ratio of examples per second (above 1: dlc is
-# faster). CASES=mlp or CASES=cnn runs one part.
+# faster). The character LSTM (models/lstm.dl at the peers' sizes: vocabulary 83, embedding
+# 256, hidden 512, seq 100, batch 32, Adam) runs against TensorFlow's fastest variant on 1
+# thread and JAX's lax.scan on 2 (the faster peer for each). CASES=mlp, CASES=cnn or
+# CASES=lstm runs one part.
 #
 #   bash ../shared/peers/setup.sh            # once: the peers' venv
 #   bash benches/compare_peers.sh            # from the repository root
@@ -17,7 +20,7 @@ DATA=${DATA:-../shared/data}
 PEERS=${PEERS:-../shared/peers}
 PY=${PEERS_VENV:-$HOME/.cache/dlc-peers-venv}/bin/python
 PAIRS=${PAIRS:-3}
-CASES=${CASES:-mlp cnn}
+CASES=${CASES:-mlp cnn lstm}
 [ -x "$PY" ] || { echo "no peers venv at $PY: run bash $PEERS/setup.sh" >&2; exit 1; }
 cargo build --release -q --bin dlc
 DLC=$PWD/target/release/dlc
@@ -59,5 +62,21 @@ for t in 1 2; do
     rows="$rows $d:$f"
   done
   median_row 64 "$t" $rows
+done
+;; esac
+case " $CASES " in *" lstm "*)
+# TensorFlow's fastest variant on 1 thread, JAX (lax.scan, input projection hoisted) on 2.
+SONGS=$DATA/irish-folk-abc/irish.abc
+printf '%-10s %-8s %12s %12s %8s\n' lstm_h512 threads dlc_ms peer_ms ratio
+for t in 1 2; do
+  pin=""; peer=bench_jax.py
+  [ "$t" = 1 ] && pin="taskset -c 0" && peer=bench_tf.py
+  rows=""
+  for _ in $(seq "$PAIRS"); do
+    d=$($pin "$DLC" bench models/lstm.dl --data songs="$SONGS" --set hidden=512 --data-arg seq=100 --batch 32 --steps 5 --repeats 5 --threads "$t" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ms_per_step"])')
+    p=$(cd "$PEERS" && $pin "$PY" $peer --threads "$t" --cases lstm512 2>/dev/null | grep '^RESULT' | grep -oE ' ms_per_step=[0-9.]+' | cut -d= -f2 | sort -g | head -1)
+    rows="$rows $d:$p"
+  done
+  median_row 32 "$t" $rows
 done
 ;; esac

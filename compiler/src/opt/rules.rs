@@ -259,9 +259,121 @@ pub fn algebra() -> Vec<NamedRule> {
     ]
 }
 
+/// Whether a class holds zeros: a broadcast of the constant 0.
+fn is_zeros(eg: &EGraph, id: Id) -> bool {
+    eg[id].nodes.iter().any(|n| {
+        matches!(n.op, Op::Broadcast { .. })
+            && eg[n.args[0]]
+                .nodes
+                .iter()
+                .any(|m| m.op.scalar_value() == Some(0.0))
+    })
+}
+
+/// The parts of a concatenation along `axis` in a class: (length, None for zeros).
+fn concat_parts(eg: &EGraph, class: Id, axis: usize) -> Option<Vec<(usize, Option<Id>)>> {
+    let n = eg[class]
+        .nodes
+        .iter()
+        .find(|n| n.op == Op::Concat { axis })?;
+    n.args
+        .iter()
+        .map(|&p| {
+            let len = ty(eg, p)?.shape.get(axis)?.known()?;
+            Some((len, (!is_zeros(eg, p)).then_some(p)))
+        })
+        .collect()
+}
+
+/// `concat(a, 0) + concat(0, b)` → `concat(a, b)`: the sum of gradients of disjoint slices
+/// of one value (an LSTM's four gates) as one concatenation, not a sum of zero-padded
+/// copies. Zero parts may be cut where the other side's parts start; nonzero parts never.
+fn add_disjoint_concats(eg: &mut EGraph, n: &ENode) -> Option<Id> {
+    let [a, b] = n.args[..] else { return None };
+    let (ta, tb) = (ty(eg, a)?, ty(eg, b)?);
+    if ta.shape != tb.shape {
+        return None;
+    }
+    let axis = eg[a].nodes.iter().find_map(|n| match n.op {
+        Op::Concat { axis } => Some(axis),
+        _ => None,
+    })?;
+    let (pa, pb) = (concat_parts(eg, a, axis)?, concat_parts(eg, b, axis)?);
+    // Part boundaries of each side, and the nonzero parts as (start, end, class).
+    let spans = |parts: &[(usize, Option<Id>)]| {
+        let mut at = 0;
+        let mut cuts = Vec::new();
+        let mut live = Vec::new();
+        for &(len, id) in parts {
+            if let Some(id) = id {
+                live.push((at, at + len, id));
+            }
+            at += len;
+            cuts.push(at);
+        }
+        (at, cuts, live)
+    };
+    let (na, cuts_a, live_a) = spans(&pa);
+    let (nb, cuts_b, live_b) = spans(&pb);
+    let cut_inside = |live: &[(usize, usize, Id)], cuts: &[usize]| {
+        live.iter()
+            .any(|&(s, e, _)| cuts.iter().any(|&c| s < c && c < e))
+    };
+    if na != nb || cut_inside(&live_a, &cuts_b) || cut_inside(&live_b, &cuts_a) {
+        return None;
+    }
+    let mut live: Vec<(usize, usize, Id)> = live_a.into_iter().chain(live_b).collect();
+    live.sort_by_key(|&(s, _, _)| s);
+    if live.windows(2).any(|w| w[0].1 > w[1].0) {
+        return None; // both sides nonzero somewhere: a real sum
+    }
+    let zero = add(eg, Op::scalar(0.0), &[]);
+    let mut parts = Vec::new();
+    let mut at = 0;
+    let gap = |eg: &mut EGraph, len: usize| {
+        let mut shape = ta.shape.clone();
+        shape[axis] = crate::types::Dim::Known(len);
+        add(eg, Op::Broadcast { shape }, &[zero])
+    };
+    for (s, e, id) in live {
+        if s > at {
+            parts.push(gap(eg, s - at));
+        }
+        parts.push(id);
+        at = e;
+    }
+    if at < na {
+        parts.push(gap(eg, na - at));
+    }
+    Some(match parts[..] {
+        [one] => one,
+        _ => add(eg, Op::Concat { axis }, &parts),
+    })
+}
+
 /// Layout: transposes, reshapes and broadcasts that cancel or fold into their users.
 pub fn layout() -> Vec<NamedRule> {
     vec![
+        by_op(
+            "add-disjoint-concats",
+            "add",
+            add_disjoint_concats,
+            TWO,
+            |g, i| {
+                use crate::types::Dim::Known as K;
+                let zero = c(g, 0.0);
+                let z = op1(
+                    g,
+                    Op::Broadcast {
+                        shape: vec![K(2), K(3)],
+                    },
+                    zero,
+                );
+                let a = op2(g, Op::Concat { axis: 1 }, i[0], z);
+                let b = op2(g, Op::Concat { axis: 1 }, z, i[1]);
+                op2(g, Op::Add, a, b)
+            },
+        ),
         by_op(
             "transpose-transpose",
             "transpose",
