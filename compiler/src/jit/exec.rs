@@ -29,8 +29,13 @@ use crate::ops::Op;
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, CowArray, IxDyn};
 use std::collections::HashMap;
 
-/// Output elements from which a loop kernel is split across threads.
+/// Output elements from which a loop kernel is split across threads, for a loop of plain
+/// arithmetic; each inline transcendental per element counts as [`TRANSCENDENTAL_WEIGHT`]
+/// more elements.
 pub const PARALLEL_LOOP_MIN: usize = 1 << 17;
+
+/// A polynomial `exp`/`tanh`/`sigmoid` costs about as much as this many elementwise ops.
+const TRANSCENDENTAL_WEIGHT: usize = 4;
 
 /// Multiply-adds from which a gemm is split across threads.
 pub const PARALLEL_GEMM_MIN: usize = 1 << 22;
@@ -285,7 +290,8 @@ impl JitGraph {
     ) -> Vec<Option<ArrayD<f32>>> {
         let args = self.loop_args(k, ins, None, into);
         let elems: usize = k.outputs.iter().map(|s| s.iter().product::<usize>()).sum();
-        let parts = if k.splittable && elems >= PARALLEL_LOOP_MIN {
+        let work = elems * (1 + TRANSCENDENTAL_WEIGHT * k.transcendentals);
+        let parts = if k.splittable && work >= PARALLEL_LOOP_MIN {
             self.threads
         } else {
             1

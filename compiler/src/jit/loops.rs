@@ -40,6 +40,9 @@ pub struct LoopKernel {
     /// Whether calls may compute slices of the outputs (`from`, `to`, `of`); a kernel that
     /// reduces across its rows runs whole.
     pub splittable: bool,
+    /// Inline `exp`, `log`, `tanh` and `sigmoid` polynomials per element (an LSTM's gate
+    /// loop has five): such a loop is worth splitting across threads at fewer elements.
+    pub transcendentals: usize,
 }
 
 /// How a loop kernel handles an op: `None` if it cannot, else whether the op also runs
@@ -248,12 +251,18 @@ pub fn compile(
         .iter()
         .map(|o| g_shape(body, *o, syms))
         .collect::<Result<_, _>>()?;
+    let transcendentals = body
+        .schedule()
+        .into_iter()
+        .filter(|&n| matches!(body.node(n).op, Op::Exp | Op::Log | Op::Tanh | Op::Sigmoid))
+        .count();
     Ok(LoopKernel {
         f,
         inputs: n_inputs,
         aliasable: alias,
         splittable: true,
         outputs: out_shapes,
+        transcendentals,
     })
 }
 

@@ -654,5 +654,6 @@ pub fn compile(
         outputs: outs.iter().map(|o| shapes[o].clone()).collect(),
         aliasable: Vec::new(),
         splittable: false,
+        transcendentals: 0,
     })
 }
