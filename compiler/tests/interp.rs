@@ -1,6 +1,5 @@
 //! The reference interpreter's semantics: special values, NaN propagation, and `scan`.
 
-use dlc_compiler::autodiff;
 use dlc_compiler::interp::{Env, run};
 use dlc_compiler::ir::Graph;
 use dlc_compiler::ops::Op;
