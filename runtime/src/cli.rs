@@ -128,6 +128,17 @@ pub enum Cmd {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Draw a metrics file's per-epoch curves (losses, accuracies) as a PNG.
+    Plot {
+        /// A metrics file written by `dlc train --metrics`.
+        metrics: PathBuf,
+        /// The PNG to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Fields to draw, comma-separated (default: every loss and accuracy).
+        #[arg(long, value_delimiter = ',')]
+        fields: Option<Vec<String>>,
+    },
     /// Time whole training steps (forward, backward, update) on batches in memory.
     Bench {
         file: PathBuf,
@@ -243,6 +254,15 @@ pub fn run(cli: Cli) -> Result<(), String> {
             seed,
         ),
         Cmd::Train(a) => train(a),
+        Cmd::Plot {
+            metrics,
+            out,
+            fields,
+        } => {
+            crate::plot::plot(&metrics, &out, fields.as_deref())?;
+            say!("wrote {}", out.display());
+            Ok(())
+        }
         Cmd::Sample {
             file,
             load,

@@ -27,6 +27,8 @@ pub mod datasig;
 pub mod engine;
 pub mod init;
 pub mod metrics;
+pub mod picture;
+pub mod plot;
 pub mod sample;
 pub mod session;
 pub mod trainer;
