@@ -92,7 +92,8 @@ pub enum Cmd {
         /// A checkpoint with the weights (default: the initial weights).
         #[arg(long)]
         load: Option<PathBuf>,
-        /// NAME=JSON, e.g. x=[[-1,2]]
+        /// NAME=JSON (e.g. x=[[-1,2]]), or NAME=@FILE: a .json file, or a .safetensors file
+        /// (its tensor NAME, or its only tensor).
         #[arg(long = "input", required = true)]
         inputs: Vec<String>,
         #[arg(long, value_parser = session::parse_data_flag)]
@@ -522,6 +523,45 @@ fn compile(
 }
 
 /// Parse nested JSON arrays of numbers into a tensor.
+/// `--input NAME=@PATH`: the tensor NAME (or the file's only tensor) of a `.safetensors`
+/// file, or the array of a `.json` file.
+fn file_tensor(name: &str, path: &Path) -> Result<ArrayD<f32>, String> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    match ext {
+        "json" => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--input {name}: {}: {e}", path.display()))?;
+            json_tensor(name, &text).map_err(|e| format!("{e} (in {})", path.display()))
+        }
+        "safetensors" => {
+            let (tensors, _) =
+                dlc_data::tensorfile::read(path).map_err(|e| format!("--input {name}: {e}"))?;
+            let t = match tensors.iter().find(|t| t.name == name) {
+                Some(t) => t,
+                None if tensors.len() == 1 => &tensors[0],
+                None => {
+                    let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+                    return Err(format!(
+                        "--input {name}: {} has no tensor `{name}` (it has {})",
+                        path.display(),
+                        if names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            names.join(", ")
+                        }
+                    ));
+                }
+            };
+            ArrayD::from_shape_vec(IxDyn(&t.shape), t.data.clone())
+                .map_err(|e| format!("--input {name}: {}: {e}", path.display()))
+        }
+        _ => Err(format!(
+            "--input {name}=@{}: the file must end in .json or .safetensors",
+            path.display()
+        )),
+    }
+}
+
 fn json_tensor(name: &str, text: &str) -> Result<ArrayD<f32>, String> {
     let v: Value =
         serde_json::from_str(text).map_err(|e| format!("--input {name}: not JSON: {e}"))?;
@@ -674,8 +714,11 @@ fn run_forward(
                 names.join(", ")
             ));
         }
-        env.values
-            .insert(name.to_string(), json_tensor(name, text)?);
+        let value = match text.strip_prefix('@') {
+            Some(path) => file_tensor(name, Path::new(path))?,
+            None => json_tensor(name, text)?,
+        };
+        env.values.insert(name.to_string(), value);
     }
     for (n, _) in &wanted {
         if !env.values.contains_key(n) {

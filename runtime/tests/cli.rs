@@ -63,6 +63,65 @@ fn perceptron_runs_the_course_example() {
     assert!((y - want).abs() < 1e-6, "{y} vs {want}");
 }
 
+/// `--input NAME=@FILE` reads the same values from a .json file and from a .safetensors
+/// file (by name, or its only tensor); a missing tensor and another extension are errors.
+#[test]
+fn inputs_come_from_files() {
+    use dlc_data::tensorfile::{NamedTensor, write_atomic};
+    let want = dlc(&[
+        "run",
+        "models/perceptron.dl",
+        "--input",
+        "x=[[-1,2],[0.5,0.25]]",
+    ]);
+    assert!(want.status.success(), "{}", text(&want));
+    let json = tmp("in.json", b"[[-1,2],[0.5,0.25]]");
+    let st = |file: &str, name: &str| {
+        let p = std::env::temp_dir()
+            .join(format!("dlc-cli-test-{}", std::process::id()))
+            .join(file);
+        let t = NamedTensor {
+            name: name.into(),
+            shape: vec![2, 2],
+            data: vec![-1.0, 2.0, 0.5, 0.25],
+        };
+        write_atomic(&p, &[t], &Default::default()).expect("write");
+        p
+    };
+    let named = st("x.safetensors", "x");
+    let only = st("samples.safetensors", "samples");
+    for p in [&json, &named, &only] {
+        let arg = format!("x=@{}", s(p));
+        let got = dlc(&["run", "models/perceptron.dl", "--input", &arg]);
+        assert!(got.status.success(), "{}", text(&got));
+        assert_eq!(got.stdout, want.stdout, "{}", p.display());
+    }
+    let two = std::env::temp_dir()
+        .join(format!("dlc-cli-test-{}", std::process::id()))
+        .join("two.safetensors");
+    let t = |n: &str| NamedTensor {
+        name: n.into(),
+        shape: vec![1, 2],
+        data: vec![0.0, 1.0],
+    };
+    write_atomic(&two, &[t("a"), t("b")], &Default::default()).expect("write");
+    let e = fails(&[
+        "run",
+        "models/perceptron.dl",
+        "--input",
+        &format!("x=@{}", s(&two)),
+    ]);
+    assert!(e.contains("no tensor `x`") && e.contains("a, b"), "{e}");
+    let txt = tmp("in.txt", b"[[1,2]]");
+    let e = fails(&[
+        "run",
+        "models/perceptron.dl",
+        "--input",
+        &format!("x=@{}", s(&txt)),
+    ]);
+    assert!(e.contains(".json or .safetensors"), "{e}");
+}
+
 #[test]
 fn every_model_checks() {
     for e in std::fs::read_dir(root().join("models")).expect("models") {
