@@ -6,7 +6,7 @@
 
 use crate::autodiff::{self, GradStats};
 use crate::ir::{Graph, NodeId};
-use crate::lower::{Lowered, Optimizer, ParamInfo};
+use crate::lower::{Lowered, Objective, Optimizer, ParamInfo, TrainConfig};
 use crate::ops::Op;
 use crate::types::{DType, shape_of};
 
@@ -22,6 +22,7 @@ pub struct TrainingGraph {
     pub graph: Graph,
     /// The unsimplified gradient graph (forward outputs and `grad:NAME`).
     pub grad_graph: Graph,
+    /// The parameters the step updates (`new:NAME`).
     pub params: Vec<ParamInfo>,
     pub states: Vec<StateInfo>,
     pub grad_stats: GradStats,
@@ -38,6 +39,66 @@ fn state_names(opt: &Optimizer, p: &str) -> Vec<String> {
         Optimizer::RmsProp { .. } => &["ms"],
     };
     kinds.iter().map(|k| format!("opt.{k}.{p}")).collect()
+}
+
+/// The training steps of a section, one per objective in the order a step runs them on
+/// a batch. A section with one `loss = …` has one step, [`training_graph`]'s.
+pub fn step_graphs(
+    lowered: &Lowered,
+    cfg: &TrainConfig,
+) -> Result<Vec<(Objective, TrainingGraph)>, String> {
+    cfg.objectives
+        .iter()
+        .map(|o| {
+            let opt = o.optimizer(cfg);
+            let whole = cfg.objectives.len() == 1
+                && o.name == "loss"
+                && o.params.len() == lowered.params.len();
+            let first = std::ptr::eq(o, &cfg.objectives[0]);
+            let tg = if whole {
+                training_graph(lowered, opt, cfg.clip_norm)?
+            } else {
+                objective_graph(lowered, o, opt, cfg.clip_norm, first)?
+            };
+            Ok((o.clone(), tg))
+        })
+        .collect()
+}
+
+/// The training step of one objective of a section with several (`minimize d_loss over
+/// disc with …`): the forward graph with the objective's value as `loss` (the other
+/// objectives' outputs dropped), differentiated with respect to the objective's parameters
+/// only and updated by `opt`; every other parameter is a read-only input of the step.
+/// Outputs as [`training_graph`]'s, `new:` only for this objective's parameters and states,
+/// and `pred` only when asked for (the trainer reads it from the first objective's step; a
+/// later objective that does not need `forward` then does not compute it).
+pub fn objective_graph(
+    lowered: &Lowered,
+    objective: &Objective,
+    opt: &Optimizer,
+    clip_norm: Option<f64>,
+    with_pred: bool,
+) -> Result<TrainingGraph, String> {
+    let mut g = lowered.graph.clone();
+    let value = g
+        .output(&objective.name)
+        .ok_or_else(|| format!("no objective `{}` in the lowered graph", objective.name))?;
+    let pred = g.output("pred");
+    g.outputs.clear();
+    g.set_output("loss", value);
+    if let (Some(p), true) = (pred, with_pred) {
+        g.set_output("pred", p);
+    }
+    let one = Lowered {
+        graph: g.compact(),
+        params: lowered
+            .params
+            .iter()
+            .filter(|p| objective.params.contains(&p.name))
+            .cloned()
+            .collect(),
+    };
+    training_graph(&one, opt, clip_norm)
 }
 
 pub fn training_graph(
@@ -124,6 +185,9 @@ pub fn training_graph(
         }
     }
     let mut states = Vec::new();
+    // The parameters the step updates: those the loss reaches (an objective's member
+    // may have parameters its loss does not read, such as a bias behind a penalty).
+    let updated: Vec<ParamInfo> = grads.iter().map(|(p, _, _)| p.clone()).collect();
     for (p, pid, gid) in grads {
         let names = state_names(opt, &p.name);
         let mut st = Vec::new();
@@ -149,7 +213,7 @@ pub fn training_graph(
     Ok(TrainingGraph {
         graph: g,
         grad_graph,
-        params: lowered.params.clone(),
+        params: updated,
         states,
         grad_stats,
     })

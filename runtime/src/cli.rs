@@ -9,7 +9,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dlc_compiler::interp::Env;
 use dlc_compiler::lower::Mode;
 use dlc_compiler::print::print_graph;
-use dlc_compiler::train::training_graph;
 use ndarray::{ArrayD, IxDyn};
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
@@ -400,34 +399,86 @@ fn compile(
     let render = |d: Vec<dlc_dsl::Diagnostic>| session::render_lowering(&prog, &ov, &d);
     // The graph to optimize: the training step, or `forward` for a file without training.
     let mut file_batch = None;
-    let (ir, grad, step, grad_stats) = if prog.train_def().is_none() && ov.data.is_empty() {
-        if emit == Emit::Grad {
-            return Err(format!(
-                "{}: --emit grad needs a training section with a loss",
-                file.display()
-            ));
-        }
-        no_data_args(&ov, file)?;
-        let l = prog.lower_predict(&[], Mode::Eval).map_err(render)?;
-        (l.graph.clone(), None, l.graph, None)
-    } else {
-        let (lowered, cfg) = lower_with_data(&prog, &ov, Mode::Train)?;
-        let tg = training_graph(&lowered, &cfg.optimizer, cfg.clip_norm)
-            .map_err(|e| format!("{}: {e}", file.display()))?;
-        file_batch = Some(cfg.batch);
-        (
-            lowered.graph,
-            Some(tg.grad_graph),
-            tg.graph,
-            Some(tg.grad_stats),
-        )
-    };
-    let opt = (!no_opt).then(|| dlc_compiler::opt::optimize(&step));
+    // The forward graph, then per training step (one per objective; the forward graph
+    // for a file without training): its header, gradient graph, step graph and stats.
+    type Step = (
+        Option<String>,
+        Option<dlc_compiler::ir::Graph>,
+        dlc_compiler::ir::Graph,
+        Option<dlc_compiler::autodiff::GradStats>,
+    );
+    let (ir, steps): (dlc_compiler::ir::Graph, Vec<Step>) =
+        if prog.train_def().is_none() && ov.data.is_empty() {
+            if emit == Emit::Grad {
+                return Err(format!(
+                    "{}: --emit grad needs a training section with a loss",
+                    file.display()
+                ));
+            }
+            no_data_args(&ov, file)?;
+            let l = prog.lower_predict(&[], Mode::Eval).map_err(render)?;
+            (l.graph.clone(), vec![(None, None, l.graph, None)])
+        } else {
+            let (lowered, cfg) = lower_with_data(&prog, &ov, Mode::Train)?;
+            let graphs = dlc_compiler::train::step_graphs(&lowered, &cfg)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            file_batch = Some(cfg.batch);
+            let several = graphs.len() > 1;
+            let steps = graphs
+                .into_iter()
+                .map(|(o, tg)| {
+                    let header = several.then(|| {
+                        format!(
+                            "# objective {}: over {}, {}",
+                            o.name,
+                            o.params.join(", "),
+                            o.optimizer(&cfg).name()
+                        )
+                    });
+                    (header, Some(tg.grad_graph), tg.graph, Some(tg.grad_stats))
+                })
+                .collect();
+            (lowered.graph, steps)
+        };
+    if emit == Emit::Ir {
+        say_raw!("{}", print_graph(&ir));
+        return Ok(());
+    }
     // Plans and memory are made at --batch, else the file's own batch size.
     let batch = batch.or(file_batch).unwrap_or(64);
+    for (header, grad, step, grad_stats) in steps {
+        if let Some(h) = header {
+            say!("{h}");
+        }
+        show_step(
+            emit,
+            &step,
+            grad.as_ref(),
+            grad_stats.as_ref(),
+            no_opt,
+            batch,
+            stats,
+        )?;
+    }
+    Ok(())
+}
+
+/// `dlc compile` of one training step (or of the forward graph): the stage asked for,
+/// then with `--stats` its statistics.
+fn show_step(
+    emit: Emit,
+    step: &dlc_compiler::ir::Graph,
+    grad: Option<&dlc_compiler::ir::Graph>,
+    grad_stats: Option<&dlc_compiler::autodiff::GradStats>,
+    no_opt: bool,
+    batch: usize,
+    stats: bool,
+) -> Result<(), String> {
+    let step = step.clone();
+    let opt = (!no_opt).then(|| dlc_compiler::opt::optimize(&step));
     match emit {
-        Emit::Ir => say_raw!("{}", print_graph(&ir)),
-        Emit::Grad => say_raw!("{}", print_graph(grad.as_ref().expect("training graph"))),
+        Emit::Ir | Emit::Ast => {}
+        Emit::Grad => say_raw!("{}", print_graph(grad.expect("training graph"))),
         Emit::Plan | Emit::Clif => {
             let g = opt.as_ref().map_or(&step, |o| &o.graph).clone();
             let mut jit = dlc_compiler::jit::exec::JitGraph::new(g, 1)?;
@@ -776,11 +827,11 @@ fn train(a: TrainArgs) -> Result<(), String> {
     let mut sink = MetricsSink::open(
         a.metrics.as_deref(),
         kind.name(),
-        setup.train_engine.kernels,
+        setup.kernels(),
         session::args_json(&setup.cfg.data_args),
     )?;
     say!(
-        "training {} on {} ({} train / {} test examples{}), {} (lr {}), batch {}, {} epochs, engine {}",
+        "training {} on {} ({} train / {} test examples{}), {}, batch {}, {} epochs, engine {}",
         setup
             .program
             .main_model()
@@ -793,8 +844,7 @@ fn train(a: TrainArgs) -> Result<(), String> {
             .as_ref()
             .map(|v| format!(" / {} validation", v.n))
             .unwrap_or_default(),
-        setup.cfg.optimizer.name(),
-        setup.cfg.optimizer.lr(),
+        optimizers(&setup),
         setup.cfg.batch,
         setup.cfg.epochs,
         kind.name()
@@ -852,15 +902,26 @@ fn bench(
         })
         .collect();
     let mut st = TrainState::fresh(&setup, 0);
-    let runner = trainer::StepRunner::new(&st);
+    let runners: Vec<trainer::StepRunner> = setup
+        .steps
+        .iter()
+        .map(|s| trainer::StepRunner::new(&st, s))
+        .collect();
     let mut k = 0;
     // Batches stay in memory: each step borrows its inputs and gives them back.
     let mut one = |st: &mut TrainState| -> Result<(), String> {
         let (x, y) = &mut batches[k % 4];
         k += 1;
-        let taken = std::mem::take(x);
-        let back = runner.run(&setup.train_engine, st, taken, y)?.x;
-        *x = back;
+        let mut taken = std::mem::take(x);
+        for (s, r) in setup.steps.iter().zip(&runners) {
+            let out = r.run(&s.engine, st, taken, y)?;
+            if let Some(p) = out.pred {
+                s.engine.recycle(p);
+            }
+            taken = out.x;
+        }
+        st.step += 1;
+        *x = taken;
         Ok(())
     };
     for _ in 0..steps.max(10) {
@@ -896,14 +957,45 @@ fn bench(
         }),
     );
     m.insert("engine".into(), json!(kind.name()));
-    m.insert("kernels".into(), json!(setup.train_engine.kernels));
-    if let Some((native, total)) = setup.train_engine.native_kernels() {
+    m.insert("kernels".into(), json!(setup.kernels()));
+    if let Some((native, total)) = setup.native_kernels() {
         m.insert("native_kernels".into(), json!(format!("{native}/{total}")));
     }
     m.insert("min_ms".into(), json!(times[0]));
     m.insert("max_ms".into(), json!(times[times.len() - 1]));
     say!("{}", Value::Object(m));
     Ok(())
+}
+
+/// What the step minimises with what: `adam (lr 0.001)`, or per objective for a section
+/// with several (`d_loss by adam (lr 0.0002) over disc, then g_loss by …`).
+fn optimizers(setup: &session::Setup) -> String {
+    let cfg = &setup.cfg;
+    let one = |o: &dlc_compiler::lower::Optimizer| format!("{} (lr {})", o.name(), o.lr());
+    if cfg.objectives.len() <= 1 {
+        return one(&cfg.optimizer);
+    }
+    let members = |o: &dlc_compiler::lower::Objective| {
+        let mut m: Vec<&str> = o
+            .params
+            .iter()
+            .map(|p| p.split('.').next().unwrap_or(p))
+            .collect();
+        m.dedup();
+        m.join(", ")
+    };
+    cfg.objectives
+        .iter()
+        .map(|o| {
+            format!(
+                "{} by {} over {}",
+                o.name,
+                one(o.optimizer(cfg)),
+                members(o)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", then ")
 }
 
 fn scaling_of(ck: &Checkpoint) -> Option<dlc_data::Scaling> {

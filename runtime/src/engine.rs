@@ -81,6 +81,23 @@ impl Engine {
         }
     }
 
+    /// The names of the graph's outputs.
+    pub fn outputs(&self) -> Vec<String> {
+        let g = match &self.exec {
+            Exec::Reference(g) => g,
+            Exec::Jit(j) => {
+                return j
+                    .borrow()
+                    .graph()
+                    .outputs
+                    .iter()
+                    .map(|(n, _)| n.clone())
+                    .collect();
+            }
+        };
+        g.outputs.iter().map(|(n, _)| n.clone()).collect()
+    }
+
     /// Hand back a tensor the caller is done with (the JIT reuses its buffer).
     pub fn recycle(&self, a: ArrayD<f32>) {
         if let Exec::Jit(j) = &self.exec {

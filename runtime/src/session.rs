@@ -4,7 +4,7 @@
 use crate::datasig;
 use crate::engine::{Engine, EngineKind};
 use dlc_compiler::lower::{DataSig, Lowered, Mode, Optimizer, Program, TrainConfig};
-use dlc_compiler::train::{TrainingGraph, training_graph};
+use dlc_compiler::train::{TrainingGraph, step_graphs};
 use dlc_data::Dataset;
 use dlc_dsl::Diagnostic;
 use std::path::{Path, PathBuf};
@@ -345,14 +345,42 @@ pub struct Setup {
     pub program: Program,
     pub cfg: TrainConfig,
     pub sig: DataSig,
-    pub train: TrainingGraph,
+    /// The training step of each objective, in the order a step runs them on a batch.
+    pub steps: Vec<ObjectiveStep>,
+    /// Every parameter of the model.
+    pub params: Vec<dlc_compiler::lower::ParamInfo>,
+    /// Every optimizer state tensor (each objective's, for its parameters).
+    pub states: Vec<dlc_compiler::train::StateInfo>,
     pub eval: Lowered,
-    pub train_engine: Engine,
     pub eval_engine: Engine,
     /// The `--set` values in force (a checkpoint records them).
     pub sets: Vec<(String, String)>,
     /// The `--data-arg` values in force (a checkpoint records them).
     pub data_arg_flags: Vec<(String, String)>,
+}
+
+impl Setup {
+    /// Kernels of one training step (all its objectives).
+    pub fn kernels(&self) -> usize {
+        self.steps.iter().map(|s| s.engine.kernels).sum()
+    }
+
+    /// (native, planned) kernels of a training step on the JIT; None on the reference
+    /// engine.
+    pub fn native_kernels(&self) -> Option<(usize, usize)> {
+        self.steps
+            .iter()
+            .map(|s| s.engine.native_kernels())
+            .try_fold((0, 0), |(a, b), k| k.map(|(n, t)| (a + n, b + t)))
+    }
+}
+
+/// One objective's training step, compiled.
+pub struct ObjectiveStep {
+    /// The objective's name (`loss` for a section with `loss = …`).
+    pub name: String,
+    pub train: TrainingGraph,
+    pub engine: Engine,
 }
 
 pub fn compile(
@@ -371,31 +399,40 @@ pub fn compile(
         .lower_training(&sig, Mode::Eval)
         .map_err(render_err)?;
     let cfg = apply(cfg, ov, &data)?;
-    let train = training_graph(&lowered, &cfg.optimizer, cfg.clip_norm)
-        .map_err(|e| format!("{}: {e}", program.source.name))?;
-    let (train_graph, eval_graph) = if ov.no_opt {
-        (train.graph.clone(), eval.graph.clone())
-    } else {
-        (
-            dlc_compiler::opt::optimize(&train.graph).graph,
-            dlc_compiler::opt::optimize(&eval.graph).graph,
-        )
+    let graphs =
+        step_graphs(&lowered, &cfg).map_err(|e| format!("{}: {e}", program.source.name))?;
+    let optimized = |g: &dlc_compiler::ir::Graph| {
+        if ov.no_opt {
+            g.clone()
+        } else {
+            dlc_compiler::opt::optimize(g).graph
+        }
     };
     let threads = if ov.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
         ov.threads
     };
-    let train_engine = Engine::new(engine, train_graph, threads)?;
-    let eval_engine = Engine::new(engine, eval_graph, threads)?;
+    let mut steps = Vec::new();
+    let mut states = Vec::new();
+    for (o, train) in graphs {
+        states.extend(train.states.iter().cloned());
+        steps.push(ObjectiveStep {
+            name: o.name,
+            engine: Engine::new(engine, optimized(&train.graph), threads)?,
+            train,
+        });
+    }
+    let eval_engine = Engine::new(engine, optimized(&eval.graph), threads)?;
     Ok((
         Setup {
             program,
+            params: lowered.params.clone(),
+            states,
             cfg,
             sig,
-            train,
+            steps,
             eval,
-            train_engine,
             eval_engine,
             sets: ov.sets_in_force(),
             data_arg_flags: data.arg_flags,

@@ -36,13 +36,11 @@ pub struct TrainState {
 impl TrainState {
     pub fn fresh(setup: &Setup, seed: u64) -> TrainState {
         let params = setup
-            .train
             .params
             .iter()
             .map(|p| (p.name.clone(), init_param(p, seed)))
             .collect();
         let opt = setup
-            .train
             .states
             .iter()
             .map(|s| (s.name.clone(), ArrayD::zeros(IxDyn(&s.shape))))
@@ -239,33 +237,55 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     idx
 }
 
-/// One training step: the state's tensors move into the engine's inputs and the
-/// updated ones move back, so a step copies no parameters.
+/// One objective's training step: the state's tensors move into the engine's inputs and
+/// the updated ones move back, so a step copies no parameters. The objective's own
+/// parameters and optimizer states are updated; every other parameter is an input only.
 pub struct StepRunner {
+    /// Parameters (and then states) the step updates.
     params: Vec<String>,
     states: Vec<String>,
+    /// Parameters it only reads.
+    read: Vec<String>,
     outputs: Vec<String>,
+    /// Whether the step computes `pred` (the first objective's does).
+    has_pred: bool,
 }
 
 impl StepRunner {
-    pub fn new(st: &TrainState) -> StepRunner {
-        let params: Vec<String> = st.params.keys().cloned().collect();
-        let states: Vec<String> = st.opt.keys().cloned().collect();
-        let mut outputs = vec![
-            "loss".to_string(),
-            "pred".to_string(),
-            "grad_sq_norm".to_string(),
-        ];
+    pub fn new(st: &TrainState, step: &crate::session::ObjectiveStep) -> StepRunner {
+        let own: Vec<&str> = step.train.params.iter().map(|p| p.name.as_str()).collect();
+        let params: Vec<String> = st
+            .params
+            .keys()
+            .filter(|k| own.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        let read: Vec<String> = st
+            .params
+            .keys()
+            .filter(|k| !own.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        let states: Vec<String> = step.train.states.iter().map(|s| s.name.clone()).collect();
+        let has_pred = step.train.graph.output("pred").is_some();
+        let mut outputs = vec!["loss".to_string()];
+        if has_pred {
+            outputs.push("pred".to_string());
+        }
+        outputs.push("grad_sq_norm".to_string());
         outputs.extend(params.iter().map(|p| format!("new:{p}")));
         outputs.extend(states.iter().map(|s| format!("new:{s}")));
         StepRunner {
             params,
             states,
+            read,
             outputs,
+            has_pred,
         }
     }
 
-    /// Run one step on a batch; returns the loss, the predictions, the batch's inputs
+    /// Run one objective's step on a batch (the caller counts the step, `st.step += 1`,
+    /// once every objective has run on it); returns the loss, the predictions, the batch's inputs
     /// (for the caller to reuse) and the global gradient norm before clipping.
     pub fn run(
         &self,
@@ -276,7 +296,13 @@ impl StepRunner {
     ) -> Result<StepOut, String> {
         let mut env = Env::new(st.seed, st.step);
         env.values.extend(std::mem::take(&mut st.params));
-        env.values.extend(std::mem::take(&mut st.opt));
+        for name in &self.states {
+            let v = st
+                .opt
+                .remove(name)
+                .ok_or_else(|| format!("no optimizer state {name}"))?;
+            env.values.insert(name.clone(), v);
+        }
         env.values.insert("x".into(), x);
         env.values.insert("y".into(), y.clone());
         env.values.insert(
@@ -285,7 +311,8 @@ impl StepRunner {
         );
         let refs: Vec<&str> = self.outputs.iter().map(|s| s.as_str()).collect();
         // new:p may be written over p (the old values are not needed after the step).
-        let donate: Vec<(&str, &str)> = refs[3..]
+        let skip = if self.has_pred { 3 } else { 2 };
+        let donate: Vec<(&str, &str)> = refs[skip..]
             .iter()
             .zip(self.params.iter().chain(&self.states))
             .map(|(o, l)| (*o, l.as_str()))
@@ -295,7 +322,7 @@ impl StepRunner {
             Ok(r) => r.into_iter(),
             Err(e) => {
                 // The state gets its tensors back.
-                for name in self.params.iter() {
+                for name in self.params.iter().chain(&self.read) {
                     if let Some(v) = env.values.remove(name) {
                         st.params.insert(name.clone(), v);
                     }
@@ -312,7 +339,11 @@ impl StepRunner {
             .next()
             .and_then(|l| l.iter().next().copied())
             .unwrap_or(f32::NAN);
-        let pred = res.next().ok_or("the step gave no prediction")?;
+        let pred = if self.has_pred {
+            Some(res.next().ok_or("the step gave no prediction")?)
+        } else {
+            None
+        };
         let grad_norm = res
             .next()
             .and_then(|l| l.iter().next().copied())
@@ -330,8 +361,11 @@ impl StepRunner {
                 engine.recycle(old);
             }
         }
+        for name in &self.read {
+            let v = env.values.remove(name).ok_or("the step lost a parameter")?;
+            st.params.insert(name.clone(), v);
+        }
         let x = env.values.remove("x").ok_or("the step lost its inputs")?;
-        st.step += 1;
         Ok(StepOut {
             loss,
             pred,
@@ -344,7 +378,8 @@ impl StepRunner {
 /// What one training step gives back.
 pub struct StepOut {
     pub loss: f32,
-    pub pred: ArrayD<f32>,
+    /// The predictions (`forward(x)`), from the first objective's step.
+    pub pred: Option<ArrayD<f32>>,
     /// The batch's inputs, for the caller to reuse.
     pub x: ArrayD<f32>,
     /// The global gradient norm before clipping.
@@ -358,6 +393,8 @@ pub struct Scores {
     pub acc: Option<f64>,
     pub mse: Option<f64>,
     pub r2: Option<f64>,
+    /// Each objective's mean value, for a section with several (their sum is `loss`).
+    pub parts: Vec<(String, f64)>,
 }
 
 /// Accumulates per-batch losses (weighted by batch size) and predictions.
@@ -482,6 +519,15 @@ pub fn evaluate_perturbed(
     perturb: &mut Perturb,
 ) -> Result<Scores, String> {
     let mut tally = Tally::new(data.task);
+    // The objectives of a section with several (outputs besides `loss` and `pred`).
+    let objectives: Vec<String> = engine
+        .outputs()
+        .into_iter()
+        .filter(|n| n != "loss" && n != "pred")
+        .collect();
+    let mut wanted = vec!["loss", "pred"];
+    wanted.extend(objectives.iter().map(|s| s.as_str()));
+    let mut parts = vec![0.0f64; objectives.len()];
     let rows: Vec<usize> = (0..split.n).collect();
     for chunk in rows.chunks(1024) {
         let (mut x, y) = batch(split, chunk, &data.x_shape, &data.y_shape);
@@ -489,18 +535,27 @@ pub fn evaluate_perturbed(
         perturb(chunk, &mut x, &y, &mut env)?;
         env.values.insert("x".into(), x);
         env.values.insert("y".into(), y.clone());
-        let out = engine.run(&env, &["loss", "pred"])?;
-        tally.add(
-            out[0].iter().next().copied().unwrap_or(f32::NAN),
-            &out[1],
-            &y,
-        );
+        let out = engine.run(&env, &wanted)?;
+        let scalar = |a: &ArrayD<f32>| a.iter().next().copied().unwrap_or(f32::NAN);
+        tally.add(scalar(&out[0]), &out[1], &y);
+        for (p, o) in parts.iter_mut().zip(&out[2..]) {
+            *p += scalar(o) as f64 * chunk.len() as f64;
+        }
     }
-    Ok(tally.scores())
+    let mut scores = tally.scores();
+    scores.parts = objectives
+        .into_iter()
+        .zip(parts)
+        .map(|(n, p)| (n, p / split.n.max(1) as f64))
+        .collect();
+    Ok(scores)
 }
 
 pub fn put_scores(m: &mut Map<String, Value>, prefix: &str, s: &Scores) {
     m.insert(format!("{prefix}_loss"), json!(s.loss));
+    for (name, v) in &s.parts {
+        m.insert(format!("{prefix}_{name}"), json!(v));
+    }
     if let Some(a) = s.acc {
         m.insert(format!("{prefix}_acc"), json!(a));
     }
@@ -537,8 +592,11 @@ pub fn train(
     on_epoch: &mut dyn FnMut(&TrainState) -> Result<(), String>,
 ) -> Result<TrainState, String> {
     let cfg = &setup.cfg;
-    let engine = &setup.train_engine;
-    let step = StepRunner::new(&st);
+    let runners: Vec<StepRunner> = setup
+        .steps
+        .iter()
+        .map(|s| StepRunner::new(&st, s))
+        .collect();
     let n = data.train.n;
     if n == 0 {
         return Err(format!("data set {} has no training examples", data.name));
@@ -551,6 +609,8 @@ pub fn train(
         let t0 = Instant::now();
         let order = epoch_order(n, st.seed, epoch);
         let mut tally = Tally::new(data.task);
+        // Per objective, when there are several: the sum of its losses over examples.
+        let mut parts = vec![0.0f64; setup.steps.len()];
         // Sum, maximum and count of the steps' gradient norms.
         let mut norms = (0.0f64, 0.0f64, 0usize);
         progress.start_epoch(epoch);
@@ -568,13 +628,24 @@ pub fn train(
                     std::thread::sleep(std::time::Duration::from_secs(3600));
                 }
             }
-            let (x, y) = batch(&data.train, chunk, &data.x_shape, &data.y_shape);
-            let StepOut {
-                loss,
-                pred,
-                x,
-                grad_norm,
-            } = step.run(engine, &mut st, x, &y)?;
+            let (mut x, y) = batch(&data.train, chunk, &data.x_shape, &data.y_shape);
+            // Each objective's step in turn, on the same batch; the loss reported is their
+            // sum, the global gradient norm that of all their gradients.
+            let (mut loss, mut sq_norm, mut pred) = (0.0f32, 0.0f64, None);
+            for (k, (s, r)) in setup.steps.iter().zip(&runners).enumerate() {
+                let out = r.run(&s.engine, &mut st, x, &y)?;
+                x = out.x;
+                loss += out.loss;
+                parts[k] += out.loss as f64 * chunk.len() as f64;
+                sq_norm += (out.grad_norm as f64).powi(2);
+                if out.pred.is_some() {
+                    pred = out.pred.map(|p| (p, k));
+                }
+            }
+            st.step += 1;
+            let (pred, from) = pred.ok_or("no training step computes the predictions")?;
+            let engine = &setup.steps[from].engine;
+            let grad_norm = sq_norm.sqrt() as f32;
             engine.recycle(x);
             norms.0 += grad_norm as f64;
             norms.1 = norms.1.max(grad_norm as f64);
@@ -598,6 +669,11 @@ pub fn train(
         m.insert("epoch".into(), json!(epoch));
         m.insert("step".into(), json!(st.step));
         put_scores(&mut m, "train", &train);
+        if setup.steps.len() > 1 {
+            for (s, sum) in setup.steps.iter().zip(&parts) {
+                m.insert(format!("train_{}", s.name), json!(sum / tally.n as f64));
+            }
+        }
         if norms.2 > 0 {
             m.insert("grad_norm_mean".into(), json!(norms.0 / norms.2 as f64));
             m.insert("grad_norm_max".into(), json!(norms.1));

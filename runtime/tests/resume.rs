@@ -285,3 +285,56 @@ fn early_stopping_killed_mid_epoch_resumes_bit_exactly() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Two objectives, each over its own member with its own optimizer (both optimizers'
+/// states in the checkpoint): killed mid-epoch, resumed bit for bit; every metrics line
+/// has each objective's value for training and test, and `train_loss` is their sum.
+#[test]
+fn two_objectives_killed_mid_epoch_resume_bit_exactly() {
+    let d = dir("objectives");
+    let model = d.join("two.dl");
+    std::fs::write(
+        &model,
+        "model Net(height, width, classes) {\n  \
+           body = Dense(height * width, 32, activation: relu)\n  \
+           head = Dense(32, classes)\n  \
+           fn forward(x: f32[B, height, width]) -> f32[B, classes] { head(body(flatten(x))) }\n\
+         }\n\
+         train Net on digits {\n  \
+           ce = softmax_cross_entropy(forward(x), y)\n  \
+           fit = softmax_cross_entropy(forward(x), y) + 0.01 * mean(body.w * body.w)\n  \
+           minimize ce over head with adam(lr: 1e-3)\n  \
+           minimize fit over body with momentum(lr: 0.05, beta: 0.9)\n  \
+           batch = 64\n  \
+           epochs = 4\n\
+         }\n",
+    )
+    .expect("write model");
+    let full = killed_run_resumes_exactly(&d, s(&model), &["--seed", "5"], |_| 2);
+    for m in &full {
+        for key in ["train_ce", "train_fit", "test_ce", "test_fit"] {
+            assert!(m.get(key).is_some_and(|v| v.is_f64()), "{key} in {m}");
+        }
+        let sum = m["train_ce"].as_f64().unwrap() + m["train_fit"].as_f64().unwrap();
+        let total = m["train_loss"].as_f64().unwrap();
+        // (Each step's total is summed in f32, each objective's value in f64.)
+        assert!(
+            (sum - total).abs() < 1e-6 * total.abs().max(1.0),
+            "{sum} vs {total}"
+        );
+    }
+    // Both optimizers' states, each for its own member's parameters only.
+    let ck = Checkpoint::load(&d.join("a.safetensors")).expect("checkpoint");
+    let names: Vec<&str> = ck.tensors.keys().map(String::as_str).collect();
+    for n in ["opt.m.head.w", "opt.v.head.w", "opt.v.body.w"] {
+        assert!(names.contains(&n), "{n} in {names:?}");
+    }
+    assert!(
+        !names.contains(&"opt.m.body.w"),
+        "momentum keeps one state: {names:?}"
+    );
+    // Training moved the accuracy: both objectives trained their members.
+    let last = full.last().expect("lines");
+    assert!(last["test_acc"].as_f64().unwrap() > 0.8, "{last}");
+    let _ = std::fs::remove_dir_all(&d);
+}

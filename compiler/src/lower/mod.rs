@@ -14,7 +14,7 @@ pub use builtins::ALL as BUILTINS;
 pub use eval::{Lowerer, MAX_CALL_DEPTH, Mode, ParamInfo};
 pub use value::{Init, Optimizer, Value};
 
-use crate::ir::Graph;
+use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
 use crate::types::{DType, Type};
 use dlc_dsl::ast::*;
@@ -22,7 +22,7 @@ use dlc_dsl::{Diagnostic, Source};
 use eval::{Ctx, Scope};
 use std::collections::HashMap;
 use std::rc::Rc;
-use value::Func;
+use value::{Func, Instance};
 
 /// A parsed `.dl` file with the prelude.
 pub struct Program {
@@ -111,6 +111,29 @@ pub struct TrainConfig {
     pub clip_norm: Option<f64>,
     /// `attack(epsilons: [...])`: `dlc eval` measures the test accuracy under attack.
     pub attack: Option<Attack>,
+    /// What each training step minimises, in the order the steps run them on a batch: one
+    /// objective `loss` for a section with `loss = …`, else one per `minimize`.
+    pub objectives: Vec<Objective>,
+}
+
+/// One objective of a training section: a scalar minimised over some of the main model's
+/// parameters by its own optimizer (`minimize d_loss over disc with adam(lr: 2e-4)`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Objective {
+    /// The name its value is reported under (`loss` for `loss = …`; `d_loss` for
+    /// `minimize d_loss …`), which is also its output in the lowered graph.
+    pub name: String,
+    /// The parameters it trains, by name (the `over` members' parameters, or all).
+    pub params: Vec<String>,
+    /// Its own optimizer (`with …`); None: the section's `optimizer`.
+    pub optimizer: Option<Optimizer>,
+}
+
+impl Objective {
+    /// The optimizer this objective steps with.
+    pub fn optimizer<'a>(&'a self, cfg: &'a TrainConfig) -> &'a Optimizer {
+        self.optimizer.as_ref().unwrap_or(&cfg.optimizer)
+    }
 }
 
 /// Evaluation under adversarial attack: for each ε, the test inputs moved by
@@ -518,7 +541,10 @@ impl Program {
             early_stopping: None,
             clip_norm: None,
             attack: None,
+            objectives: Vec::new(),
         };
+        // `minimize` statements: (name, value, its span, `over` members, `with`).
+        let mut minimized: Vec<(String, Value, Span, Vec<Ident>, Option<Optimizer>)> = Vec::new();
         for a in &t.data_args {
             let cx = Ctx {
                 scope: &scope,
@@ -674,9 +700,6 @@ impl Program {
                     with,
                     span,
                 } => {
-                    if !over.is_empty() {
-                        lw.err(over[0].span, "`minimize … over …` (several objectives) is not supported yet; use one `minimize` over all parameters");
-                    }
                     let v = lw.eval(
                         e,
                         &Ctx {
@@ -684,7 +707,12 @@ impl Program {
                             inst: Some(&inst),
                         },
                     );
-                    loss = set_loss(&mut lw, loss, v, *span);
+                    // Named by the value it minimises (`d_loss = …; minimize d_loss …`).
+                    let name = match &e.kind {
+                        ExprKind::Name(n) => n.clone(),
+                        _ => "loss".to_string(),
+                    };
+                    let mut opt = None;
                     if let Some(w) = with {
                         match lw.eval(
                             w,
@@ -693,7 +721,7 @@ impl Program {
                                 inst: Some(&inst),
                             },
                         ) {
-                            Value::Optimizer(o) => cfg.optimizer = o,
+                            Value::Optimizer(o) => opt = Some(o),
                             Value::Poison => {}
                             other => {
                                 lw.err(
@@ -706,17 +734,85 @@ impl Program {
                             }
                         }
                     }
+                    minimized.push((name, v, *span, over.clone(), opt));
                 }
             }
         }
-        let Some((loss, lspan)) = loss else {
-            lw.err(t.span, "the training section has no loss: add `loss = …`");
-            return Err(lw.diags);
-        };
+        let mut outs: Vec<(String, Value, Span)> = Vec::new();
+        match (loss, minimized.is_empty()) {
+            (Some((v, sp)), true) => {
+                cfg.objectives.push(Objective {
+                    name: "loss".into(),
+                    params: Vec::new(),
+                    optimizer: None,
+                });
+                outs.push(("loss".into(), v, sp));
+            }
+            (None, true) => {
+                lw.err(t.span, "the training section has no loss: add `loss = …`");
+                return Err(lw.diags);
+            }
+            (Some((_, sp)), false) => {
+                lw.err(
+                    sp,
+                    "a section with `minimize` names every objective there: write `minimize loss` (with `over …` to choose the parameters) instead of `loss = …`",
+                );
+                return Err(lw.diags);
+            }
+            (None, false) => {
+                for (name, v, sp, over, opt) in minimized {
+                    if cfg.objectives.iter().any(|o| o.name == name) {
+                        lw.err(sp, format!("a second objective named `{name}`: give each `minimize` its own value (`{name}2 = …`)"));
+                        continue;
+                    }
+                    let params = objective_params(&mut lw, &inst, &over);
+                    outs.push((name.clone(), v, sp));
+                    cfg.objectives.push(Objective {
+                        name,
+                        params,
+                        optimizer: opt,
+                    });
+                }
+                check_disjoint(&mut lw, &cfg.objectives, t.span);
+                // `loss`, what the metrics report as the total, is the objectives' sum.
+                if !outs.iter().any(|(n, _, _)| n == "loss") {
+                    let parts: Option<Vec<NodeId>> = outs
+                        .iter()
+                        .map(|(_, v, _)| match v {
+                            // Scalars only (`finish` reports any other objective).
+                            Value::Tensor(n) if lw.graph.ty(*n).shape.is_empty() => Some(*n),
+                            _ => None,
+                        })
+                        .collect();
+                    if let Some(parts) = parts {
+                        let total = parts[1..]
+                            .iter()
+                            .fold(parts[0], |a, &b| lw.graph.add_ok(Op::Add, &[a, b]));
+                        outs.push(("loss".into(), Value::Tensor(total), t.span));
+                    }
+                }
+            }
+        }
+        outs.push(("pred".into(), pred, t.model.span));
         let lowered = finish(
             lw,
-            vec![("loss", loss, lspan), ("pred", pred, t.model.span)],
+            outs.iter()
+                .map(|(n, v, sp)| (n.as_str(), v.clone(), *sp))
+                .collect(),
         )?;
+        // One objective steps with the section's optimizer (which `--optimizer` and `--lr`
+        // set): its `with`, if any, is that optimizer.
+        if let [one] = &mut cfg.objectives[..]
+            && let Some(o) = one.optimizer.take()
+        {
+            cfg.optimizer = o;
+        }
+        // An objective without `over` trains every parameter.
+        for o in &mut cfg.objectives {
+            if o.params.is_empty() {
+                o.params = lowered.params.iter().map(|p| p.name.clone()).collect();
+            }
+        }
         Ok((lowered, cfg))
     }
 }
@@ -761,6 +857,83 @@ fn count(v: &Value) -> Option<usize> {
     }
 }
 
+/// The parameters of the `over` members of the main model (by their dotted names' first
+/// component), each member reported if unknown or without parameters. Empty `over`: empty
+/// (the caller fills in every parameter once lowering has made them).
+fn objective_params(lw: &mut Lowerer, inst: &Instance, over: &[Ident]) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in over {
+        let known: Vec<&str> = inst
+            .def
+            .bindings
+            .iter()
+            .map(|b| b.name.name.as_str())
+            .collect();
+        if !known.contains(&m.name.as_str()) {
+            let hint = dlc_dsl::nearest(&m.name, known.iter().copied())
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            lw.err(
+                m.span,
+                format!(
+                    "`{}` is not a member of `{}` (`over` names the members whose parameters the objective trains){hint}",
+                    m.name, inst.def.name.name
+                ),
+            );
+            continue;
+        }
+        let mine: Vec<String> = lw
+            .params
+            .iter()
+            .map(|p| p.name.clone())
+            .filter(|p| p == &m.name || p.starts_with(&format!("{}.", m.name)))
+            .collect();
+        if mine.is_empty() {
+            lw.err(
+                m.span,
+                format!("member `{}` has no trainable parameters", m.name),
+            );
+        }
+        out.extend(mine);
+    }
+    out
+}
+
+/// Each parameter is trained by one objective: two optimizers stepping the same weights
+/// on one batch is almost always a mistake (and their states would share names).
+fn check_disjoint(lw: &mut Lowerer, objectives: &[Objective], span: Span) {
+    for (i, a) in objectives.iter().enumerate() {
+        for b in &objectives[i + 1..] {
+            let (pa, pb) = (
+                if a.params.is_empty() {
+                    None
+                } else {
+                    Some(&a.params)
+                },
+                if b.params.is_empty() {
+                    None
+                } else {
+                    Some(&b.params)
+                },
+            );
+            let shared = match (pa, pb) {
+                (Some(x), Some(y)) => x.iter().find(|p| y.contains(p)).cloned(),
+                _ => Some("every parameter".to_string()),
+            };
+            if let Some(p) = shared {
+                lw.err(
+                    span,
+                    format!(
+                        "objectives `{}` and `{}` both train {p}: give each `minimize` its own members with `over …`",
+                        a.name, b.name
+                    ),
+                );
+                return;
+            }
+        }
+    }
+}
+
 fn set_loss(
     lw: &mut Lowerer,
     prev: Option<(Value, Span)>,
@@ -770,7 +943,7 @@ fn set_loss(
     if prev.is_some() {
         lw.err(
             span,
-            "a second loss: several objectives are not supported yet",
+            "a second `loss = …`: name each objective and minimise it over its members (`d_loss = …` then `minimize d_loss over disc with adam(lr: 2e-4)`)",
         );
         return prev;
     }
@@ -781,10 +954,16 @@ fn finish(mut lw: Lowerer, outs: Vec<(&str, Value, Span)>) -> Result<Lowered, Di
     for (name, v, span) in outs {
         match v {
             Value::Tensor(n) => {
-                if name == "loss" {
+                // Every output but the prediction is an objective: a scalar to minimise.
+                if name != "pred" {
                     let t = lw.graph.ty(n).clone();
                     if !t.shape.is_empty() || t.dtype != DType::F32 {
-                        lw.err(span, format!("the loss must be an f32 scalar, found {t}; reduce it with mean(…) or sum(…)"));
+                        let what = if name == "loss" {
+                            "the loss".to_string()
+                        } else {
+                            format!("objective `{name}`")
+                        };
+                        lw.err(span, format!("{what} must be an f32 scalar, found {t}; reduce it with mean(…) or sum(…)"));
                     }
                 }
                 lw.graph.set_output(name, n);
