@@ -107,11 +107,22 @@ pub enum Cmd {
     /// Train a model.
     Train(TrainArgs),
     /// Generate text from a checkpoint of a character model (one step at a time, the
-    /// recurrent state kept between steps).
+    /// recurrent state kept between steps), or with --out, pictures of what an image model
+    /// makes (an autoencoder: test images over their reconstructions).
     Sample {
         file: PathBuf,
         #[arg(long)]
         load: PathBuf,
+        /// Write images instead of printing text: a .png grid, or a .safetensors file
+        /// with the tensor `samples` [N, H, W] in [0, 1].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Images to draw (with --out).
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        count: u64,
+        /// The data set whose test images an autoencoder reconstructs (NAME=PATH).
+        #[arg(long, value_parser = session::parse_data_flag)]
+        data: Vec<(String, Option<PathBuf>)>,
         /// Characters to generate after the prime.
         #[arg(long, default_value_t = 1000)]
         length: usize,
@@ -266,12 +277,32 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Cmd::Sample {
             file,
             load,
+            out: Some(out),
+            count,
+            data,
+            seed,
+            engine,
+            model,
+            ..
+        } => sample_images(
+            &file,
+            &load,
+            &out,
+            count as usize,
+            seed,
+            &engine,
+            overrides(data, model),
+        ),
+        Cmd::Sample {
+            file,
+            load,
             length,
             temperature,
             seed,
             prime,
             engine,
             model,
+            ..
         } => {
             let mut ov = overrides(Vec::new(), model);
             let kind = EngineKind::parse(&engine)?;
@@ -964,6 +995,49 @@ fn bench(
     m.insert("min_ms".into(), json!(times[0]));
     m.insert("max_ms".into(), json!(times[times.len() - 1]));
     say!("{}", Value::Object(m));
+    Ok(())
+}
+
+/// `dlc sample --out`: the first `count` test images over the model's reconstructions of
+/// them, as a PNG grid or a tensor file.
+fn sample_images(
+    file: &Path,
+    load: &Path,
+    out: &Path,
+    count: usize,
+    seed: u64,
+    engine: &str,
+    mut ov: Overrides,
+) -> Result<(), String> {
+    let what = crate::images::OutKind::of(out)?;
+    let kind = EngineKind::parse(engine)?;
+    let (lowered, env, _) = forward_with_weights(file, Some(load), &mut ov, seed)?;
+    let prog = session::open_program(file, &ov)?;
+    let choice = session::choose_data(&prog, &ov)?;
+    let data = dlc_data::load_with_args(
+        &choice.name,
+        choice.path.as_deref(),
+        false,
+        None,
+        &choice.args,
+    )
+    .map_err(|e| e.to_string())?;
+    let n = count.min(data.test.n);
+    if n == 0 {
+        return Err(format!("data set {} has no test images", data.name));
+    }
+    let rows: Vec<usize> = (0..n).collect();
+    let (x, _) = trainer::batch(&data.test, &rows, &data.x_shape, &data.y_shape);
+    let recon = crate::images::reconstruct(file, &lowered, env, x.clone(), kind)?;
+    match what {
+        crate::images::OutKind::Png => crate::images::grid(&[&x, &recon])?.save_png(out)?,
+        crate::images::OutKind::Tensors => crate::images::save_tensors(out, &recon)?,
+    }
+    say!(
+        "wrote {} ({n} test images of {} and their reconstructions)",
+        out.display(),
+        data.name
+    );
     Ok(())
 }
 

@@ -427,11 +427,19 @@ impl Tally {
         let b = y.shape()[0];
         self.n += b;
         self.loss_sum += loss as f64 * b as f64;
+        // Predictions are compared with the labels only when they are shaped as the task's
+        // answers (an autoencoder's reconstructions of MNIST digits have no accuracy).
+        let fits = match self.task {
+            Task::Classification { classes } => pred.len() == y.len() * classes,
+            Task::Binary | Task::Regression => pred.len() == y.len(),
+        };
+        if !fits {
+            return;
+        }
         match self.task {
-            Task::Classification { .. } => {
+            Task::Classification { classes } => {
                 // One row of scores per label: per example ([B] labels, [B, C] scores)
                 // or per position ([B, T] labels, [B, T, C] scores).
-                let classes = pred.len() / y.len().max(1);
                 let p = pred.as_standard_layout();
                 let flat = p.as_slice().expect("standard layout");
                 for (i, &label) in y.iter().enumerate() {
@@ -468,6 +476,7 @@ impl Tally {
             ..Scores::default()
         };
         match self.task {
+            _ if self.judged == 0 && self.ys.is_empty() => {}
             Task::Classification { .. } | Task::Binary => {
                 s.acc = Some(self.correct as f64 / self.judged.max(1) as f64)
             }
@@ -553,9 +562,6 @@ pub fn evaluate_perturbed(
 
 pub fn put_scores(m: &mut Map<String, Value>, prefix: &str, s: &Scores) {
     m.insert(format!("{prefix}_loss"), json!(s.loss));
-    for (name, v) in &s.parts {
-        m.insert(format!("{prefix}_{name}"), json!(v));
-    }
     if let Some(a) = s.acc {
         m.insert(format!("{prefix}_acc"), json!(a));
     }
@@ -564,6 +570,10 @@ pub fn put_scores(m: &mut Map<String, Value>, prefix: &str, s: &Scores) {
     }
     if let Some(v) = s.r2 {
         m.insert(format!("{prefix}_r2"), json!(v));
+    }
+    // The objectives' own names last: what the file calls `mse` is its `mse`.
+    for (name, v) in &s.parts {
+        m.insert(format!("{prefix}_{name}"), json!(v));
     }
 }
 
@@ -669,7 +679,8 @@ pub fn train(
         m.insert("epoch".into(), json!(epoch));
         m.insert("step".into(), json!(st.step));
         put_scores(&mut m, "train", &train);
-        if setup.steps.len() > 1 {
+        // Objectives under their names: several, or one named other than `loss`.
+        if setup.steps.len() > 1 || setup.steps[0].name != "loss" {
             for (s, sum) in setup.steps.iter().zip(&parts) {
                 m.insert(format!("train_{}", s.name), json!(sum / tally.n as f64));
             }
