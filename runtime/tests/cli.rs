@@ -576,3 +576,94 @@ fn conv_shape_errors_name_both_shapes_at_the_call() {
     let err = fails(&["check", s(&g)]);
     assert!(err.contains("padding is \"valid\" or \"same\""), "{err}");
 }
+
+/// An autoencoder's `dlc sample --out`: a PNG grid of test images over their
+/// reconstructions and the reconstructions as a tensor; a classifier's forward does not
+/// give back images (a clear error), nor does a path of another kind.
+#[test]
+fn sample_out_draws_reconstructions() {
+    let ae = tmp(
+        "ae.dl",
+        b"model Ae(height, width, latent: 3) {\n  \
+            enc = Dense(height * width, latent, activation: relu)\n  \
+            dec = Dense(latent, height * width, activation: sigmoid)\n  \
+            fn forward(x: f32[B, height, width]) -> f32[B, height, width] {\n    \
+              reshape(dec(enc(flatten(x))), [-1, height, width])\n  }\n}\n\
+          train Ae on digits {\n  \
+            mse = mean((forward(x) - x) ** 2)\n  \
+            minimize mse\n  epochs = 1\n}\n",
+    );
+    let dir = ae.parent().expect("dir").to_path_buf();
+    let (ck, png, st) = (
+        dir.join("ae.safetensors"),
+        dir.join("recon.png"),
+        dir.join("recon.safetensors"),
+    );
+    let o = dlc(&["train", s(&ae), "--save", s(&ck)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(
+        out.contains("test_mse") && !out.contains("test_acc"),
+        "{out}"
+    );
+    let o = dlc(&[
+        "sample",
+        s(&ae),
+        "--load",
+        s(&ck),
+        "--count",
+        "5",
+        "--out",
+        s(&png),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+    let info = dec.read_info().expect("a PNG").info().clone();
+    // 5 images of 8×8 at twice the size with 4-pixel gaps, in two lines.
+    assert_eq!((info.width, info.height), (5 * 20 + 4, 2 * 20 + 4));
+    let o = dlc(&[
+        "sample",
+        s(&ae),
+        "--load",
+        s(&ck),
+        "--count",
+        "7",
+        "--out",
+        s(&st),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (t, _) = dlc_data::tensorfile::read(&st).expect("tensors");
+    assert_eq!(
+        (t[0].name.as_str(), &t[0].shape[..]),
+        ("samples", &[7, 8, 8][..])
+    );
+    assert!(t[0].data.iter().all(|v| (0.0..=1.0).contains(v)));
+    let e = fails(&[
+        "sample",
+        s(&ae),
+        "--load",
+        s(&ck),
+        "--out",
+        s(&dir.join("x.jpg")),
+    ]);
+    assert!(e.contains(".png") && e.contains(".safetensors"), "{e}");
+    let mlp_ck = dir.join("mlp.safetensors");
+    let o = dlc(&[
+        "train",
+        "models/mlp.dl",
+        "--epochs",
+        "1",
+        "--save",
+        s(&mlp_ck),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let e = fails(&[
+        "sample",
+        "models/mlp.dl",
+        "--load",
+        s(&mlp_ck),
+        "--out",
+        s(&png),
+    ]);
+    assert!(e.contains("an image of its input's shape"), "{e}");
+}
