@@ -31,7 +31,11 @@ pub fn uniform(seed: u64, key: u64, step: u64, index: u64) -> f64 {
 
 /// Standard normal by Box–Muller from two independent uniforms.
 pub fn normal(seed: u64, key: u64, step: u64, index: u64) -> f64 {
-    let h = bits(seed, key, step, index);
+    normal_of_bits(bits(seed, key, step, index))
+}
+
+/// Box–Muller on the two 24-bit uniforms of one element's bits.
+pub fn normal_of_bits(h: u64) -> f64 {
     let u1 = ((h >> 40) as f64 + 0.5) * (1.0 / (1u64 << 24) as f64);
     let u2 = ((h >> 16) & 0xff_ffff) as f64 * (1.0 / (1u64 << 24) as f64);
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()

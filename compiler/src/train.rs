@@ -54,11 +54,18 @@ pub fn step_graphs(
             let whole = cfg.objectives.len() == 1
                 && o.name == "loss"
                 && o.params.len() == lowered.params.len();
-            let first = std::ptr::eq(o, &cfg.objectives[0]);
+            // The first objective's step also computes `pred` and the reported values.
+            let keep: Vec<&str> = if std::ptr::eq(o, &cfg.objectives[0]) {
+                std::iter::once("pred")
+                    .chain(cfg.reports.iter().map(String::as_str))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let tg = if whole {
                 training_graph(lowered, opt, cfg.clip_norm)?
             } else {
-                objective_graph(lowered, o, opt, cfg.clip_norm, first)?
+                objective_graph(lowered, o, opt, cfg.clip_norm, &keep)?
             };
             Ok((o.clone(), tg))
         })
@@ -70,24 +77,30 @@ pub fn step_graphs(
 /// objectives' outputs dropped), differentiated with respect to the objective's parameters
 /// only and updated by `opt`; every other parameter is a read-only input of the step.
 /// Outputs as [`training_graph`]'s, `new:` only for this objective's parameters and states,
-/// and `pred` only when asked for (the trainer reads it from the first objective's step; a
-/// later objective that does not need `forward` then does not compute it).
+/// and of the other forward outputs only those in `keep` (the trainer reads `pred` and the
+/// reported values from the first objective's step; a later objective that does not need
+/// `forward` then does not compute it).
 pub fn objective_graph(
     lowered: &Lowered,
     objective: &Objective,
     opt: &Optimizer,
     clip_norm: Option<f64>,
-    with_pred: bool,
+    keep: &[&str],
 ) -> Result<TrainingGraph, String> {
     let mut g = lowered.graph.clone();
     let value = g
         .output(&objective.name)
         .ok_or_else(|| format!("no objective `{}` in the lowered graph", objective.name))?;
-    let pred = g.output("pred");
+    let kept: Vec<(String, NodeId)> = g
+        .outputs
+        .iter()
+        .filter(|(n, _)| keep.contains(&n.as_str()))
+        .cloned()
+        .collect();
     g.outputs.clear();
     g.set_output("loss", value);
-    if let (Some(p), true) = (pred, with_pred) {
-        g.set_output("pred", p);
+    for (n, id) in kept {
+        g.set_output(n, id);
     }
     let one = Lowered {
         graph: g.compact(),

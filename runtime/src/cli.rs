@@ -123,6 +123,10 @@ pub enum Cmd {
         /// The data set whose test images an autoencoder reconstructs (NAME=PATH).
         #[arg(long, value_parser = session::parse_data_flag)]
         data: Vec<(String, Option<PathBuf>)>,
+        /// With --out: move latent dimension K of the model's `decode` over [-3, 3] (11
+        /// steps, 5 codes from the prior for the other dimensions).
+        #[arg(long)]
+        traverse: Option<u64>,
         /// Characters to generate after the prime.
         #[arg(long, default_value_t = 1000)]
         length: usize,
@@ -283,6 +287,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             seed,
             engine,
             model,
+            traverse,
             ..
         } => sample_images(
             &file,
@@ -290,6 +295,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             &out,
             count as usize,
             seed,
+            traverse.map(|k| k as usize),
             &engine,
             overrides(data, model),
         ),
@@ -709,6 +715,17 @@ fn forward_with_weights(
     ov: &mut Overrides,
     seed: u64,
 ) -> Result<(dlc_compiler::lower::Lowered, Env<f32>, Option<Vec<char>>), String> {
+    function_with_weights(file, load, ov, seed, "forward")
+}
+
+/// [`forward_with_weights`] for any function of the main model (`decode`).
+fn function_with_weights(
+    file: &Path,
+    load: Option<&Path>,
+    ov: &mut Overrides,
+    seed: u64,
+    func: &str,
+) -> Result<(dlc_compiler::lower::Lowered, Env<f32>, Option<Vec<char>>), String> {
     let ck = match load {
         Some(p) => Some((Checkpoint::load(p)?, p)),
         None => None,
@@ -727,7 +744,9 @@ fn forward_with_weights(
             vec![]
         }
     };
-    let lowered = prog.lower_predict(&dims, Mode::Eval).map_err(render)?;
+    let lowered = prog
+        .lower_function(func, &dims, Mode::Eval)
+        .map_err(render)?;
     let mut env = Env::new(seed, 0);
     match &ck {
         Some((ck, p)) => {
@@ -1000,17 +1019,44 @@ fn bench(
 
 /// `dlc sample --out`: the first `count` test images over the model's reconstructions of
 /// them, as a PNG grid or a tensor file.
+#[allow(clippy::too_many_arguments)]
 fn sample_images(
     file: &Path,
     load: &Path,
     out: &Path,
     count: usize,
     seed: u64,
+    traverse: Option<usize>,
     engine: &str,
     mut ov: Overrides,
 ) -> Result<(), String> {
     let what = crate::images::OutKind::of(out)?;
     let kind = EngineKind::parse(engine)?;
+    if ov.data.is_empty() || traverse.is_some() {
+        // A generative model: its `decode` from latent codes drawn from the prior
+        // N(0, I), or moved along one latent dimension.
+        let (lowered, env, _) = function_with_weights(file, Some(load), &mut ov, seed, "decode")
+            .map_err(|e| {
+                format!("{e}\n(dlc sample --out draws a model's `decode(z)` from random codes; for an autoencoder's reconstructions, pass --data NAME=PATH)")
+            })?;
+        let images = crate::images::decode(file, &lowered, env, count, seed, traverse, kind)?;
+        match what {
+            crate::images::OutKind::Png => {
+                let per_line = if traverse.is_some() { 11 } else { 8 };
+                crate::images::grid_lines(&[&images], per_line)?.save_png(out)?
+            }
+            crate::images::OutKind::Tensors => crate::images::save_tensors(out, &images)?,
+        }
+        say!(
+            "wrote {} ({})",
+            out.display(),
+            match traverse {
+                Some(k) => format!("latent dimension {k} from -3 to 3 in 11 steps, for 5 codes"),
+                None => format!("{} samples from the prior", images.shape()[0]),
+            }
+        );
+        return Ok(());
+    }
     let (lowered, env, _) = forward_with_weights(file, Some(load), &mut ov, seed)?;
     let prog = session::open_program(file, &ov)?;
     let choice = session::choose_data(&prog, &ov)?;

@@ -9,7 +9,7 @@ use crate::engine::{Engine, EngineKind};
 use crate::picture::{Canvas, Rgb};
 use dlc_compiler::interp::Env;
 use dlc_compiler::lower::Lowered;
-use ndarray::{ArrayD, Axis};
+use ndarray::{ArrayD, Axis, IxDyn};
 use std::path::Path;
 
 /// Pixels per image pixel in a grid, and the gap between images.
@@ -75,23 +75,96 @@ pub fn reconstruct(
     Ok(pred)
 }
 
+/// Images from the model's `decode(z)`: `count` codes drawn from the prior N(0, I) (with
+/// the counter-based generator, so a seed gives the same pictures), or with `traverse =
+/// Some(k)` five prior codes each with dimension k set to 11 values from -3 to 3 (row by
+/// row). Returns [N, H, W].
+pub fn decode(
+    file: &Path,
+    lowered: &Lowered,
+    mut env: Env<f32>,
+    count: usize,
+    seed: u64,
+    traverse: Option<usize>,
+    kind: EngineKind,
+) -> Result<ArrayD<f32>, String> {
+    let inputs = lowered
+        .graph
+        .leaves(|op| matches!(op, dlc_compiler::ops::Op::Input { .. }));
+    let [(name, z)] = &inputs[..] else {
+        return Err(format!(
+            "{}: `decode` takes {} inputs; it should take one batch of latent codes z: f32[B, latent]",
+            file.display(),
+            inputs.len()
+        ));
+    };
+    let latent = match &lowered.graph.ty(*z).shape[..] {
+        [_, dlc_compiler::types::Dim::Known(l)] => *l,
+        s => {
+            return Err(format!(
+                "{}: `decode` takes codes of shape {}; it should be f32[B, latent]",
+                file.display(),
+                dlc_compiler::types::show_shape(s)
+            ));
+        }
+    };
+    // The prior's draws: key 0 (no graph op has it), step 0.
+    let draw = |i: usize| dlc_compiler::rng::normal(seed, 0, 0, i as u64) as f32;
+    let codes = match traverse {
+        None => ArrayD::from_shape_fn(IxDyn(&[count, latent]), |ix| draw(ix[0] * latent + ix[1])),
+        Some(k) if k >= latent => {
+            return Err(format!(
+                "--traverse {k}: the latent codes have {latent} dimensions (0 to {})",
+                latent - 1
+            ));
+        }
+        Some(k) => ArrayD::from_shape_fn(IxDyn(&[5 * 11, latent]), |ix| {
+            let (row, step) = (ix[0] / 11, ix[0] % 11);
+            if ix[1] == k {
+                -3.0 + 0.6 * step as f32
+            } else {
+                draw(row * latent + ix[1])
+            }
+        }),
+    };
+    env.values.insert(name.clone(), codes);
+    let engine = Engine::new(kind, dlc_compiler::opt::optimize(&lowered.graph).graph, 1)?;
+    let out = engine
+        .run(&env, &["pred"])
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let images = out.into_iter().next().ok_or("no images")?;
+    if images.ndim() != 3 {
+        return Err(format!(
+            "{}: `decode` gives {:?}; it should give images [B, height, width]",
+            file.display(),
+            images.shape()
+        ));
+    }
+    Ok(images)
+}
+
 /// A grid of rows of images: `rows[r]` holds one [N, H, W] stack per band; each band's
 /// images are drawn in order, PER_ROW to a line, bands interleaved line by line (the
 /// originals' line above their reconstructions' line).
 pub fn grid(bands: &[&ArrayD<f32>]) -> Result<Canvas, String> {
+    grid_lines(bands, PER_ROW)
+}
+
+/// [`grid`] with `per_line` images to a line.
+pub fn grid_lines(bands: &[&ArrayD<f32>], per_line: usize) -> Result<Canvas, String> {
     let first = bands.first().ok_or("nothing to draw")?;
     let (n, h, w) = match first.shape() {
         [n, h, w] => (*n, *h as u32, *w as u32),
         s => return Err(format!("images are [N, H, W], found {s:?}")),
     };
-    let cols = n.clamp(1, PER_ROW);
-    let lines = n.div_ceil(PER_ROW).max(1) * bands.len();
+    let cols = n.clamp(1, per_line);
+    let lines = n.div_ceil(per_line).max(1) * bands.len();
     let (tw, th) = (w * SCALE + GAP, h * SCALE + GAP);
     let mut c = Canvas::new(cols as u32 * tw + GAP, lines as u32 * th + GAP, BACKGROUND);
     for (b, band) in bands.iter().enumerate() {
         for (i, img) in band.axis_iter(Axis(0)).enumerate() {
-            let line = (i / PER_ROW) * bands.len() + b;
-            let (x0, y0) = (GAP + (i % PER_ROW) as u32 * tw, GAP + line as u32 * th);
+            let line = (i / per_line) * bands.len() + b;
+            let (x0, y0) = (GAP + (i % per_line) as u32 * tw, GAP + line as u32 * th);
             for ((y, x), &v) in img
                 .into_dimensionality::<ndarray::Ix2>()
                 .map_err(|e| e.to_string())?

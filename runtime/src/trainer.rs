@@ -249,6 +249,8 @@ pub struct StepRunner {
     outputs: Vec<String>,
     /// Whether the step computes `pred` (the first objective's does).
     has_pred: bool,
+    /// The reported values it computes (the first objective's step), by name.
+    pub reports: Vec<String>,
 }
 
 impl StepRunner {
@@ -275,12 +277,25 @@ impl StepRunner {
         outputs.push("grad_sq_norm".to_string());
         outputs.extend(params.iter().map(|p| format!("new:{p}")));
         outputs.extend(states.iter().map(|s| format!("new:{s}")));
+        // Values the section reports (`metrics = [...]`), last.
+        let reports: Vec<String> = step
+            .train
+            .graph
+            .outputs
+            .iter()
+            .map(|(n, _)| n.clone())
+            .filter(|n| {
+                !matches!(n.as_str(), "loss" | "pred" | "grad_sq_norm") && !n.starts_with("new:")
+            })
+            .collect();
+        outputs.extend(reports.iter().cloned());
         StepRunner {
             params,
             states,
             read,
             outputs,
             has_pred,
+            reports,
         }
     }
 
@@ -312,7 +327,7 @@ impl StepRunner {
         let refs: Vec<&str> = self.outputs.iter().map(|s| s.as_str()).collect();
         // new:p may be written over p (the old values are not needed after the step).
         let skip = if self.has_pred { 3 } else { 2 };
-        let donate: Vec<(&str, &str)> = refs[skip..]
+        let donate: Vec<(&str, &str)> = refs[skip..refs.len() - self.reports.len()]
             .iter()
             .zip(self.params.iter().chain(&self.states))
             .map(|(o, l)| (*o, l.as_str()))
@@ -361,6 +376,9 @@ impl StepRunner {
                 engine.recycle(old);
             }
         }
+        let reports: Vec<f32> = res
+            .map(|r| r.iter().next().copied().unwrap_or(f32::NAN))
+            .collect();
         for name in &self.read {
             let v = env.values.remove(name).ok_or("the step lost a parameter")?;
             st.params.insert(name.clone(), v);
@@ -371,6 +389,7 @@ impl StepRunner {
             pred,
             x,
             grad_norm,
+            reports,
         })
     }
 }
@@ -384,6 +403,8 @@ pub struct StepOut {
     pub x: ArrayD<f32>,
     /// The global gradient norm before clipping.
     pub grad_norm: f32,
+    /// The reported values (`StepRunner::reports`), in order.
+    pub reports: Vec<f32>,
 }
 
 /// Loss and task metrics of a set of predictions.
@@ -621,6 +642,11 @@ pub fn train(
         let mut tally = Tally::new(data.task);
         // Per objective, when there are several: the sum of its losses over examples.
         let mut parts = vec![0.0f64; setup.steps.len()];
+        // Per reported value (`metrics = [...]`): (name, sum over examples).
+        let mut reported: Vec<(String, f64)> = runners
+            .iter()
+            .flat_map(|r| r.reports.iter().map(|n| (n.clone(), 0.0)))
+            .collect();
         // Sum, maximum and count of the steps' gradient norms.
         let mut norms = (0.0f64, 0.0f64, 0usize);
         progress.start_epoch(epoch);
@@ -644,6 +670,13 @@ pub fn train(
             let (mut loss, mut sq_norm, mut pred) = (0.0f32, 0.0f64, None);
             for (k, (s, r)) in setup.steps.iter().zip(&runners).enumerate() {
                 let out = r.run(&s.engine, &mut st, x, &y)?;
+                for (v, slot) in out
+                    .reports
+                    .iter()
+                    .zip(reported.iter_mut().filter(|(n, _)| r.reports.contains(n)))
+                {
+                    slot.1 += *v as f64 * chunk.len() as f64;
+                }
                 x = out.x;
                 loss += out.loss;
                 parts[k] += out.loss as f64 * chunk.len() as f64;
@@ -684,6 +717,9 @@ pub fn train(
             for (s, sum) in setup.steps.iter().zip(&parts) {
                 m.insert(format!("train_{}", s.name), json!(sum / tally.n as f64));
             }
+        }
+        for (name, sum) in &reported {
+            m.insert(format!("train_{name}"), json!(sum / tally.n as f64));
         }
         if norms.2 > 0 {
             m.insert("grad_norm_mean".into(), json!(norms.0 / norms.2 as f64));

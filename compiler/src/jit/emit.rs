@@ -6,7 +6,7 @@
 use super::loops::{KernelFn, loop_op};
 use super::{Jit, math};
 use crate::ir::{Graph, NodeId};
-use crate::ops::Op;
+use crate::ops::{Dist, Op};
 use crate::types::DType;
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{
@@ -34,6 +34,7 @@ pub(super) struct Gen<'a> {
     pub(super) seed: Value,
     pub(super) step: Value,
     pub(super) pow: FuncRef,
+    pub(super) normal: FuncRef,
     /// Row kernels: values of row reductions for the current row...
     pub(super) rowvals: HashMap<NodeId, Value>,
     /// ... the row maximum and log of the sum of exponentials of a (log-)softmax...
@@ -283,14 +284,19 @@ impl Gen<'_> {
     /// (seed, key, step) is the same for every element: it is read from the stack slot
     /// that `hoist_scalars` filled before the loops (three of the four mixing rounds; as
     /// an instruction chain on constants, Cranelift would rematerialize it per element).
-    fn uniform(&self, b: &mut FunctionBuilder, key: u32, idx: Value) -> Value {
+    /// An element's 64 random bits (`rng::bits`).
+    fn bits(&self, b: &mut FunctionBuilder, key: u32, idx: Value) -> Value {
         let c = match self.rng_prefix.get(&key) {
             Some(&slot) => b.ins().stack_load(types::I64, types::I64, slot, 0),
             None => self.rng_prefix_value(b, key),
         };
         let ix = b.ins().imul_imm_s(idx, 0x9e37_79b9_7f4a_7c15_u64 as i64);
         let x = b.ins().bxor(c, ix);
-        let h = Self::mix(b, x);
+        Self::mix(b, x)
+    }
+
+    fn uniform(&self, b: &mut FunctionBuilder, key: u32, idx: Value) -> Value {
+        let h = self.bits(b, key, idx);
         let top = b.ins().ushr_imm_u(h, 40);
         let f = b.ins().fcvt_from_uint(types::F32, top);
         let scale = b.ins().f32const(1.0 / (1u64 << 24) as f32);
@@ -389,7 +395,16 @@ impl Gen<'_> {
                 b.ins().load(t, MemFlagsData::trusted(), addr, 0)
             }
             Const { data, .. } => self.fconst(b, data[0].get() as f32),
-            Random { key, .. } => self.uniform(b, *key, idx),
+            Random {
+                key,
+                dist: Dist::Uniform,
+                ..
+            } => self.uniform(b, *key, idx),
+            Random { key, .. } => {
+                let h = self.bits(b, *key, idx);
+                let c = b.ins().call(self.normal, &[h]);
+                b.inst_results(c)[0]
+            }
             Neg => {
                 let x = arg(self, b, 0)?;
                 b.ins().fneg(x)
@@ -583,6 +598,7 @@ impl Gen<'_> {
 /// The imported scalar math functions of a kernel.
 pub(super) struct MathIds {
     pow: FuncId,
+    normal: FuncId,
 }
 
 /// Declare a new kernel `fn(ptrs, seed, step, from, to, of)` (and the math it may call)
@@ -608,8 +624,12 @@ pub(super) fn begin(jit: &mut Jit) -> Result<(FuncId, String, MathIds), String> 
             .declare_function(name, Linkage::Import, s)
             .map_err(|e| e.to_string())
     };
+    let mut bits = Signature::new(jit.module.isa().default_call_conv());
+    bits.params.push(AbiParam::new(types::I64));
+    bits.returns.push(AbiParam::new(types::F32));
     let math = MathIds {
         pow: declare(jit, "dlc_powf", &binary)?,
+        normal: declare(jit, "dlc_normal", &bits)?,
     };
     jit.next_id += 1;
     let name = format!("kernel{}", jit.next_id);
@@ -786,6 +806,7 @@ impl<'a> Gen<'a> {
             seed,
             step,
             pow: module.declare_func_in_func(math.pow, b.func),
+            normal: module.declare_func_in_func(math.normal, b.func),
             hoisted: HashMap::new(),
             pinned: HashMap::new(),
             recips: HashMap::new(),

@@ -12,7 +12,7 @@
 use super::Jit;
 use super::emit::{Gen, LANES, begin, entry, finish, numel};
 use crate::ir::{Graph, NodeId};
-use crate::ops::{Dist, Op};
+use crate::ops::Op;
 use crate::types::{DType, Dim};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
@@ -69,13 +69,7 @@ pub(super) fn loop_op(op: &Op) -> Option<bool> {
         }
         Broadcast { .. } | Reshape { .. } => true,
         Const { shape, .. } if shape.iter().product::<usize>() == 1 => true,
-        Sign
-        | Cast(DType::I32)
-        | OneHot { .. }
-        | Random {
-            dist: Dist::Uniform,
-            ..
-        } => false,
+        Sign | Cast(DType::I32) | OneHot { .. } | Random { .. } => false,
         _ => return None,
     })
 }

@@ -44,6 +44,12 @@ extern "C" fn dlc_powf(x: f32, y: f32) -> f32 {
     x.powf(y)
 }
 
+/// A standard normal from an element's 64 random bits, as `rng::normal` computes it (the
+/// loops hash, this finishes Box–Muller in f64, so both engines draw the same numbers).
+extern "C" fn dlc_normal(h: u64) -> f32 {
+    crate::rng::normal_of_bits(h) as f32
+}
+
 pub struct Jit {
     pub(crate) module: JITModule,
     pub(crate) ctx: cranelift_codegen::Context,
@@ -73,6 +79,7 @@ impl Jit {
             .map_err(|e| format!("cranelift: {e}"))?;
         let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
         builder.symbol("dlc_powf", dlc_powf as *const u8);
+        builder.symbol("dlc_normal", dlc_normal as *const u8);
         let module = JITModule::new(builder);
         let ctx = module.make_context();
         Ok(Jit {

@@ -114,6 +114,9 @@ pub struct TrainConfig {
     /// What each training step minimises, in the order the steps run them on a batch: one
     /// objective `loss` for a section with `loss = …`, else one per `minimize`.
     pub objectives: Vec<Objective>,
+    /// `metrics = [a, b]`: scalars bound in the section, reported as `train_a`, `test_a`, …
+    /// (outputs of the lowered graph under their names).
+    pub reports: Vec<String>,
 }
 
 /// One objective of a training section: a scalar minimised over some of the main model's
@@ -427,15 +430,26 @@ impl Program {
 
     /// The graph of the main model's `forward` with its declared parameter types as inputs.
     pub fn lower_predict(&self, dims: &[(String, usize)], mode: Mode) -> Result<Lowered, Diags> {
+        self.lower_function("forward", dims, mode)
+    }
+
+    /// Lower one function of the main model (`forward`, or `decode` to sample from a
+    /// generative model) on inputs of its declared types; its result is the output `pred`.
+    pub fn lower_function(
+        &self,
+        name: &str,
+        dims: &[(String, usize)],
+        mode: Mode,
+    ) -> Result<Lowered, Diags> {
         let mut lw = Lowerer::new(self.globals(), mode);
         lw.diags
             .extend(resolve::check(&self.file, &self.prelude, &self.imported));
         let dims: HashMap<String, usize> = dims.iter().cloned().collect();
         let inst = self.instantiate_main(&mut lw, &dims)?;
-        let Some(fwd) = inst.def.fns.iter().find(|f| f.name.name == "forward") else {
+        let Some(fwd) = inst.def.fns.iter().find(|f| f.name.name == name) else {
             return Err(vec![Diagnostic::new(
                 inst.def.name.span,
-                format!("model `{}` has no `forward` function", inst.def.name.name),
+                format!("model `{}` has no `{name}` function", inst.def.name.name),
             )]);
         };
         let mut args = Vec::new();
@@ -445,7 +459,7 @@ impl Program {
                 lw.err(
                     p.name.span,
                     format!(
-                        "parameter `{}` of `forward` needs a type such as f32[B, 4]",
+                        "parameter `{}` of `{name}` needs a type such as f32[B, 4]",
                         p.name.name
                     ),
                 );
@@ -542,9 +556,12 @@ impl Program {
             clip_norm: None,
             attack: None,
             objectives: Vec::new(),
+            reports: Vec::new(),
         };
         // `minimize` statements: (name, value, its span, `over` members, `with`).
         let mut minimized: Vec<(String, Value, Span, Vec<Ident>, Option<Optimizer>)> = Vec::new();
+        // `metrics = [...]`: (name, value, span).
+        let mut reports: Vec<(String, Value, Span)> = Vec::new();
         for a in &t.data_args {
             let cx = Ctx {
                 scope: &scope,
@@ -600,6 +617,29 @@ impl Program {
                                 lw.err(sp, "validation must be true or false");
                             }
                         },
+                        "metrics" => {
+                            // `metrics = [recon, kl]`: named scalars reported each epoch.
+                            match &b.value.kind {
+                                ExprKind::List(items)
+                                    if items
+                                        .iter()
+                                        .all(|i| matches!(i.kind, ExprKind::Name(_))) =>
+                                {
+                                    let vals = match v {
+                                        Value::List(vs) => vs,
+                                        _ => Vec::new(),
+                                    };
+                                    for (i, val) in items.iter().zip(vals) {
+                                        if let ExprKind::Name(n) = &i.kind {
+                                            reports.push((n.clone(), val, i.span));
+                                        }
+                                    }
+                                }
+                                _ => {
+                                    lw.err(sp, "metrics names the values to report: a list of names bound in the section, such as metrics = [recon, kl]");
+                                }
+                            }
+                        }
                         "clip_norm" => match v {
                             Value::Num(c) if c > 0.0 => cfg.clip_norm = Some(c),
                             _ => {
@@ -792,6 +832,17 @@ impl Program {
                     }
                 }
             }
+        }
+        for (name, v, sp) in reports {
+            if outs.iter().any(|(n, _, _)| *n == name) || name == "pred" {
+                lw.err(
+                    sp,
+                    format!("`{name}` is already reported (as an objective or the loss)"),
+                );
+                continue;
+            }
+            cfg.reports.push(name.clone());
+            outs.push((name, v, sp));
         }
         outs.push(("pred".into(), pred, t.model.span));
         let lowered = finish(

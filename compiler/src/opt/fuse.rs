@@ -136,6 +136,10 @@ impl<'a> Fuser<'a> {
                 continue;
             }
             stack.extend(self.ins[n].iter().copied());
+            // A kernel runs as a unit: what one member needs, every member waits for.
+            if let Some(g) = self.group[n] {
+                stack.extend(self.groups[g].members.iter().copied());
+            }
         }
         seen
     }
@@ -150,25 +154,29 @@ impl<'a> Fuser<'a> {
     }
 
     /// Whether node `u` (a user of the group) can join it: none of its other operands
-    /// may depend on the group.
+    /// may depend on the group, counting kernels as units (an operand computed by another
+    /// kernel waits for everything that kernel needs: the VAE's sampled code and its KL
+    /// term share the mean, and a kernel taking one would otherwise feed the other's).
     fn can_absorb_consumer(&self, gid: usize, u: usize) -> bool {
         let members = &self.groups[gid].members;
-        let min = members.iter().next().copied().unwrap_or(0);
         self.ins[u]
             .iter()
             .filter(|p| !members.contains(p))
             .all(|&p| {
-                // Does p depend on a member? Search upstream, pruned by schedule position.
+                // Does p depend on a member? Search upstream through nodes and kernels.
                 let mut stack = vec![p];
                 let mut seen = HashSet::new();
                 while let Some(n) = stack.pop() {
                     if members.contains(&n) {
                         return false;
                     }
-                    if n < min || !seen.insert(n) {
+                    if !seen.insert(n) {
                         continue;
                     }
                     stack.extend(self.ins[n].iter().copied());
+                    if let Some(g) = self.group[n] {
+                        stack.extend(self.groups[g].members.iter().copied());
+                    }
                 }
                 true
             })
@@ -494,6 +502,11 @@ impl<'a> Fuser<'a> {
                 }
             }
         }
+        // Every unit was emitted: grouping never makes kernels wait for each other.
+        assert!(
+            pending.values().all(|&c| c == 0),
+            "fusion made kernels that wait for each other (a bug in opt/fuse.rs)"
+        );
         for (name, n) in &self.g.outputs {
             out.set_output(name.clone(), new_id[&self.pos[n]]);
         }
