@@ -48,6 +48,9 @@ pub struct Env<T> {
     pub values: HashMap<String, ArrayD<T>>,
     pub seed: u64,
     pub step: u64,
+    /// Sizes of symbolic dimensions that no input of the graph shows (a GAN's generator
+    /// step draws noise [B, 64] and reads no data): the trainer gives the batch size `B`.
+    pub sizes: HashMap<String, usize>,
 }
 
 impl<T> Env<T> {
@@ -56,6 +59,7 @@ impl<T> Env<T> {
             values: HashMap::new(),
             seed,
             step,
+            sizes: HashMap::new(),
         }
     }
 }
@@ -79,7 +83,7 @@ pub fn run_nodes<T: Real>(
     env: &Env<T>,
     roots: &[NodeId],
 ) -> Result<HashMap<NodeId, ArrayD<T>>, String> {
-    run_nodes_in(g, env, roots, HashMap::new())
+    run_nodes_in(g, env, roots, env.sizes.clone())
 }
 
 /// `run_nodes` with symbolic sizes already known (a kernel body sees its graph's `B`).
@@ -157,7 +161,7 @@ pub fn bind_symbols<T: Real>(
     env: &Env<T>,
     order: &[NodeId],
 ) -> Result<HashMap<String, usize>, String> {
-    let mut syms = HashMap::new();
+    let mut syms = env.sizes.clone();
     bind_into(g, env, order, &mut syms)?;
     Ok(syms)
 }
@@ -205,6 +209,7 @@ pub fn run_kernel<T: Real>(
         values: HashMap::new(),
         seed: env.seed,
         step: env.step,
+        sizes: env.sizes.clone(),
     };
     for (i, v) in ins.iter().enumerate() {
         e.values.insert(format!("in{i}"), (*v).clone());
@@ -238,6 +243,7 @@ pub fn run_scan<T: Real>(
         values: HashMap::new(),
         seed: env.seed,
         step: env.step,
+        sizes: env.sizes.clone(),
     };
     for (k, v) in ins[c + n..].iter().enumerate() {
         e.values.insert(format!("cap{k}"), (*v).clone());

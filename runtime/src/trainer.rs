@@ -310,6 +310,7 @@ impl StepRunner {
         y: &ArrayD<f32>,
     ) -> Result<StepOut, String> {
         let mut env = Env::new(st.seed, st.step);
+        env.sizes.insert("B".into(), x.shape()[0]);
         env.values.extend(std::mem::take(&mut st.params));
         for name in &self.states {
             let v = st

@@ -1116,6 +1116,7 @@ fn run_scan(
     let carry_names: Vec<String> = (0..c).map(|i| format!("carry{i}")).collect();
     let x_names: Vec<String> = (0..n).map(|j| format!("x{j}")).collect();
     let mut e = Env::new(env.seed, env.step);
+    e.sizes = env.sizes.clone();
     for (k, v) in ins[c + n..].iter().enumerate() {
         e.values.insert(format!("cap{k}"), v.to_owned());
     }

@@ -323,6 +323,14 @@ impl<'a> Fuser<'a> {
             if self.group[i].is_some() {
                 continue;
             }
+            // Random numbers a product reads (a generator's noise) are drawn by a loop
+            // kernel of their own: a matmul's operands are buffers.
+            if matches!(self.g.node(self.order[i]).op, Op::Random { .. })
+                && self.users[i].iter().any(|&u| self.class(u) == Class::MatMul)
+            {
+                self.new_group(i, false);
+                continue;
+            }
             match self.class(i) {
                 Class::Leaf | Class::Generator | Class::View | Class::Opaque => continue,
                 _ => {}
@@ -519,7 +527,10 @@ impl<'a> Fuser<'a> {
         let ext: Vec<usize> = members
             .iter()
             .flat_map(|&m| self.ins[m].iter().copied())
-            .filter(|p| !members.contains(p) && self.class(*p) != Class::Generator)
+            .filter(|p| {
+                !members.contains(p)
+                    && (self.class(*p) != Class::Generator || self.group[*p].is_some())
+            })
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
