@@ -326,7 +326,9 @@ impl<'a> Fuser<'a> {
             // Random numbers a product reads (a generator's noise) are drawn by a loop
             // kernel of their own: a matmul's operands are buffers.
             if matches!(self.g.node(self.order[i]).op, Op::Random { .. })
-                && self.users[i].iter().any(|&u| self.class(u) == Class::MatMul)
+                && self.users[i]
+                    .iter()
+                    .any(|&u| self.class(u) == Class::MatMul)
             {
                 self.new_group(i, false);
                 continue;
