@@ -667,3 +667,92 @@ fn sample_out_draws_reconstructions() {
     ]);
     assert!(e.contains("an image of its input's shape"), "{e}");
 }
+
+/// A generative model (a `decode(z)`): `metrics = [...]` reports its terms; `dlc sample
+/// --out` decodes codes from the prior (the same seed, the same tensor), `--traverse K`
+/// draws 5 lines of 11 images, and a dimension it does not have is a clear error.
+#[test]
+fn sample_out_decodes_from_the_prior() {
+    let vae = tmp(
+        "vae.dl",
+        b"model V(height, width, latent: 3) {\n  \
+            enc = Dense(height * width, 2 * latent)\n  \
+            dec = Dense(latent, height * width)\n  \
+            fn decode(z: f32[B, latent]) -> f32[B, height, width] {\n    \
+              reshape(sigmoid(dec(z)), [-1, height, width])\n  }\n  \
+            fn forward(x: f32[B, height, width]) -> f32[B, height, width] { x }\n}\n\
+          train V on digits {\n  \
+            h = enc(flatten(x))\n  \
+            z = h[:, 0:3] + normal(0, 1)[B, latent]\n  \
+            recon = mean(sum((flatten(decode(z)) - flatten(x)) ** 2, axis: 1))\n  \
+            kl = 0.5 * mean(z * z)\n  \
+            elbo = recon + kl\n  \
+            minimize elbo\n  metrics = [recon, kl]\n  epochs = 1\n}\n",
+    );
+    let dir = vae.parent().expect("dir").to_path_buf();
+    let ck = dir.join("v.safetensors");
+    let o = dlc(&["train", s(&vae), "--save", s(&ck)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    for key in [
+        "train_recon",
+        "train_kl",
+        "test_recon",
+        "test_kl",
+        "test_elbo",
+    ] {
+        assert!(out.contains(key), "{key} in {out}");
+    }
+    let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    for p in [&a, &b] {
+        let o = dlc(&[
+            "sample",
+            s(&vae),
+            "--load",
+            s(&ck),
+            "--count",
+            "6",
+            "--seed",
+            "4",
+            "--out",
+            s(p),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "same seed, same samples"
+    );
+    let (t, _) = dlc_data::tensorfile::read(&a).expect("tensors");
+    assert_eq!(&t[0].shape[..], &[6, 8, 8]);
+    let png = dir.join("t.png");
+    let o = dlc(&[
+        "sample",
+        s(&vae),
+        "--load",
+        s(&ck),
+        "--traverse",
+        "2",
+        "--out",
+        s(&png),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+    let info = dec.read_info().expect("a PNG").info().clone();
+    assert_eq!((info.width, info.height), (11 * 20 + 4, 5 * 20 + 4));
+    let e = fails(&[
+        "sample",
+        s(&vae),
+        "--load",
+        s(&ck),
+        "--traverse",
+        "3",
+        "--out",
+        s(&png),
+    ]);
+    assert!(
+        e.contains("--traverse 3") && e.contains("3 dimensions"),
+        "{e}"
+    );
+}
