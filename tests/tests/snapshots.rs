@@ -4,7 +4,7 @@
 use dlc_compiler::lower::Mode;
 use dlc_compiler::opt::optimize;
 use dlc_compiler::print::print_graph;
-use dlc_compiler::train::training_graph;
+use dlc_compiler::train::step_graphs;
 
 /// Forward IR, gradient graph, and the optimized step (training step, or `forward`).
 fn lower(path: &std::path::Path) -> (String, String, String) {
@@ -22,16 +22,24 @@ fn lower(path: &std::path::Path) -> (String, String, String) {
             let sig = dlc_tests::signature(&t.data.name);
             let (l, cfg) = prog.lower_training(&sig, Mode::Train).expect("lowers");
             l.graph.verify().expect("forward graph verifies");
-            let tg = training_graph(&l, &cfg.optimizer, cfg.clip_norm).expect("differentiates");
-            tg.grad_graph.verify().expect("gradient graph verifies");
-            tg.graph.verify().expect("training graph verifies");
-            let o = optimize(&tg.graph);
-            o.graph.verify().expect("optimized graph verifies");
-            (
-                print_graph(&l.graph),
-                print_graph(&tg.grad_graph),
-                print_graph(&o.graph),
-            )
+            // Each objective's step (one for a single loss), under a header when several.
+            let steps = step_graphs(&l, &cfg).expect("differentiates");
+            let several = steps.len() > 1;
+            let (mut grad, mut opt) = (String::new(), String::new());
+            for (obj, tg) in &steps {
+                tg.grad_graph.verify().expect("gradient graph verifies");
+                tg.graph.verify().expect("training graph verifies");
+                let o = optimize(&tg.graph);
+                o.graph.verify().expect("optimized graph verifies");
+                if several {
+                    let h = format!("# objective {}\n", obj.name);
+                    grad += &h;
+                    opt += &h;
+                }
+                grad += &print_graph(&tg.grad_graph);
+                opt += &print_graph(&o.graph);
+            }
+            (print_graph(&l.graph), grad, opt)
         }
     }
 }
