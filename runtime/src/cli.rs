@@ -1032,7 +1032,24 @@ fn sample_images(
 ) -> Result<(), String> {
     let what = crate::images::OutKind::of(out)?;
     let kind = EngineKind::parse(engine)?;
-    if ov.data.is_empty() || traverse.is_some() {
+    // A model with `decode(z)` is sampled from its prior unless --data asks for
+    // reconstructions; one without is an autoencoder of its file's data set.
+    let has_decode = session::open_program(file, &ov)?
+        .main_model()
+        .map_err(|d| {
+            format!(
+                "{}: {}",
+                file.display(),
+                d.iter()
+                    .map(|d| d.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })?
+        .fns
+        .iter()
+        .any(|f| f.name.name == "decode");
+    if (ov.data.is_empty() && has_decode) || traverse.is_some() {
         // A generative model: its `decode` from latent codes drawn from the prior
         // N(0, I), or moved along one latent dimension.
         let (lowered, env, _) = function_with_weights(file, Some(load), &mut ov, seed, "decode")
