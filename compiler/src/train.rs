@@ -41,6 +41,20 @@ fn state_names(opt: &Optimizer, p: &str) -> Vec<String> {
     kinds.iter().map(|k| format!("opt.{k}.{p}")).collect()
 }
 
+/// The gradient of an objective's value (`loss`, the section's total, for an attack) with
+/// respect to the input leaf `input` instead of the parameters: the graph of the fast
+/// gradient sign attack (`grad:INPUT`), made by the same `grad` phase as the training steps.
+pub fn input_gradient(lowered: &Lowered, objective: &str, input: &str) -> Result<Graph, String> {
+    let g = &lowered.graph;
+    let x = g
+        .leaves(|op| matches!(op, Op::Input { name, .. } if name == input))
+        .into_iter()
+        .map(|(_, n)| n)
+        .next()
+        .ok_or_else(|| format!("the model has no input `{input}` to differentiate by"))?;
+    Ok(autodiff::grad(g, objective, &[x])?.0)
+}
+
 /// The training steps of a section, one per objective in the order a step runs them on
 /// a batch. A section with one `loss = …` has one step, [`training_graph`]'s.
 pub fn step_graphs(

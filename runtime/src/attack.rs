@@ -1,9 +1,10 @@
 //! Evaluation under adversarial attack (`attack(epsilons: [...])` in a training section,
 //! run by `dlc eval`): the fast gradient sign method, x + ε·sign(∂loss/∂x), and its
 //! control, x + ε·(a random ±1 per pixel), both with pixels clipped to [0, 1]. The
-//! gradient with respect to the input comes from the same `grad` phase as the training
-//! gradients (`loss` differentiated with respect to the leaf `x`), optimized and run by
-//! the same engine as the rest. The random signs are counter-based: (seed, the key of
+//! gradient with respect to the input is a graph of the training program
+//! (`train::input_gradient`: the section's loss differentiated with respect to the leaf
+//! `x` by the same `grad` phase as the training steps), optimized and run by the same
+//! engine as the rest. The random signs are counter-based: (seed, the key of
 //! "random_sign", example index, pixel), so every run draws the same ones.
 
 use crate::checkpoint::Tensors;
@@ -11,7 +12,6 @@ use crate::engine::{Engine, EngineKind};
 use crate::session::Setup;
 use crate::trainer::{self, Scores};
 use dlc_compiler::interp::Env;
-use dlc_compiler::ops::Op;
 use dlc_compiler::rng;
 use dlc_data::{Dataset, Split};
 use ndarray::{ArrayD, Zip};
@@ -19,16 +19,10 @@ use ndarray::{ArrayD, Zip};
 /// The attacks, in the order their metrics lines are written.
 pub const ATTACKS: [&str; 2] = ["fgsm", "random_sign"];
 
-/// An engine computing `grad:x`, the gradient of the loss with respect to the input.
+/// An engine computing `grad:x`, the gradient of the section's loss (its objectives'
+/// total) with respect to the input (`train::input_gradient` of the evaluation graph).
 pub fn input_gradient(setup: &Setup, kind: EngineKind, threads: usize) -> Result<Engine, String> {
-    let g = &setup.eval.graph;
-    let x = g
-        .leaves(|op| matches!(op, Op::Input { name, .. } if name == "x"))
-        .into_iter()
-        .map(|(_, n)| n)
-        .next()
-        .ok_or("the model has no input `x` to attack")?;
-    let (gg, _) = dlc_compiler::autodiff::grad(g, "loss", &[x])?;
+    let gg = dlc_compiler::train::input_gradient(&setup.eval, "loss", "x")?;
     let graph = dlc_compiler::opt::optimize(&gg).graph;
     Engine::new(kind, graph, threads)
 }

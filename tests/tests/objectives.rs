@@ -149,3 +149,60 @@ fn mistakes_in_objectives_are_clear_errors() {
     let e = error_of(&GAN.replace("minimize g_loss over gen", "minimize d_loss over gen"));
     assert!(e.contains("a second objective named `d_loss`"), "{e}");
 }
+
+/// An objective's gradient with respect to the input (what the FGSM attack reads), from
+/// the same program: `grad:x` of x's shape, equal to a central finite difference (f64).
+#[test]
+fn input_gradients_come_from_the_same_program() {
+    use dlc_compiler::interp::{Env, run};
+    use ndarray::{ArrayD, IxDyn};
+    let (l, _) = lower(GAN).unwrap_or_else(|e| panic!("{e:?}"));
+    // (g_loss: d_loss stops the gradient through the generator, a finite difference does not.)
+    let g = dlc_compiler::train::input_gradient(&l, "g_loss", "x").expect("differentiates");
+    let mut env: Env<f64> = Env::new(1, 0);
+    for (i, p) in l.params.iter().enumerate() {
+        let n: usize = p.shape.iter().product();
+        let v = (0..n)
+            .map(|j| ((j * 7 + i * 3) as f64 * 0.37).sin() * 0.5)
+            .collect();
+        env.values.insert(
+            p.name.clone(),
+            ArrayD::from_shape_vec(IxDyn(&p.shape), v).unwrap(),
+        );
+    }
+    let x: Vec<f64> = (0..12).map(|j| (j as f64 * 0.29).cos()).collect();
+    env.values.insert(
+        "x".into(),
+        ArrayD::from_shape_vec(IxDyn(&[3, 4]), x.clone()).unwrap(),
+    );
+    env.values.insert("y".into(), ArrayD::zeros(IxDyn(&[3, 1])));
+    let grad = run(&g, &env, &["grad:x"]).expect("runs").remove(0);
+    assert_eq!(grad.shape(), &[3, 4]);
+    let loss_at = |xs: &[f64]| {
+        let mut e = Env::new(1, 0);
+        e.values = env.values.clone();
+        e.values.insert(
+            "x".into(),
+            ArrayD::from_shape_vec(IxDyn(&[3, 4]), xs.to_vec()).unwrap(),
+        );
+        run(&l.graph, &e, &["g_loss"]).expect("runs")[0]
+            .iter()
+            .next()
+            .copied()
+            .unwrap()
+    };
+    for k in [0, 5, 11] {
+        let h = 1e-6;
+        let (mut up, mut down) = (x.clone(), x.clone());
+        up[k] += h;
+        down[k] -= h;
+        let fd = (loss_at(&up) - loss_at(&down)) / (2.0 * h);
+        let got = grad.as_standard_layout().as_slice().unwrap()[k];
+        assert!(
+            (fd - got).abs() <= 1e-6 * fd.abs().max(1.0),
+            "x[{k}]: {got} vs {fd}"
+        );
+    }
+    let e = dlc_compiler::train::input_gradient(&l, "d_loss", "z").unwrap_err();
+    assert!(e.contains("no input `z`"), "{e}");
+}
