@@ -1034,7 +1034,8 @@ fn sample_images(
     let kind = EngineKind::parse(engine)?;
     // A model with `decode(z)` is sampled from its prior unless --data asks for
     // reconstructions; one without is an autoencoder of its file's data set.
-    let has_decode = session::open_program(file, &ov)?
+    let prog = session::open_program(file, &ov)?;
+    let has_decode = prog
         .main_model()
         .map_err(|d| {
             format!(
@@ -1075,7 +1076,6 @@ fn sample_images(
         return Ok(());
     }
     let (lowered, env, _) = forward_with_weights(file, Some(load), &mut ov, seed)?;
-    let prog = session::open_program(file, &ov)?;
     let choice = session::choose_data(&prog, &ov)?;
     let data = dlc_data::load_with_args(
         &choice.name,

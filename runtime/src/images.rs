@@ -38,32 +38,63 @@ impl OutKind {
     }
 }
 
+/// The single input leaf of a lowered function (`forward` or `decode`), by name and node;
+/// `what` says what the one input should be.
+fn one_input(
+    file: &Path,
+    lowered: &Lowered,
+    func: &str,
+    what: &str,
+) -> Result<(String, dlc_compiler::ir::NodeId), String> {
+    let inputs = lowered
+        .graph
+        .leaves(|op| matches!(op, dlc_compiler::ops::Op::Input { .. }));
+    match &inputs[..] {
+        [one] => Ok(one.clone()),
+        _ => Err(format!(
+            "{}: `{func}` takes {} inputs; {what}",
+            file.display(),
+            inputs.len()
+        )),
+    }
+}
+
+/// The function's result (`pred`) for `value` as its input.
+fn run_on(
+    file: &Path,
+    lowered: &Lowered,
+    mut env: Env<f32>,
+    input: String,
+    value: ArrayD<f32>,
+    kind: EngineKind,
+) -> Result<ArrayD<f32>, String> {
+    env.values.insert(input, value);
+    let engine = Engine::new(kind, dlc_compiler::opt::optimize(&lowered.graph).graph, 1)?;
+    let out = engine
+        .run(&env, &["pred"])
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    out.into_iter()
+        .next()
+        .ok_or_else(|| "no result".to_string())
+}
+
 /// Reconstructions of `x` ([N, H, W]) by the model's `forward`, checked to be images of the
 /// same shape.
 pub fn reconstruct(
     file: &Path,
     lowered: &Lowered,
-    mut env: Env<f32>,
+    env: Env<f32>,
     x: ArrayD<f32>,
     kind: EngineKind,
 ) -> Result<ArrayD<f32>, String> {
-    let inputs = lowered
-        .graph
-        .leaves(|op| matches!(op, dlc_compiler::ops::Op::Input { .. }));
-    let [(name, _)] = &inputs[..] else {
-        return Err(format!(
-            "{}: `forward` takes {} inputs; --out draws what a model makes of one image",
-            file.display(),
-            inputs.len()
-        ));
-    };
+    let (name, _) = one_input(
+        file,
+        lowered,
+        "forward",
+        "--out draws what a model makes of one image",
+    )?;
     let shape = x.shape().to_vec();
-    env.values.insert(name.clone(), x);
-    let engine = Engine::new(kind, dlc_compiler::opt::optimize(&lowered.graph).graph, 1)?;
-    let out = engine
-        .run(&env, &["pred"])
-        .map_err(|e| format!("{}: {e}", file.display()))?;
-    let pred = out.into_iter().next().ok_or("no prediction")?;
+    let pred = run_on(file, lowered, env, name, x, kind)?;
     if pred.shape() != &shape[..] {
         return Err(format!(
             "{}: `forward` maps images {:?} to {:?}; --out draws reconstructions, so it needs a model whose forward gives back an image of its input's shape (an autoencoder)",
@@ -82,23 +113,19 @@ pub fn reconstruct(
 pub fn decode(
     file: &Path,
     lowered: &Lowered,
-    mut env: Env<f32>,
+    env: Env<f32>,
     count: usize,
     seed: u64,
     traverse: Option<usize>,
     kind: EngineKind,
 ) -> Result<ArrayD<f32>, String> {
-    let inputs = lowered
-        .graph
-        .leaves(|op| matches!(op, dlc_compiler::ops::Op::Input { .. }));
-    let [(name, z)] = &inputs[..] else {
-        return Err(format!(
-            "{}: `decode` takes {} inputs; it should take one batch of latent codes z: f32[B, latent]",
-            file.display(),
-            inputs.len()
-        ));
-    };
-    let latent = match &lowered.graph.ty(*z).shape[..] {
+    let (name, z) = one_input(
+        file,
+        lowered,
+        "decode",
+        "it should take one batch of latent codes z: f32[B, latent]",
+    )?;
+    let latent = match &lowered.graph.ty(z).shape[..] {
         [_, dlc_compiler::types::Dim::Known(l)] => *l,
         s => {
             return Err(format!(
@@ -127,12 +154,7 @@ pub fn decode(
             }
         }),
     };
-    env.values.insert(name.clone(), codes);
-    let engine = Engine::new(kind, dlc_compiler::opt::optimize(&lowered.graph).graph, 1)?;
-    let out = engine
-        .run(&env, &["pred"])
-        .map_err(|e| format!("{}: {e}", file.display()))?;
-    let images = out.into_iter().next().ok_or("no images")?;
+    let images = run_on(file, lowered, env, name, codes, kind)?;
     if images.ndim() != 3 {
         return Err(format!(
             "{}: `decode` gives {:?}; it should give images [B, height, width]",

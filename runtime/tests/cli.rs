@@ -49,6 +49,15 @@ fn tmp(name: &str, contents: &[u8]) -> PathBuf {
     p
 }
 
+/// Width and height of a PNG file.
+fn png_size(p: &Path) -> (u32, u32) {
+    let dec = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(p).expect("open"),
+    ));
+    let info = dec.read_info().expect("a PNG").info().clone();
+    (info.width, info.height)
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
@@ -617,10 +626,8 @@ fn sample_out_draws_reconstructions() {
         s(&png),
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
-    let info = dec.read_info().expect("a PNG").info().clone();
     // 5 images of 8×8 at twice the size with 4-pixel gaps, in two lines.
-    assert_eq!((info.width, info.height), (5 * 20 + 4, 2 * 20 + 4));
+    assert_eq!(png_size(&png), (5 * 20 + 4, 2 * 20 + 4));
     let o = dlc(&[
         "sample",
         s(&ae),
@@ -738,9 +745,7 @@ fn sample_out_decodes_from_the_prior() {
         s(&png),
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
-    let info = dec.read_info().expect("a PNG").info().clone();
-    assert_eq!((info.width, info.height), (11 * 20 + 4, 5 * 20 + 4));
+    assert_eq!(png_size(&png), (11 * 20 + 4, 5 * 20 + 4));
     let e = fails(&[
         "sample",
         s(&vae),
