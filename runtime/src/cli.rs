@@ -176,6 +176,19 @@ pub enum Cmd {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Replay actions in an environment (cartpole, pendulum) from a given internal state;
+    /// print the trajectory as CSV (the columns of the reference recordings).
+    Env {
+        /// cartpole or pendulum.
+        name: String,
+        /// The internal state, comma-separated: cartpole x,x_dot,theta,theta_dot; pendulum
+        /// theta,theta_dot.
+        #[arg(long, allow_hyphen_values = true)]
+        state: String,
+        /// Actions, comma-separated: cartpole 0 or 1; pendulum a torque (float32).
+        #[arg(long, allow_hyphen_values = true, default_value = "")]
+        actions: String,
+    },
     /// Evaluate a checkpoint on the test split.
     Eval {
         file: PathBuf,
@@ -269,6 +282,17 @@ pub fn run(cli: Cli) -> Result<(), String> {
             seed,
         ),
         Cmd::Train(a) => train(a),
+        Cmd::Env {
+            name,
+            state,
+            actions,
+        } => {
+            let state = crate::envs::parse_numbers("state", &state)?;
+            let actions = crate::envs::parse_numbers("actions", &actions)?;
+            let csv = crate::envs::replay(&name, &state, &actions)?;
+            say_raw!("{csv}");
+            Ok(())
+        }
         Cmd::Plot {
             metrics,
             out,

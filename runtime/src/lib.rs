@@ -25,6 +25,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod datasig;
 pub mod engine;
+pub mod envs;
 pub mod images;
 pub mod init;
 pub mod metrics;
