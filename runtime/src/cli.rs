@@ -868,7 +868,7 @@ fn train(a: TrainArgs) -> Result<(), String> {
     let ov = Overrides {
         epochs: a.epochs.map(|e| e as usize),
         batch: a.batch.map(|b| b as usize),
-        optimizer: a.optimizer,
+        optimizer: a.optimizer.clone(),
         lr: a.lr,
         no_opt: a.no_opt,
         threads: a.threads.map_or(0, |t| t as usize),
@@ -876,9 +876,12 @@ fn train(a: TrainArgs) -> Result<(), String> {
             Some((ck, p)) => Some(ck.recorded(p)?),
             None => None,
         },
-        ..overrides(a.data, a.model)
+        ..overrides(a.data.clone(), a.model.clone())
     };
     let (setup, data_path) = session::compile(&a.file, &ov, kind)?;
+    if setup.cfg.agent.is_some() {
+        return train_agent(&a, &setup, kind, resume.as_ref());
+    }
     let scaling = match &resume {
         Some((ck, _)) => scaling_of(ck),
         None => None,
@@ -946,6 +949,82 @@ fn train(a: TrainArgs) -> Result<(), String> {
     if let Some(p) = &a.save {
         // After early stopping this holds the restored best weights.
         st.to_checkpoint(&setup, &data).save(p)?;
+        say!("saved {}", p.display());
+    }
+    Ok(())
+}
+
+/// `dlc train` of a section on an environment.
+fn train_agent(
+    a: &TrainArgs,
+    setup: &session::Setup,
+    kind: EngineKind,
+    resume: Option<&(Checkpoint, PathBuf)>,
+) -> Result<(), String> {
+    use crate::agent::{Counters, Rows, Run};
+    let agent = setup.cfg.agent.as_ref().expect("an environment section");
+    if a.epochs.is_some() || a.batch.is_some() {
+        return Err(format!(
+            "{}: --epochs and --batch belong to data sets; training on {} counts environment steps (--steps, or `steps = N` in the file)",
+            a.file.display(),
+            agent.env
+        ));
+    }
+    let run = match resume {
+        Some((ck, p)) => Run {
+            st: TrainState::from_checkpoint(setup, ck, p)?,
+            counters: Counters::from_checkpoint(ck, p)?,
+            rows: Rows::from_checkpoint(ck, p)?,
+        },
+        None => Run {
+            st: TrainState::fresh(setup, a.seed),
+            counters: Counters::default(),
+            rows: Rows::default(),
+        },
+    };
+    let mut sink = MetricsSink::open(
+        a.metrics.as_deref(),
+        kind.name(),
+        setup.kernels(),
+        Map::new(),
+    )?;
+    say!(
+        "training {} on {}, {}, {} environment steps, engine {}",
+        setup
+            .program
+            .main_model()
+            .map(|m| m.name.name.clone())
+            .unwrap_or_default(),
+        agent.env,
+        optimizers(setup),
+        a.steps.unwrap_or(agent.steps),
+        kind.name()
+    );
+    let checkpoint = |run: &Run| {
+        let mut ck = run.st.checkpoint_on(setup, &agent.env);
+        run.counters.to_meta(&mut ck.meta);
+        if run.rows.len > 0
+            && matches!(
+                agent.experience,
+                dlc_compiler::lower::Experience::Replay { .. }
+            )
+        {
+            run.rows.to_tensors(&mut ck.tensors);
+            ck.meta
+                .insert("replay_len".into(), run.rows.len.to_string());
+            ck.meta
+                .insert("replay_pos".into(), run.rows.pos.to_string());
+        }
+        ck
+    };
+    let mut save = |run: &Run| match &a.save {
+        Some(p) => checkpoint(run).save(p),
+        None => Ok(()),
+    };
+    let run = crate::agent::train(setup, run, a.steps, &mut sink, &mut save)?;
+    if let Some(p) = &a.save {
+        // The weights evaluated (the best snapshot when it was restored).
+        checkpoint(&run).save(p)?;
         say!("saved {}", p.display());
     }
     Ok(())
@@ -1205,6 +1284,20 @@ fn eval(
     }
     ov.recorded = Some(ck.recorded(load)?);
     let (setup, data_path) = session::compile(file, &ov, kind)?;
+    if let Some(agent) = &setup.cfg.agent {
+        let mut st = TrainState::from_checkpoint(&setup, &ck, load)?;
+        let (mean, std) = crate::agent::evaluate_final(&setup, &mut st.params)?;
+        let mut sink =
+            MetricsSink::open(metrics, kind.name(), setup.eval_engine.kernels, Map::new())?;
+        let mut m = Map::new();
+        m.insert("env".into(), json!(agent.env));
+        m.insert("eval_return_mean".into(), json!(mean));
+        m.insert("eval_return_std".into(), json!(std));
+        m.insert("eval_episodes".into(), json!(crate::agent::FINAL_EPISODES));
+        let shown: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        say!("{}", shown.join("  "));
+        return sink.write(m);
+    }
     let data = session::load_data(&setup.cfg, data_path.as_deref(), scaling_of(&ck).as_ref())?;
     same_vocabulary(&ck, load, &data)?;
     let st = TrainState::from_checkpoint(&setup, &ck, load)?;

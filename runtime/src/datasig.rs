@@ -21,9 +21,12 @@ pub fn canonical(name: &str) -> String {
     name.trim().to_ascii_lowercase().replace('-', "_")
 }
 
-/// The signature of a data set by name (without loading it).
+/// The signature of a data set or environment by name (without loading it).
 pub fn by_name(name: &str) -> Option<DataSig> {
     let name = canonical(name);
+    if let Ok(env) = crate::envs::Environment::new(&name) {
+        return Some(environment(&env));
+    }
     let (x_shape, task) = known(&name)?;
     Some(make(&name, &x_shape, task))
 }
@@ -54,6 +57,7 @@ pub fn text(name: &str, vocab: Option<usize>, seq: usize) -> DataSig {
         dims: dims.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         x: ids.clone(),
         y: ids,
+        experience: Vec::new(),
     }
 }
 
@@ -89,5 +93,48 @@ fn make(name: &str, x_shape: &[usize], task: Task) -> DataSig {
         dims,
         x: Type::f32(xs),
         y,
+        experience: Vec::new(),
+    }
+}
+
+/// The signature of a section on an environment: sizes `observations` and `actions` (the
+/// number of discrete actions, or a continuous action's length), and the experience's
+/// inputs: `obs`, `next_obs` f32[B, observations]; `action` i32[B] (discrete) or
+/// f32[B, actions]; `reward`, `done` (1 where the episode terminated), `ret` (the
+/// discounted return from the step), `logp` (the action's log-probability when taken),
+/// each f32[B]. `x` and `y` stand for `obs` and `action`.
+pub fn environment(env: &crate::envs::Environment) -> DataSig {
+    use crate::envs::ActionSpace;
+    let b = || Dim::Sym("B".into());
+    let obs = Type::f32(vec![b(), Dim::Known(env.obs_dim())]);
+    let (actions, action) = match env.action_space() {
+        ActionSpace::Discrete(n) => (
+            n,
+            Type {
+                dtype: DType::I32,
+                shape: vec![b()],
+            },
+        ),
+        ActionSpace::Box { dim, .. } => (dim, Type::f32(vec![b(), Dim::Known(dim)])),
+    };
+    let row = Type::f32(vec![b()]);
+    let experience = vec![
+        ("obs".to_string(), obs.clone()),
+        ("action".to_string(), action.clone()),
+        ("reward".to_string(), row.clone()),
+        ("next_obs".to_string(), obs.clone()),
+        ("done".to_string(), row.clone()),
+        ("ret".to_string(), row.clone()),
+        ("logp".to_string(), row),
+    ];
+    DataSig {
+        name: env.name().to_string(),
+        dims: vec![
+            ("observations".to_string(), env.obs_dim()),
+            ("actions".to_string(), actions),
+        ],
+        x: obs,
+        y: action,
+        experience,
     }
 }

@@ -105,6 +105,15 @@ impl Engine {
         }
     }
 
+    /// Tensor buffers the JIT engine has allocated outside its arena so far (0 on the
+    /// reference engine, which allocates every value).
+    pub fn buffers_allocated(&self) -> usize {
+        match &self.exec {
+            Exec::Reference(_) => 0,
+            Exec::Jit(j) => j.borrow().buffers_allocated(),
+        }
+    }
+
     /// (native, planned) kernels of the JIT engine; None for the reference engine.
     pub fn native_kernels(&self) -> Option<(usize, usize)> {
         match &self.exec {

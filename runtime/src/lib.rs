@@ -20,6 +20,7 @@ macro_rules! say_raw {
     }};
 }
 
+pub mod agent;
 pub mod attack;
 pub mod checkpoint;
 pub mod cli;

@@ -353,6 +353,9 @@ pub struct Setup {
     pub states: Vec<dlc_compiler::train::StateInfo>,
     pub eval: Lowered,
     pub eval_engine: Engine,
+    /// On an environment: the policy alone (`pred`, and a Gaussian's `log_std`), the
+    /// graph that acts.
+    pub act_engine: Option<Engine>,
     /// The `--set` values in force (a checkpoint records them).
     pub sets: Vec<(String, String)>,
     /// The `--data-arg` values in force (a checkpoint records them).
@@ -424,6 +427,16 @@ pub fn compile(
         });
     }
     let eval_engine = Engine::new(engine, optimized(&eval.graph), threads)?;
+    let act_engine = match &cfg.agent {
+        Some(_) => {
+            let mut g = eval.graph.clone();
+            g.outputs.retain(|(n, _)| n == "pred" || n == "log_std");
+            // Acting runs at batch 1 on one thread: splitting a tiny product costs more
+            // than it saves.
+            Some(Engine::new(engine, optimized(&g.compact()), 1)?)
+        }
+        None => None,
+    };
     Ok((
         Setup {
             program,
@@ -434,6 +447,7 @@ pub fn compile(
             steps,
             eval,
             eval_engine,
+            act_engine,
             sets: ov.sets_in_force(),
             data_arg_flags: data.arg_flags,
         },

@@ -60,7 +60,9 @@ impl TrainState {
         }
     }
 
-    pub fn to_checkpoint(&self, setup: &Setup, data: &Dataset) -> Checkpoint {
+    /// The checkpoint of this state on data set or environment `data`: parameters,
+    /// optimizer state, the best weights, the counters and the settings in force.
+    pub fn checkpoint_on(&self, setup: &Setup, data: &str) -> Checkpoint {
         let mut ck = Checkpoint::default();
         ck.tensors.extend(self.params.clone());
         ck.tensors.extend(self.opt.clone());
@@ -68,16 +70,6 @@ impl TrainState {
             for (k, v) in best {
                 ck.tensors.insert(format!("best.{k}"), v.clone());
             }
-        }
-        if let Some(s) = &data.scaling {
-            ck.tensors.insert(
-                "scaling.mean".into(),
-                ArrayD::from_shape_vec(IxDyn(&[s.mean.len()]), s.mean.clone()).expect("1-D"),
-            );
-            ck.tensors.insert(
-                "scaling.std".into(),
-                ArrayD::from_shape_vec(IxDyn(&[s.std.len()]), s.std.clone()).expect("1-D"),
-            );
         }
         let m = &mut ck.meta;
         m.insert(
@@ -88,7 +80,7 @@ impl TrainState {
                 .map(|d| d.name.name.clone())
                 .unwrap_or_default(),
         );
-        m.insert("data".into(), data.name.clone());
+        m.insert("data".into(), data.to_string());
         m.insert("optimizer".into(), setup.cfg.optimizer.name().into());
         m.insert("epoch".into(), self.epoch.to_string());
         m.insert("step".into(), self.step.to_string());
@@ -107,8 +99,23 @@ impl TrainState {
             "data_args".into(),
             Value::Object(crate::session::args_json(&setup.cfg.data_args)).to_string(),
         );
+        ck
+    }
+
+    pub fn to_checkpoint(&self, setup: &Setup, data: &Dataset) -> Checkpoint {
+        let mut ck = self.checkpoint_on(setup, &data.name);
+        if let Some(s) = &data.scaling {
+            ck.tensors.insert(
+                "scaling.mean".into(),
+                ArrayD::from_shape_vec(IxDyn(&[s.mean.len()]), s.mean.clone()).expect("1-D"),
+            );
+            ck.tensors.insert(
+                "scaling.std".into(),
+                ArrayD::from_shape_vec(IxDyn(&[s.std.len()]), s.std.clone()).expect("1-D"),
+            );
+        }
         if let Some(vocab) = &data.vocab {
-            m.insert(
+            ck.meta.insert(
                 crate::checkpoint::VOCAB_KEY.into(),
                 crate::checkpoint::vocab_meta(vocab),
             );
@@ -309,8 +316,25 @@ impl StepRunner {
         x: ArrayD<f32>,
         y: &ArrayD<f32>,
     ) -> Result<StepOut, String> {
+        let mut inputs = vec![("x".to_string(), x), ("y".to_string(), y.clone())];
+        let mut out = self.run_named(engine, st, &mut inputs)?;
+        out.x = inputs.swap_remove(0).1;
+        Ok(out)
+    }
+
+    /// [`run`](Self::run) on named inputs (the first one's rows are the batch), which
+    /// the step borrows and gives back in `inputs`; the `x` of the result is empty.
+    pub fn run_named(
+        &self,
+        engine: &Engine,
+        st: &mut TrainState,
+        inputs: &mut Vec<(String, ArrayD<f32>)>,
+    ) -> Result<StepOut, String> {
         let mut env = Env::new(st.seed, st.step);
-        env.sizes.insert("B".into(), x.shape()[0]);
+        let rows = inputs
+            .first()
+            .map_or(0, |(_, a)| a.shape().first().copied().unwrap_or(1));
+        env.sizes.insert("B".into(), rows);
         env.values.extend(std::mem::take(&mut st.params));
         for name in &self.states {
             let v = st
@@ -319,8 +343,9 @@ impl StepRunner {
                 .ok_or_else(|| format!("no optimizer state {name}"))?;
             env.values.insert(name.clone(), v);
         }
-        env.values.insert("x".into(), x);
-        env.values.insert("y".into(), y.clone());
+        for (name, a) in inputs.iter_mut() {
+            env.values.insert(name.clone(), std::mem::take(a));
+        }
         env.values.insert(
             "step".into(),
             ArrayD::from_elem(IxDyn(&[]), (st.step + 1) as f32),
@@ -334,6 +359,11 @@ impl StepRunner {
             .map(|(o, l)| (*o, l.as_str()))
             .collect();
         let result = engine.run_donating(&mut env, &refs, &donate);
+        for (name, a) in inputs.iter_mut() {
+            if let Some(v) = env.values.remove(name.as_str()) {
+                *a = v;
+            }
+        }
         let mut res = match result {
             Ok(r) => r.into_iter(),
             Err(e) => {
@@ -384,11 +414,10 @@ impl StepRunner {
             let v = env.values.remove(name).ok_or("the step lost a parameter")?;
             st.params.insert(name.clone(), v);
         }
-        let x = env.values.remove("x").ok_or("the step lost its inputs")?;
         Ok(StepOut {
             loss,
             pred,
-            x,
+            x: ArrayD::zeros(IxDyn(&[0])),
             grad_norm,
             reports,
         })

@@ -30,6 +30,7 @@ fn sig() -> DataSig {
         dims: vec![],
         x: Type::f32(vec![Dim::Sym("B".into()), Dim::Known(4)]),
         y: Type::f32(vec![Dim::Sym("B".into()), Dim::Known(1)]),
+        experience: Vec::new(),
     }
 }
 

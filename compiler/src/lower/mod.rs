@@ -4,12 +4,16 @@
 //! describes (inputs `x`, `y` from the data set; outputs `loss` and `pred`),
 //! `lower_predict` the graph of the model's `forward` function alone (used by `run`).
 
+mod agent;
 mod builtins;
 mod eval;
 mod resolve;
 mod scan;
 mod value;
 
+pub use agent::{
+    Agent, ENVIRONMENTS, EvalSchedule, Experience, INPUTS as ENV_INPUTS, Lagged, Policy,
+};
 pub use builtins::ALL as BUILTINS;
 pub use eval::{Lowerer, MAX_CALL_DEPTH, Mode, ParamInfo};
 pub use value::{Init, Optimizer, Value};
@@ -90,6 +94,9 @@ pub struct DataSig {
     pub dims: Vec<(String, usize)>,
     pub x: Type,
     pub y: Type,
+    /// An environment's (empty for a data set): the inputs a section on it reads
+    /// (`obs`, `action`, …; see `agent::INPUTS`) with their types, in place of `x`, `y`.
+    pub experience: Vec<(String, Type)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -117,6 +124,8 @@ pub struct TrainConfig {
     /// `metrics = [a, b]`: scalars bound in the section, reported as `train_a`, `test_a`, …
     /// (outputs of the lowered graph under their names).
     pub reports: Vec<String>,
+    /// The loop around the objectives of a section on an environment.
+    pub agent: Option<Agent>,
 }
 
 /// One objective of a training section: a scalar minimised over some of the main model's
@@ -383,6 +392,16 @@ impl Program {
         lw: &mut Lowerer,
         dims: &HashMap<String, usize>,
     ) -> Result<Rc<value::Instance>, Diags> {
+        self.instantiate_main_at(lw, dims, String::new())
+    }
+
+    /// The main model with its parameters under `path` (a lagged copy: `target.…`).
+    fn instantiate_main_at(
+        &self,
+        lw: &mut Lowerer,
+        dims: &HashMap<String, usize>,
+        path: String,
+    ) -> Result<Rc<value::Instance>, Diags> {
         let main = self.main_model()?;
         let span = main.name.span;
         // `--set` values are arguments, so they win over data-set sizes and defaults.
@@ -421,7 +440,7 @@ impl Program {
             };
             args.push((Some(ident), value, at));
         }
-        match lw.instantiate(&main, String::new(), args, dims, span) {
+        match lw.instantiate(&main, path, args, dims, span) {
             // Keep going after errors in members: later code may have more to report.
             Value::Instance(i) => Ok(i),
             _ => Err(std::mem::take(&mut lw.diags)),
@@ -512,23 +531,27 @@ impl Program {
             .extend(resolve::check(&self.file, &self.prelude, &self.imported));
         let dims: HashMap<String, usize> = data.dims.iter().cloned().collect();
         let inst = self.instantiate_main(&mut lw, &dims)?;
-        let x = lw.graph.add_ok(
-            Op::Input {
-                name: "x".into(),
-                ty: (data.x.dtype, data.x.shape.clone()),
-            },
-            &[],
-        );
-        let y = lw.graph.add_ok(
-            Op::Input {
-                name: "y".into(),
-                ty: (data.y.dtype, data.y.shape.clone()),
-            },
-            &[],
-        );
+        let on_env = !data.experience.is_empty();
+        let inputs: Vec<(String, Type)> = if on_env {
+            data.experience.clone()
+        } else {
+            vec![("x".into(), data.x.clone()), ("y".into(), data.y.clone())]
+        };
         let mut scope = Scope::new();
-        scope.insert("x".into(), Value::Tensor(x));
-        scope.insert("y".into(), Value::Tensor(y));
+        let mut x = None;
+        for (name, ty) in &inputs {
+            let n = lw.graph.add_ok(
+                Op::Input {
+                    name: name.clone(),
+                    ty: (ty.dtype, ty.shape.clone()),
+                },
+                &[],
+            );
+            x.get_or_insert(n);
+            scope.insert(name.clone(), Value::Tensor(n));
+        }
+        let x = x.expect("a data set or environment has inputs");
+        let mut agent = agent::AgentParts::default();
         // The prediction is forward(x); calls are memoised, so the loss shares it.
         let pred = match inst.def.fns.iter().find(|f| f.name.name == "forward") {
             Some(f) => {
@@ -557,6 +580,7 @@ impl Program {
             attack: None,
             objectives: Vec::new(),
             reports: Vec::new(),
+            agent: None,
         };
         // `minimize` statements: (name, value, its span, `over` members, `with`).
         let mut minimized: Vec<(String, Value, Span, Vec<Ident>, Option<Optimizer>)> = Vec::new();
@@ -574,6 +598,54 @@ impl Program {
         let mut loss: Option<(Value, Span)> = None;
         for s in &t.stmts {
             match s {
+                TrainStmt::Set(b) if agent::lagged_call(&b.value).is_some() => {
+                    let every = agent::lagged_call(&b.value).and_then(|args| match args {
+                        [a] if a.name.as_ref().is_none_or(|n| n.name == "every") => {
+                            let cx = Ctx {
+                                scope: &scope,
+                                inst: Some(&inst),
+                            };
+                            count(&lw.eval(&a.value, &cx)).filter(|n| *n > 0)
+                        }
+                        _ => None,
+                    });
+                    let Some(every) = every else {
+                        lw.err(
+                            b.value.span,
+                            "lagged takes every: N, the updates between copies",
+                        );
+                        continue;
+                    };
+                    if !on_env {
+                        lw.err(b.value.span, "a lagged copy of the model (`lagged(every: N)`) belongs to training from an environment");
+                        continue;
+                    }
+                    if agent.lagged.is_some() {
+                        lw.err(b.value.span, "a second lagged copy: a section has one");
+                        continue;
+                    }
+                    let copy = self.instantiate_main_at(&mut lw, &dims, b.name.name.clone())?;
+                    scope.insert(b.name.name.clone(), Value::Instance(copy));
+                    agent.lagged = Some(agent::Lagged {
+                        name: b.name.name.clone(),
+                        every,
+                    });
+                }
+                TrainStmt::Set(b) if on_env && b.name.name == "steps" => {
+                    let cx = Ctx {
+                        scope: &scope,
+                        inst: Some(&inst),
+                    };
+                    match count(&lw.eval(&b.value, &cx)) {
+                        Some(n) if n > 0 => agent.steps = Some(n as u64),
+                        _ => {
+                            lw.err(
+                                b.value.span,
+                                "steps (environment steps to train for) must be a positive integer",
+                            );
+                        }
+                    }
+                }
                 TrainStmt::Set(b) => {
                     let v = lw.eval(
                         &b.value,
@@ -663,6 +735,9 @@ impl Program {
                             (a, lw.eval(&a.value, &cx))
                         })
                         .collect();
+                    if agent::statement(&mut lw, &mut agent, &name.name, &evaluated, *span) {
+                        continue;
+                    }
                     match name.name.as_str() {
                         "early_stopping" => {
                             let mut es = EarlyStopping {
@@ -724,7 +799,11 @@ impl Program {
                             }
                         }
                         other => {
-                            let hint = dlc_dsl::nearest(other, ["early_stopping", "attack"])
+                            let known = ["early_stopping", "attack"]
+                                .iter()
+                                .chain(agent::STATEMENTS)
+                                .copied();
+                            let hint = dlc_dsl::nearest(other, known)
                                 .map(|s| format!("; did you mean `{s}`?"))
                                 .unwrap_or_default();
                             lw.err(
@@ -844,6 +923,43 @@ impl Program {
             cfg.reports.push(name.clone());
             outs.push((name, v, sp));
         }
+        if on_env {
+            cfg.agent = agent.finish(&mut lw, &data.name, t.span);
+            // A Gaussian policy's log standard deviation: the model's `log_std(obs)`.
+            if let Some(Agent {
+                policy: Policy::Gaussian,
+                ..
+            }) = &cfg.agent
+            {
+                let v = match inst.def.fns.iter().find(|f| f.name.name == "log_std") {
+                    Some(f) => {
+                        let fv = Value::Func(Func::Method(inst.clone(), Rc::new(f.clone())));
+                        lw.call(
+                            fv,
+                            vec![(None, Value::Tensor(x), t.span)],
+                            t.model.span,
+                            t.model.span,
+                        )
+                    }
+                    None => lw.err(
+                        inst.def.name.span,
+                        format!(
+                            "a Gaussian policy needs `fn log_std(obs)` in model `{}`: the log standard deviation of its actions",
+                            inst.def.name.name
+                        ),
+                    ),
+                };
+                outs.push(("log_std".into(), v, t.model.span));
+            }
+        } else if let Some(sp) = agent.first {
+            lw.err(
+                sp,
+                format!(
+                    "this statement belongs to training from an environment ({}), not on a data set",
+                    agent::ENVIRONMENTS.join(", ")
+                ),
+            );
+        }
         outs.push(("pred".into(), pred, t.model.span));
         let lowered = finish(
             lw,
@@ -858,10 +974,20 @@ impl Program {
         {
             cfg.optimizer = o;
         }
-        // An objective without `over` trains every parameter.
+        // An objective without `over` trains every parameter (but a lagged copy's).
+        let lagged = cfg
+            .agent
+            .as_ref()
+            .and_then(|a| a.lagged.as_ref())
+            .map(|l| format!("{}.", l.name));
         for o in &mut cfg.objectives {
             if o.params.is_empty() {
-                o.params = lowered.params.iter().map(|p| p.name.clone()).collect();
+                o.params = lowered
+                    .params
+                    .iter()
+                    .map(|p| p.name.clone())
+                    .filter(|p| lagged.as_ref().is_none_or(|l| !p.starts_with(l.as_str())))
+                    .collect();
             }
         }
         Ok((lowered, cfg))
@@ -1006,7 +1132,7 @@ fn finish(mut lw: Lowerer, outs: Vec<(&str, Value, Span)>) -> Result<Lowered, Di
         match v {
             Value::Tensor(n) => {
                 // Every output but the prediction is an objective: a scalar to minimise.
-                if name != "pred" {
+                if name != "pred" && name != "log_std" {
                     let t = lw.graph.ty(n).clone();
                     if !t.shape.is_empty() || t.dtype != DType::F32 {
                         let what = if name == "loss" {

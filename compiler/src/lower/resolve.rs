@@ -42,7 +42,12 @@ pub fn check(file: &File, prelude: &File, imported: &[Item]) -> Vec<Diagnostic> 
             }
             Item::Import(_) => {}
             Item::Train(t) => {
-                let mut scope: Vec<String> = vec!["x".into(), "y".into()];
+                let mut scope: Vec<String> =
+                    if super::agent::ENVIRONMENTS.contains(&t.data.name.as_str()) {
+                        super::agent::INPUTS.iter().map(|s| s.to_string()).collect()
+                    } else {
+                        vec!["x".into(), "y".into()]
+                    };
                 if let Some(Item::Model(m)) = file
                     .items
                     .iter()
@@ -57,7 +62,10 @@ pub fn check(file: &File, prelude: &File, imported: &[Item]) -> Vec<Diagnostic> 
                 for s in &t.stmts {
                     match s {
                         TrainStmt::Set(b) => {
-                            r.expr(&b.value, &scope);
+                            match super::agent::lagged_call(&b.value) {
+                                Some(args) => args.iter().for_each(|a| r.expr(&a.value, &scope)),
+                                None => r.expr(&b.value, &scope),
+                            }
                             scope.push(b.name.name.clone());
                         }
                         TrainStmt::Call { args, .. } => {
