@@ -77,7 +77,20 @@ pub fn step_graphs(
                 Vec::new()
             };
             let tg = if whole {
-                training_graph(lowered, opt, cfg.clip_norm)?
+                // Outputs only acting reads (a policy's `log_std`, a critic's `value`)
+                // stay out of the step.
+                let extra = |n: &str| n != "loss" && !keep.contains(&n);
+                if lowered.graph.outputs.iter().any(|(n, _)| extra(n)) {
+                    let mut graph = lowered.graph.clone();
+                    graph.outputs.retain(|(n, _)| !extra(n));
+                    let trimmed = Lowered {
+                        graph: graph.compact(),
+                        params: lowered.params.clone(),
+                    };
+                    training_graph(&trimmed, opt, cfg.clip_norm)?
+                } else {
+                    training_graph(lowered, opt, cfg.clip_norm)?
+                }
             } else {
                 objective_graph(lowered, o, opt, cfg.clip_norm, &keep)?
             };

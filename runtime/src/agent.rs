@@ -65,25 +65,29 @@ pub struct Actor<'a> {
     outputs: Vec<&'static str>,
     pub pred: Vec<f32>,
     pub log_std: Vec<f32>,
+    /// The critic's `value(obs)`, when the graph has it.
+    pub value: f32,
 }
 
 impl<'a> Actor<'a> {
-    pub fn new(engine: &'a Engine, obs_dim: usize, gaussian: bool) -> Actor<'a> {
+    /// The policy graph's outputs: `pred`, then `log_std` and `value` when it has them.
+    pub fn new(engine: &'a Engine, obs_dim: usize) -> Actor<'a> {
         let mut env = Env::new(0, 0);
         env.values
             .insert("obs".into(), ArrayD::zeros(IxDyn(&[1, obs_dim])));
         env.sizes.insert("B".into(), 1);
-        let outputs = if gaussian {
-            vec!["pred", "log_std"]
-        } else {
-            vec!["pred"]
-        };
+        let has = engine.outputs();
+        let outputs = ["pred", "log_std", "value"]
+            .into_iter()
+            .filter(|n| has.iter().any(|h| h == n))
+            .collect();
         Actor {
             engine,
             env,
             outputs,
             pred: Vec::new(),
             log_std: Vec::new(),
+            value: 0.0,
         }
     }
 
@@ -114,14 +118,18 @@ impl<'a> Actor<'a> {
             .expect("a standard-layout input")
             .copy_from_slice(obs);
         let out = self.engine.run(&self.env, &self.outputs)?;
-        let mut it = out.into_iter();
-        for buf in [&mut self.pred, &mut self.log_std]
-            .into_iter()
-            .take(self.outputs.len())
-        {
-            let a = it.next().ok_or("the policy gave too few outputs")?;
-            buf.clear();
-            buf.extend(a.iter().copied());
+        for (name, a) in self.outputs.iter().zip(out) {
+            match *name {
+                "pred" => {
+                    self.pred.clear();
+                    self.pred.extend(a.iter().copied());
+                }
+                "log_std" => {
+                    self.log_std.clear();
+                    self.log_std.extend(a.iter().copied());
+                }
+                _ => self.value = a.iter().next().copied().unwrap_or(f32::NAN),
+            }
             self.engine.recycle(a);
         }
         Ok(())
@@ -291,6 +299,9 @@ pub struct Rows {
     pub done: Vec<f32>,
     pub ret: Vec<f32>,
     pub logp: Vec<f32>,
+    /// The critic's value of each state as the agent acted, and the advantages from it.
+    pub value: Vec<f32>,
+    pub adv: Vec<f32>,
     /// Rows held; the ring's next slot (replay).
     pub len: usize,
     pub pos: usize,
@@ -317,6 +328,7 @@ impl Rows {
                     "reward" => (&self.reward, 1),
                     "done" => (&self.done, 1),
                     "ret" => (&self.ret, 1),
+                    "adv" => (&self.adv, 1),
                     _ => (&self.logp, 1),
                 };
                 let mut v = Vec::with_capacity(b * width);
@@ -415,7 +427,8 @@ impl Rows {
 fn inputs_read(setup: &Setup, experience: &Experience) -> Result<Vec<String>, String> {
     let given: &[&str] = match experience {
         Experience::Replay { .. } => &["obs", "action", "reward", "next_obs", "done"],
-        Experience::Episodes { .. } => &["obs", "action", "reward", "ret", "logp"],
+        Experience::Episodes { lambda: None, .. } => &["obs", "action", "reward", "ret", "logp"],
+        Experience::Episodes { .. } => &["obs", "action", "reward", "ret", "logp", "adv"],
     };
     let mut names: Vec<String> = Vec::new();
     for s in &setup.steps {
@@ -490,8 +503,7 @@ pub fn train(
         .iter()
         .map(|s| StepRunner::new(&run.st, s))
         .collect();
-    let gaussian = agent.policy == Policy::Gaussian;
-    let mut actor = Actor::new(act_engine(setup)?, obs_dim, gaussian);
+    let mut actor = Actor::new(act_engine(setup)?, obs_dim);
     let budget = budget.unwrap_or(agent.steps);
     let seed = run.st.seed;
     // A fresh run starts its lagged copy from the model.
@@ -516,6 +528,7 @@ pub fn train(
         env.observe(&mut obs);
         let start_row = run.rows.len;
         let (mut total, mut length) = (0.0f64, 0u64);
+        let mut bootstrap;
         actor.hold(&mut run.st.params);
         loop {
             let t = run.counters.env_steps;
@@ -580,11 +593,19 @@ pub fn train(
                     r.action.extend_from_slice(&action);
                     r.reward.push(o.reward as f32);
                     r.logp.push(logp as f32);
+                    r.value.push(actor.value);
                     r.len += 1;
                 }
             }
             std::mem::swap(&mut obs, &mut next);
             if o.terminated || o.truncated || run.counters.env_steps >= budget {
+                // The value beyond the last step: none after a terminal state, the
+                // critic's estimate after a cut.
+                bootstrap = 0.0;
+                if !o.terminated && actor.outputs.contains(&"value") {
+                    actor.forward(&obs)?;
+                    bootstrap = actor.value as f64;
+                }
                 break;
             }
         }
@@ -595,15 +616,33 @@ pub fn train(
             gamma,
             epochs,
             batch,
+            lambda,
         } = &agent.experience
         {
-            // Discounted returns from each step of the episode just ended.
             let r = &mut run.rows;
             r.ret.resize(r.len, 0.0);
-            let mut g = 0.0f64;
-            for i in (start_row..r.len).rev() {
-                g = r.reward[i] as f64 + gamma * g;
-                r.ret[i] = g as f32;
+            r.adv.resize(r.len, 0.0);
+            match lambda {
+                // Discounted returns from each step of the episode just ended.
+                None => {
+                    let mut g = 0.0f64;
+                    for i in (start_row..r.len).rev() {
+                        g = r.reward[i] as f64 + gamma * g;
+                        r.ret[i] = g as f32;
+                    }
+                }
+                // Generalised advantage estimation, and the λ-returns.
+                Some(lambda) => {
+                    let (mut a, mut next_v) = (0.0f64, bootstrap);
+                    for i in (start_row..r.len).rev() {
+                        let v = r.value[i] as f64;
+                        let delta = r.reward[i] as f64 + gamma * next_v - v;
+                        a = delta + gamma * lambda * a;
+                        r.adv[i] = a as f32;
+                        r.ret[i] = (a + v) as f32;
+                        next_v = v;
+                    }
+                }
             }
             if run.counters.episodes % *count as u64 == 0 {
                 let t3 = Instant::now();
@@ -791,11 +830,7 @@ pub fn evaluate_final(setup: &Setup, params: &mut Tensors) -> Result<(f64, f64),
         .ok_or("not a section on an environment")?;
     let mut env = Environment::new(&agent.env)?;
     let names: Vec<String> = params.keys().cloned().collect();
-    let mut actor = Actor::new(
-        act_engine(setup)?,
-        env.obs_dim(),
-        agent.policy == Policy::Gaussian,
-    );
+    let mut actor = Actor::new(act_engine(setup)?, env.obs_dim());
     actor.hold(params);
     let r = evaluate(&mut actor, &mut env, final_stream(), FINAL_EPISODES);
     actor.release(params, &names);

@@ -101,8 +101,8 @@ fn make(name: &str, x_shape: &[usize], task: Task) -> DataSig {
 /// number of discrete actions, or a continuous action's length), and the experience's
 /// inputs: `obs`, `next_obs` f32[B, observations]; `action` i32[B] (discrete) or
 /// f32[B, actions]; `reward`, `done` (1 where the episode terminated), `ret` (the
-/// discounted return from the step), `logp` (the action's log-probability when taken),
-/// each f32[B]. `x` and `y` stand for `obs` and `action`.
+/// discounted return from the step, or the λ-return), `logp` (the action's
+/// log-probability when taken), `adv` (its estimated advantage), each f32[B]. `x` and `y` stand for `obs` and `action`.
 pub fn environment(env: &crate::envs::Environment) -> DataSig {
     use crate::envs::ActionSpace;
     let b = || Dim::Sym("B".into());
@@ -125,7 +125,8 @@ pub fn environment(env: &crate::envs::Environment) -> DataSig {
         ("next_obs".to_string(), obs.clone()),
         ("done".to_string(), row.clone()),
         ("ret".to_string(), row.clone()),
-        ("logp".to_string(), row),
+        ("logp".to_string(), row.clone()),
+        ("adv".to_string(), row),
     ];
     DataSig {
         name: env.name().to_string(),

@@ -430,7 +430,8 @@ pub fn compile(
     let act_engine = match &cfg.agent {
         Some(_) => {
             let mut g = eval.graph.clone();
-            g.outputs.retain(|(n, _)| n == "pred" || n == "log_std");
+            g.outputs
+                .retain(|(n, _)| matches!(n.as_str(), "pred" | "log_std" | "value"));
             // Acting runs at batch 1 on one thread: splitting a tiny product costs more
             // than it saves.
             Some(Engine::new(engine, optimized(&g.compact()), 1)?)

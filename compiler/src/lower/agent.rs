@@ -26,11 +26,16 @@ pub enum Experience {
     /// by the current policy, then `epochs` passes over their steps (`obs`, `action`,
     /// `reward`, `ret` = the discounted return from each step, `logp` = the log-probability
     /// of the action when it was taken) in batches of `batch` (0: all at once).
+    /// With `lambda: L`, generalised advantage estimation (Schulman et al., 2016) on the
+    /// model's `value(obs)` as the agent acted: `adv` = Σ (γL)^k δ_{t+k} with
+    /// δ_t = r_t + γV(s_{t+1}) − V(s_t) (V of a truncated episode's last state bootstraps
+    /// it, a terminal state's is 0), and `ret` = adv + V(s_t), the λ-return.
     Episodes {
         count: usize,
         gamma: f64,
         epochs: usize,
         batch: usize,
+        lambda: Option<f64>,
     },
 }
 
@@ -97,7 +102,9 @@ pub const ENVIRONMENTS: &[&str] = &["cartpole", "pendulum"];
 
 /// What a section on an environment reads: the experience's names (which of them an
 /// update gets depends on the experience: see [`Experience`]).
-pub const INPUTS: &[&str] = &["obs", "action", "reward", "next_obs", "done", "ret", "logp"];
+pub const INPUTS: &[&str] = &[
+    "obs", "action", "reward", "next_obs", "done", "ret", "logp", "adv",
+];
 
 /// `NAME = lagged(every: N)`: the call's arguments.
 pub fn lagged_call(e: &dlc_dsl::ast::Expr) -> Option<&[Arg]> {
@@ -236,12 +243,15 @@ pub(crate) fn statement(
                 "experience (replay/episodes)",
             );
             let (mut count, mut gamma, mut epochs, mut batch) = (1, 0.99, 1, 0);
-            for (k, v, sp) in numbers(lw, name, args, &["count", "gamma", "epochs", "batch"]) {
+            let mut lambda = None;
+            let allowed = ["count", "gamma", "epochs", "batch", "lambda"];
+            for (k, v, sp) in numbers(lw, name, args, &allowed) {
                 match k.as_str() {
-                    "gamma" if (0.0..=1.0).contains(&v) => gamma = v,
-                    "gamma" => {
-                        lw.err(sp, format!("`gamma` is a discount in [0, 1], found {v}"));
+                    "gamma" | "lambda" if !(0.0..=1.0).contains(&v) => {
+                        lw.err(sp, format!("`{k}` is a discount in [0, 1], found {v}"));
                     }
+                    "gamma" => gamma = v,
+                    "lambda" => lambda = Some(v),
                     "batch" => batch = whole(lw, &k, v, sp, 0.0).unwrap_or(batch),
                     "count" => count = whole(lw, &k, v, sp, 1.0).unwrap_or(count),
                     _ => epochs = whole(lw, &k, v, sp, 1.0).unwrap_or(epochs),
@@ -252,6 +262,7 @@ pub(crate) fn statement(
                 gamma,
                 epochs,
                 batch,
+                lambda,
             });
         }
         "epsilon_greedy" => {

@@ -925,13 +925,29 @@ impl Program {
         }
         if on_env {
             cfg.agent = agent.finish(&mut lw, &data.name, t.span);
-            // A Gaussian policy's log standard deviation: the model's `log_std(obs)`.
-            if let Some(Agent {
-                policy: Policy::Gaussian,
-                ..
-            }) = &cfg.agent
-            {
-                let v = match inst.def.fns.iter().find(|f| f.name.name == "log_std") {
+            // What acting computes besides `forward(obs)`: a Gaussian policy's log
+            // standard deviation (`log_std(obs)`), the value that advantage estimation
+            // needs (`value(obs)`).
+            let mut extra = Vec::new();
+            if let Some(a) = &cfg.agent {
+                if a.policy == Policy::Gaussian {
+                    extra.push((
+                        "log_std",
+                        "the log standard deviation of its actions, for a Gaussian policy",
+                    ));
+                }
+                if let Experience::Episodes {
+                    lambda: Some(_), ..
+                } = a.experience
+                {
+                    extra.push((
+                        "value",
+                        "the expected return from a state, for advantage estimation (`lambda`)",
+                    ));
+                }
+            }
+            for (fname, what) in extra {
+                let v = match inst.def.fns.iter().find(|f| f.name.name == fname) {
                     Some(f) => {
                         let fv = Value::Func(Func::Method(inst.clone(), Rc::new(f.clone())));
                         lw.call(
@@ -944,12 +960,12 @@ impl Program {
                     None => lw.err(
                         inst.def.name.span,
                         format!(
-                            "a Gaussian policy needs `fn log_std(obs)` in model `{}`: the log standard deviation of its actions",
+                            "model `{}` needs `fn {fname}(obs)`: {what}",
                             inst.def.name.name
                         ),
                     ),
                 };
-                outs.push(("log_std".into(), v, t.model.span));
+                outs.push((fname.into(), v, t.model.span));
             }
         } else if let Some(sp) = agent.first {
             lw.err(
@@ -1132,7 +1148,7 @@ fn finish(mut lw: Lowerer, outs: Vec<(&str, Value, Span)>) -> Result<Lowered, Di
         match v {
             Value::Tensor(n) => {
                 // Every output but the prediction is an objective: a scalar to minimise.
-                if name != "pred" && name != "log_std" {
+                if !matches!(name, "pred" | "log_std" | "value") {
                     let t = lw.graph.ty(n).clone();
                     if !t.shape.is_empty() || t.dtype != DType::F32 {
                         let what = if name == "loss" {
