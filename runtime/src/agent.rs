@@ -376,45 +376,66 @@ impl Rows {
         self.len = (self.len + 1).min(capacity);
     }
 
-    /// The ring as checkpoint tensors (`replay.obs`, …).
-    pub fn to_tensors(&self, out: &mut Tensors) {
-        for (name, col) in [
-            ("obs", &self.obs),
-            ("action", &self.action),
-            ("reward", &self.reward),
-            ("next_obs", &self.next_obs),
-            ("done", &self.done),
-        ] {
-            out.insert(
-                format!("replay.{name}"),
-                ArrayD::from_shape_vec(IxDyn(&[col.len()]), col.clone()).expect("1-D"),
+    fn columns(&mut self) -> [(&'static str, &mut Vec<f32>); 9] {
+        [
+            ("obs", &mut self.obs),
+            ("action", &mut self.action),
+            ("reward", &mut self.reward),
+            ("next_obs", &mut self.next_obs),
+            ("done", &mut self.done),
+            ("ret", &mut self.ret),
+            ("logp", &mut self.logp),
+            ("value", &mut self.value),
+            ("adv", &mut self.adv),
+        ]
+    }
+
+    /// The experience held, as checkpoint tensors (`experience.obs`, …) and metadata, so
+    /// that a resumed run continues with the same replay buffer or unfinished batch.
+    pub fn to_checkpoint(&self, ck: &mut Checkpoint) {
+        let mut copy = Rows {
+            obs: self.obs.clone(),
+            action: self.action.clone(),
+            reward: self.reward.clone(),
+            next_obs: self.next_obs.clone(),
+            done: self.done.clone(),
+            ret: self.ret.clone(),
+            logp: self.logp.clone(),
+            value: self.value.clone(),
+            adv: self.adv.clone(),
+            len: self.len,
+            pos: self.pos,
+        };
+        for (name, col) in copy.columns() {
+            let v = std::mem::take(col);
+            ck.tensors.insert(
+                format!("experience.{name}"),
+                ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).expect("1-D"),
             );
         }
+        ck.meta
+            .insert("experience_len".into(), self.len.to_string());
+        ck.meta
+            .insert("experience_pos".into(), self.pos.to_string());
     }
 
     pub fn from_checkpoint(ck: &Checkpoint, path: &std::path::Path) -> Result<Rows, String> {
         let mut r = Rows::default();
-        if !ck.tensors.contains_key("replay.obs") {
+        if !ck.meta.contains_key("experience_len") {
             return Ok(r);
         }
-        for (name, col) in [
-            ("obs", &mut r.obs),
-            ("action", &mut r.action),
-            ("reward", &mut r.reward),
-            ("next_obs", &mut r.next_obs),
-            ("done", &mut r.done),
-        ] {
+        for (name, col) in r.columns() {
             let t = ck
                 .tensors
-                .get(&format!("replay.{name}"))
-                .ok_or_else(|| format!("{}: no replay.{name}", path.display()))?;
+                .get(&format!("experience.{name}"))
+                .ok_or_else(|| format!("{}: no experience.{name}", path.display()))?;
             *col = t.iter().copied().collect();
         }
-        r.len = ck.meta_num("replay_len", path)?;
-        r.pos = ck.meta_num("replay_pos", path)?;
-        if r.len > r.reward.len() || r.pos >= r.reward.len().max(1) {
+        r.len = ck.meta_num("experience_len", path)?;
+        r.pos = ck.meta_num("experience_pos", path)?;
+        if r.reward.len() < r.len || r.pos > r.reward.len() {
             return Err(format!(
-                "{}: the replay buffer's counters do not fit it",
+                "{}: the experience's counters do not fit it",
                 path.display()
             ));
         }
@@ -464,6 +485,51 @@ pub struct Run {
     pub st: TrainState,
     pub counters: Counters,
     pub rows: Rows,
+    /// When the best snapshot replaced the final weights for evaluation: the weights
+    /// training had reached, which a resumed run continues from.
+    pub last: Option<Tensors>,
+}
+
+impl Run {
+    /// The checkpoint of the run: the weights evaluated as the parameters, and what
+    /// `--resume` needs (the counters, the experience, the weights training reached).
+    pub fn checkpoint(&self, setup: &Setup, env: &str) -> Checkpoint {
+        let mut ck = self.st.checkpoint_on(setup, env);
+        self.counters.to_meta(&mut ck.meta);
+        self.rows.to_checkpoint(&mut ck);
+        if let Some(last) = &self.last {
+            for (k, v) in last {
+                ck.tensors.insert(format!("last.{k}"), v.clone());
+            }
+        }
+        ck
+    }
+
+    /// A run restored from a checkpoint, continuing from the weights training reached.
+    pub fn from_checkpoint(
+        setup: &Setup,
+        ck: &Checkpoint,
+        path: &std::path::Path,
+    ) -> Result<Run, String> {
+        let mut st = TrainState::from_checkpoint(setup, ck, path)?;
+        for (k, v) in st.params.iter_mut() {
+            if let Some(t) = ck.tensors.get(&format!("last.{k}")) {
+                if t.shape() != v.shape() {
+                    return Err(format!(
+                        "{}: `last.{k}` has the wrong shape",
+                        path.display()
+                    ));
+                }
+                *v = t.clone();
+            }
+        }
+        Ok(Run {
+            st,
+            counters: Counters::from_checkpoint(ck, path)?,
+            rows: Rows::from_checkpoint(ck, path)?,
+            last: None,
+        })
+    }
 }
 
 /// Where the time of a run went.
@@ -476,7 +542,8 @@ struct Clock {
 }
 
 /// Train until the environment-step budget (the section's `steps`, or `budget`) is spent
-/// or periodic evaluation reaches `stop_at`; then restore the best periodic snapshot if it
+/// (at the end of the episode that spends it, so that a resumed run continues exactly as
+/// one that was not stopped) or periodic evaluation reaches `stop_at`; then restore the best periodic snapshot if it
 /// beats the final weights, and evaluate over [`FINAL_EPISODES`] episodes. `save` sees the
 /// run after every periodic evaluation and at the end.
 pub fn train(
@@ -514,11 +581,14 @@ pub fn train(
     }
     let mut clock = Clock::default();
     let t_start = Instant::now();
+    let steps_before = run.counters.env_steps;
     let mut obs = vec![0f32; obs_dim];
     let mut next = vec![0f32; obs_dim];
     let mut action = vec![0f32; act_len];
     // Per objective: (sum of values, count) since the last episode line.
     let mut values = vec![(0.0f64, 0usize); setup.steps.len()];
+    // The section's reported values (`metrics = [...]`): (name, sum, count).
+    let mut reported: Vec<(String, f64, usize)> = Vec::new();
     let mut stopped = false;
     let say_every = 20;
     while run.counters.env_steps < budget && !stopped {
@@ -577,7 +647,14 @@ pub fn train(
                             .collect();
                         let t3 = Instant::now();
                         let inputs = run.rows.gather(&rows, &names, obs_dim, act_len, discrete);
-                        update(setup, &runners, &mut run.st, inputs, &mut values)?;
+                        update(
+                            setup,
+                            &runners,
+                            &mut run.st,
+                            inputs,
+                            &mut values,
+                            &mut reported,
+                        )?;
                         if let Some(l) = &agent.lagged
                             && run.st.step % l.every as u64 == 0
                         {
@@ -598,7 +675,7 @@ pub fn train(
                 }
             }
             std::mem::swap(&mut obs, &mut next);
-            if o.terminated || o.truncated || run.counters.env_steps >= budget {
+            if o.terminated || o.truncated {
                 // The value beyond the last step: none after a terminal state, the
                 // critic's estimate after a cut.
                 bootstrap = 0.0;
@@ -652,7 +729,14 @@ pub fn train(
                     let order = crate::trainer::epoch_order(n, seed ^ run.st.step, e + 1);
                     for chunk in order.chunks(size) {
                         let inputs = run.rows.gather(chunk, &names, obs_dim, act_len, discrete);
-                        update(setup, &runners, &mut run.st, inputs, &mut values)?;
+                        update(
+                            setup,
+                            &runners,
+                            &mut run.st,
+                            inputs,
+                            &mut values,
+                            &mut reported,
+                        )?;
                     }
                 }
                 run.rows = Rows::default();
@@ -676,6 +760,13 @@ pub fn train(
         for (s, (sum, n)) in setup.steps.iter().zip(values.iter_mut()) {
             if *n > 0 {
                 m.insert(s.name.clone(), json!(*sum / *n as f64));
+            }
+            *sum = 0.0;
+            *n = 0;
+        }
+        for (name, sum, n) in reported.iter_mut() {
+            if *n > 0 {
+                m.insert(name.clone(), json!(*sum / *n as f64));
             }
             *sum = 0.0;
             *n = 0;
@@ -728,7 +819,7 @@ pub fn train(
         if best > last
             && let Some(b) = run.st.best.clone()
         {
-            run.st.params = b;
+            run.last = Some(std::mem::replace(&mut run.st.params, b));
             restored = Some(run.counters.best_episode);
         }
     }
@@ -752,7 +843,7 @@ pub fn train(
     m.insert("seconds".into(), json!((secs * 100.0).round() / 100.0));
     m.insert(
         "env_steps_per_s".into(),
-        json!((run.counters.env_steps as f64 / secs.max(1e-9)).round()),
+        json!(((run.counters.env_steps - steps_before) as f64 / secs.max(1e-9)).round()),
     );
     for (k, d) in [
         ("act_s", clock.act),
@@ -783,6 +874,7 @@ fn update(
     st: &mut TrainState,
     mut inputs: Vec<(String, ArrayD<f32>)>,
     values: &mut [(f64, usize)],
+    reported: &mut Vec<(String, f64, usize)>,
 ) -> Result<(), String> {
     for (k, (s, r)) in setup.steps.iter().zip(runners).enumerate() {
         let out = r.run_named(&s.engine, st, &mut inputs)?;
@@ -799,6 +891,17 @@ fn update(
         }
         values[k].0 += out.loss as f64;
         values[k].1 += 1;
+        for (name, v) in r.reports.iter().zip(&out.reports) {
+            let slot = match reported.iter_mut().position(|(n, _, _)| n == name) {
+                Some(i) => &mut reported[i],
+                None => {
+                    reported.push((name.clone(), 0.0, 0));
+                    reported.last_mut().expect("just pushed")
+                }
+            };
+            slot.1 += *v as f64;
+            slot.2 += 1;
+        }
     }
     st.step += 1;
     Ok(())

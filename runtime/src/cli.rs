@@ -971,15 +971,12 @@ fn train_agent(
         ));
     }
     let run = match resume {
-        Some((ck, p)) => Run {
-            st: TrainState::from_checkpoint(setup, ck, p)?,
-            counters: Counters::from_checkpoint(ck, p)?,
-            rows: Rows::from_checkpoint(ck, p)?,
-        },
+        Some((ck, p)) => Run::from_checkpoint(setup, ck, p)?,
         None => Run {
             st: TrainState::fresh(setup, a.seed),
             counters: Counters::default(),
             rows: Rows::default(),
+            last: None,
         },
     };
     let mut sink = MetricsSink::open(
@@ -1000,23 +997,7 @@ fn train_agent(
         a.steps.unwrap_or(agent.steps),
         kind.name()
     );
-    let checkpoint = |run: &Run| {
-        let mut ck = run.st.checkpoint_on(setup, &agent.env);
-        run.counters.to_meta(&mut ck.meta);
-        if run.rows.len > 0
-            && matches!(
-                agent.experience,
-                dlc_compiler::lower::Experience::Replay { .. }
-            )
-        {
-            run.rows.to_tensors(&mut ck.tensors);
-            ck.meta
-                .insert("replay_len".into(), run.rows.len.to_string());
-            ck.meta
-                .insert("replay_pos".into(), run.rows.pos.to_string());
-        }
-        ck
-    };
+    let checkpoint = |run: &Run| run.checkpoint(setup, &agent.env);
     let mut save = |run: &Run| match &a.save {
         Some(p) => checkpoint(run).save(p),
         None => Ok(()),
