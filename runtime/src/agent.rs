@@ -699,26 +699,13 @@ pub fn train(
             let r = &mut run.rows;
             r.ret.resize(r.len, 0.0);
             r.adv.resize(r.len, 0.0);
+            let (from, to) = (start_row, r.len);
+            let (ret, adv) = (&mut r.ret[from..to], &mut r.adv[from..to]);
             match lambda {
-                // Discounted returns from each step of the episode just ended.
-                None => {
-                    let mut g = 0.0f64;
-                    for i in (start_row..r.len).rev() {
-                        g = r.reward[i] as f64 + gamma * g;
-                        r.ret[i] = g as f32;
-                    }
-                }
-                // Generalised advantage estimation, and the λ-returns.
-                Some(lambda) => {
-                    let (mut a, mut next_v) = (0.0f64, bootstrap);
-                    for i in (start_row..r.len).rev() {
-                        let v = r.value[i] as f64;
-                        let delta = r.reward[i] as f64 + gamma * next_v - v;
-                        a = delta + gamma * lambda * a;
-                        r.adv[i] = a as f32;
-                        r.ret[i] = (a + v) as f32;
-                        next_v = v;
-                    }
+                None => discounted_returns(&r.reward[from..to], *gamma, ret),
+                Some(l) => {
+                    let (rw, v) = (&r.reward[from..to], &r.value[from..to]);
+                    advantages(rw, v, bootstrap, *gamma, *l, adv, ret)
                 }
             }
             if run.counters.episodes % *count as u64 == 0 {
@@ -867,6 +854,38 @@ fn act_engine(setup: &Setup) -> Result<&Engine, String> {
         .ok_or_else(|| "the policy was not compiled".to_string())
 }
 
+/// The discounted return from each step of an episode: G_t = r_t + γ·G_{t+1}.
+pub fn discounted_returns(rewards: &[f32], gamma: f64, ret: &mut [f32]) {
+    let mut g = 0.0f64;
+    for (r, out) in rewards.iter().zip(ret.iter_mut()).rev() {
+        g = *r as f64 + gamma * g;
+        *out = g as f32;
+    }
+}
+
+/// Generalised advantage estimation over one episode: δ_t = r_t + γV_{t+1} − V_t (with
+/// `bootstrap` as the value after the last step), A_t = δ_t + γλA_{t+1}, and the λ-return
+/// A_t + V_t.
+pub fn advantages(
+    rewards: &[f32],
+    values: &[f32],
+    bootstrap: f64,
+    gamma: f64,
+    lambda: f64,
+    adv: &mut [f32],
+    ret: &mut [f32],
+) {
+    let (mut a, mut next_v) = (0.0f64, bootstrap);
+    for i in (0..rewards.len()).rev() {
+        let v = values[i] as f64;
+        let delta = rewards[i] as f64 + gamma * next_v - v;
+        a = delta + gamma * lambda * a;
+        adv[i] = a as f32;
+        ret[i] = (a + v) as f32;
+        next_v = v;
+    }
+}
+
 /// One update: each objective's step in turn on the same inputs.
 fn update(
     setup: &Setup,
@@ -938,4 +957,38 @@ pub fn evaluate_final(setup: &Setup, params: &mut Tensors) -> Result<(f64, f64),
     let r = evaluate(&mut actor, &mut env, final_stream(), FINAL_EPISODES);
     actor.release(params, &names);
     Ok(mean_std(&r?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn returns_are_discounted_from_each_step() {
+        let mut ret = [0.0; 3];
+        discounted_returns(&[1.0, 2.0, 4.0], 0.5, &mut ret);
+        // 4; 2 + 0.5·4 = 4; 1 + 0.5·4 = 3.
+        assert_eq!(ret, [3.0, 4.0, 4.0]);
+    }
+
+    #[test]
+    fn advantages_follow_the_td_residuals() {
+        let (mut adv, mut ret) = ([0.0; 2], [0.0; 2]);
+        // γ = 0.5, λ = 0.5, V = (1, 2), bootstrap 4, rewards (1, 1):
+        // δ₁ = 1 + 0.5·4 − 2 = 1, A₁ = 1; δ₀ = 1 + 0.5·2 − 1 = 1, A₀ = 1 + 0.25·1 = 1.25.
+        advantages(&[1.0, 1.0], &[1.0, 2.0], 4.0, 0.5, 0.5, &mut adv, &mut ret);
+        assert_eq!(adv, [1.25, 1.0]);
+        assert_eq!(ret, [2.25, 3.0]);
+        // λ = 1 and V = 0: the discounted return with the bootstrap (3 = 1 + 0.5·4,
+        // 2.5 = 1 + 0.5·3).
+        advantages(&[1.0, 1.0], &[0.0, 0.0], 4.0, 0.5, 1.0, &mut adv, &mut ret);
+        assert_eq!(ret, [2.5, 3.0]);
+    }
+
+    #[test]
+    fn eval_streams_differ_from_training() {
+        let k = rng::name_key(KEY_PERIODIC);
+        assert_ne!(final_stream(), rng::bits(1, k, 0, 0));
+        assert_eq!(mean_std(&[1.0, 3.0]), (2.0, 1.0));
+    }
 }

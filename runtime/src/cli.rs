@@ -214,7 +214,8 @@ pub struct TrainArgs {
     /// Total epochs (a resumed run continues up to this count).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     epochs: Option<u64>,
-    /// Stop after this many training steps in total.
+    /// Stop after this many training steps in total (on an environment: environment
+    /// steps, at the end of the episode that reaches them).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     steps: Option<u64>,
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -1021,6 +1022,13 @@ fn bench(
 ) -> Result<(), String> {
     let kind = EngineKind::parse(engine)?;
     let (setup, data_path) = session::compile(file, ov, kind)?;
+    if let Some(agent) = &setup.cfg.agent {
+        return Err(format!(
+            "{}: dlc bench times training steps on a data set; training on {} reports its speed itself: the last metrics line of dlc train has env_steps_per_s and where the time went (act_s, env_s, update_s, eval_s)",
+            file.display(),
+            agent.env
+        ));
+    }
     let data = session::load_data(&setup.cfg, data_path.as_deref(), None)?;
     let b = setup.cfg.batch;
     if data.train.n < b {

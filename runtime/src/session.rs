@@ -202,6 +202,14 @@ pub struct DataChoice {
 /// data-set arguments in force.
 pub fn choose_data(prog: &Program, ov: &Overrides) -> Result<DataChoice, String> {
     let file_data = prog.train_def().map(|t| datasig::canonical(&t.data.name));
+    if let (Some(env), Some((n, _))) = (&file_data, ov.data.first())
+        && crate::envs::NAMES.contains(&env.as_str())
+    {
+        return Err(format!(
+            "{}: trains on the environment {env}, which gives its own experience; --data {n} names a data set",
+            prog.source.name
+        ));
+    }
     let (name, path) = if let Some((n, p)) = ov.data.first() {
         if ov.data.len() > 1 {
             return Err("--data given more than once: this model trains on one data set".into());
