@@ -6,7 +6,8 @@ use dlc_runtime::envs::replay;
 
 fn check(env: &str, file: &str, state_cols: &[&str]) {
     let Some(data) = dlc_tests::shared_data() else {
-        panic!("no shared data folder (set DLC_SHARED_DATA)");
+        eprintln!("skipped: no shared data folder (../shared/data or $DLC_SHARED_DATA)");
+        return;
     };
     let text = std::fs::read_to_string(data.join(file)).expect("reference file");
     let mut lines = text.lines();
