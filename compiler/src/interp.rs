@@ -655,6 +655,26 @@ fn eval_op<T: Real>(
             }
             out
         }
+        SpMM | SpMMT => {
+            let csr = crate::sparse::Csr::of(ins[0], ins[1], ins[2], ins[3].shape()[0])?;
+            let h = ins[3];
+            let vals: Vec<T> = ins[2].iter().copied().collect();
+            let mut out = ArrayD::<T>::zeros(h.raw_dim());
+            let f = h.shape()[1];
+            let hs = h.as_standard_layout();
+            let hs = hs.as_slice().ok_or("spmm: layout")?;
+            let o = out.as_slice_mut().ok_or("spmm: layout")?;
+            for r in 0..csr.rows {
+                for k in csr.indptr[r]..csr.indptr[r + 1] {
+                    let (c, v) = (csr.indices[k], vals[k]);
+                    let (dst, src) = if matches!(op, SpMM) { (r, c) } else { (c, r) };
+                    for j in 0..f {
+                        o[dst * f + j] = o[dst * f + j] + v * hs[src * f + j];
+                    }
+                }
+            }
+            out
+        }
         OneHot { depth } => {
             let mut shape = x().shape().to_vec();
             shape.push(*depth);

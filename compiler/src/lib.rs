@@ -15,6 +15,7 @@ pub mod opt;
 pub mod print;
 pub mod rng;
 pub mod scan;
+pub mod sparse;
 pub mod train;
 pub mod types;
 pub mod window;

@@ -162,6 +162,13 @@ pub enum Op {
     OneHot {
         depth: usize,
     },
+    /// `spmm(indptr, indices, values, h)`: a square sparse matrix in CSR form (row `r`'s
+    /// entries are `values[indptr[r]..indptr[r+1]]` in columns `indices[…]`) times a dense
+    /// [rows, F] matrix: out[r] = Σ values[k]·h[indices[k]].
+    SpMM,
+    /// The same matrix transposed times a dense matrix (the gradient of `spmm` with respect
+    /// to `h`): out[indices[k]] += values[k]·g[r] over the rows `r` in order.
+    SpMMT,
 
     // ---- contraction -------------------------------------------------------
     /// `[.., M, K] @ [.., K, N]`; batch dims equal, or a 2-D right-hand side. `ta`/`tb`
@@ -335,6 +342,8 @@ impl Op {
             Gather => "gather",
             ScatterAdd { .. } => "scatter_add",
             OneHot { .. } => "one_hot",
+            SpMM => "spmm",
+            SpMMT => "spmm_t",
             MatMul { .. } => "matmul",
             ContractLeading => "contract_leading",
             Conv2d { .. } => "conv2d",
@@ -458,6 +467,8 @@ impl Op {
             "ne" => Ne,
             "select" => Select,
             "gather" => Gather,
+            "spmm" => SpMM,
+            "spmm_t" => SpMMT,
             "matmul" => MatMul {
                 ta: false,
                 tb: false,
@@ -822,6 +833,34 @@ impl Op {
                     dtype: ins[1].dtype,
                     shape,
                 })
+            }
+            SpMM | SpMMT => {
+                arity(4)?;
+                let names = ["indptr", "indices", "values"];
+                for (t, name) in ins[..3].iter().zip(names) {
+                    if t.rank() != 1 {
+                        return Err(format!("sparse matrix: {name} must be a vector, got {t}"));
+                    }
+                }
+                if ins[0].dtype != DType::I32 || ins[1].dtype != DType::I32 {
+                    return Err("sparse matrix: indptr and indices must be i32".into());
+                }
+                if ins[3].rank() != 2 || ins[3].dtype != DType::F32 {
+                    return Err(format!(
+                        "a sparse matrix multiplies an f32 matrix [rows, features], got {}",
+                        ins[3]
+                    ));
+                }
+                if let (Some(p), Some(r)) = (ins[0].shape[0].known(), ins[3].shape[0].known())
+                    && p != r + 1
+                {
+                    return Err(format!(
+                        "a sparse matrix of {} rows times {}: the rows differ",
+                        p.saturating_sub(1),
+                        ins[3]
+                    ));
+                }
+                Ok(ins[3].clone())
             }
             OneHot { depth } => {
                 arity(1)?;

@@ -12,6 +12,7 @@ fn known(name: &str) -> Option<(Vec<usize>, Task)> {
         "digits" => (vec![8, 8], Task::Classification { classes: 10 }),
         "mnist" | "fashion_mnist" => (vec![28, 28], Task::Classification { classes: 10 }),
         "breast_cancer" => (vec![30], Task::Binary),
+        "cora" => (vec![1433], Task::Classification { classes: 7 }),
         "diabetes" => (vec![10], Task::Regression),
         _ => return None,
     })
@@ -28,14 +29,22 @@ pub fn by_name(name: &str) -> Option<DataSig> {
         return Some(environment(&env));
     }
     let (x_shape, task) = known(&name)?;
-    Some(make(&name, &x_shape, task))
+    let mut sig = make(&name, &x_shape, task);
+    if name == "cora" {
+        sig.sparse.push("adj".into());
+    }
+    Some(sig)
 }
 
 /// The signature of a loaded data set.
 pub fn of(d: &Dataset) -> DataSig {
     match (&d.vocab, &d.x_shape[..]) {
         (Some(vocab), [seq]) => text(&d.name, Some(vocab.len()), *seq),
-        _ => make(&d.name, &d.x_shape, d.task),
+        _ => {
+            let mut sig = make(&d.name, &d.x_shape, d.task);
+            sig.sparse = d.sparse.iter().map(|m| m.name.clone()).collect();
+            sig
+        }
     }
 }
 
@@ -58,6 +67,7 @@ pub fn text(name: &str, vocab: Option<usize>, seq: usize) -> DataSig {
         x: ids.clone(),
         y: ids,
         experience: Vec::new(),
+        sparse: Vec::new(),
     }
 }
 
@@ -94,6 +104,7 @@ fn make(name: &str, x_shape: &[usize], task: Task) -> DataSig {
         x: Type::f32(xs),
         y,
         experience: Vec::new(),
+        sparse: Vec::new(),
     }
 }
 
@@ -137,5 +148,6 @@ pub fn environment(env: &crate::envs::Environment) -> DataSig {
         x: obs,
         y: action,
         experience,
+        sparse: Vec::new(),
     }
 }

@@ -494,6 +494,11 @@ impl Tally {
                 let p = pred.as_standard_layout();
                 let flat = p.as_slice().expect("standard layout");
                 for (i, &label) in y.iter().enumerate() {
+                    // A negative label is no label (a graph's nodes outside the split).
+                    if label < 0.0 {
+                        continue;
+                    }
+                    self.judged += 1;
                     let row = &flat[i * classes..(i + 1) * classes];
                     let mut best = 0;
                     for (k, &v) in row.iter().enumerate() {
@@ -503,7 +508,6 @@ impl Tally {
                     }
                     self.correct += usize::from(best as f32 == label);
                 }
-                self.judged += y.len();
             }
             Task::Binary => {
                 for (p, t) in pred.iter().zip(y.iter()) {
@@ -552,6 +556,24 @@ fn leaf_env(params: &Tensors, seed: u64, step: u64) -> Env<f32> {
 }
 
 /// Loss and metrics of `params` on a split, in evaluation mode (no dropout).
+/// A data set's sparse inputs as the arrays the graph reads (`adj.indptr`, …).
+pub fn sparse_inputs(data: &Dataset) -> Vec<(String, ArrayD<f32>)> {
+    let mut out = Vec::new();
+    for m in &data.sparse {
+        for (part, v) in [
+            ("indptr", &m.indptr),
+            ("indices", &m.indices),
+            ("values", &m.values),
+        ] {
+            out.push((
+                format!("{}.{part}", m.name),
+                ArrayD::from_shape_vec(IxDyn(&[v.len()]), v.clone()).expect("1-D"),
+            ));
+        }
+    }
+    out
+}
+
 pub fn evaluate(
     engine: &Engine,
     params: &Tensors,
@@ -589,12 +611,21 @@ pub fn evaluate_perturbed(
     wanted.extend(objectives.iter().map(|s| s.as_str()));
     let mut parts = vec![0.0f64; objectives.len()];
     let rows: Vec<usize> = (0..split.n).collect();
-    for chunk in rows.chunks(1024) {
+    // A graph is evaluated whole.
+    let chunk_rows = if data.sparse.is_empty() {
+        1024
+    } else {
+        split.n.max(1)
+    };
+    for chunk in rows.chunks(chunk_rows) {
         let (mut x, y) = batch(split, chunk, &data.x_shape, &data.y_shape);
         let mut env = leaf_env(params, seed, 0);
         perturb(chunk, &mut x, &y, &mut env)?;
         env.values.insert("x".into(), x);
         env.values.insert("y".into(), y.clone());
+        for (name, a) in sparse_inputs(data) {
+            env.values.insert(name, a);
+        }
         let out = engine.run(&env, &wanted)?;
         let scalar = |a: &ArrayD<f32>| a.iter().next().copied().unwrap_or(f32::NAN);
         tally.add(scalar(&out[0]), &out[1], &y);
@@ -662,13 +693,19 @@ pub fn train(
     if n == 0 {
         return Err(format!("data set {} has no training examples", data.name));
     }
-    let steps_per_epoch = n.div_ceil(cfg.batch);
+    let batch_rows = if data.sparse.is_empty() { cfg.batch } else { n };
+    let steps_per_epoch = n.div_ceil(batch_rows);
     let mut progress = Progress::new(limits.epochs, steps_per_epoch);
     let mut budget_hit = false;
     while st.epoch < limits.epochs && !st.stopped && !budget_hit {
         let epoch = st.epoch + 1;
         let t0 = Instant::now();
-        let order = epoch_order(n, st.seed, epoch);
+        // A graph's nodes are one batch in their own order (the adjacency indexes them).
+        let order = if data.sparse.is_empty() {
+            epoch_order(n, st.seed, epoch)
+        } else {
+            (0..n).collect()
+        };
         let mut tally = Tally::new(data.task);
         // Per objective, when there are several: the sum of its losses over examples.
         let mut parts = vec![0.0f64; setup.steps.len()];
@@ -682,7 +719,7 @@ pub fn train(
         progress.start_epoch(epoch);
         // A run stopped by --steps inside an epoch resumes at the next batch of it.
         let done_in_epoch = (st.step as usize).saturating_sub(st.epoch * steps_per_epoch);
-        for chunk in order.chunks(cfg.batch).skip(done_in_epoch) {
+        for chunk in order.chunks(batch_rows).skip(done_in_epoch) {
             if limits.steps.is_some_and(|s| st.step >= s) {
                 budget_hit = true;
                 break;
@@ -699,7 +736,15 @@ pub fn train(
             // sum, the global gradient norm that of all their gradients.
             let (mut loss, mut sq_norm, mut pred) = (0.0f32, 0.0f64, None);
             for (k, (s, r)) in setup.steps.iter().zip(&runners).enumerate() {
-                let out = r.run(&s.engine, &mut st, x, &y)?;
+                let out = if data.sparse.is_empty() {
+                    r.run(&s.engine, &mut st, x, &y)?
+                } else {
+                    let mut inputs = vec![("x".to_string(), x), ("y".to_string(), y.clone())];
+                    inputs.extend(sparse_inputs(data));
+                    let mut out = r.run_named(&s.engine, &mut st, &mut inputs)?;
+                    out.x = inputs.swap_remove(0).1;
+                    out
+                };
                 for (v, slot) in out
                     .reports
                     .iter()

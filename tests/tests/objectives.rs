@@ -31,6 +31,7 @@ fn sig() -> DataSig {
         x: Type::f32(vec![Dim::Sym("B".into()), Dim::Known(4)]),
         y: Type::f32(vec![Dim::Sym("B".into()), Dim::Known(1)]),
         experience: Vec::new(),
+        sparse: Vec::new(),
     }
 }
 

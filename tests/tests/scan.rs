@@ -33,6 +33,7 @@ fn lower(src: &str, x_shape: &[usize], y_shape: &[usize]) -> Lowered {
         x: Type::f32(dims(x_shape)),
         y: Type::f32(dims(y_shape)),
         experience: Vec::new(),
+        sparse: Vec::new(),
     };
     let (l, _) = prog.lower_training(&sig, Mode::Train).unwrap_or_else(|d| {
         panic!(

@@ -24,6 +24,7 @@ pub fn no_gradient(op: &Op, i: usize) -> bool {
         Lt | Le | Gt | Ge | Eq | Ne => true,
         Select => i == 0,
         Gather => i == 1,
+        SpMM | SpMMT => i < 3,
         ScatterAdd { .. } => i == 0,
         Neg | Exp | Log | Sqrt | Tanh | Sigmoid | Relu | Abs => false,
         Add | Sub | Mul | Div | Pow | Maximum | Minimum => false,
@@ -446,6 +447,15 @@ pub fn vjp_rules() -> Vec<Rule> {
         }),
         custom("vjp-scatter-add", 1, "scatter_add", |eg, n, _, g| {
             Some(add(eg, Op::Gather, &[g, n.args[0]]))
+        }),
+        // ∂(A·h)/∂h = Aᵀ·g, and back.
+        custom("vjp-spmm", 3, "spmm", |eg, n, _, g| {
+            let a = &n.args;
+            Some(add(eg, Op::SpMMT, &[a[0], a[1], a[2], g]))
+        }),
+        custom("vjp-spmm-t", 3, "spmm_t", |eg, n, _, g| {
+            let a = &n.args;
+            Some(add(eg, Op::SpMM, &[a[0], a[1], a[2], g]))
         }),
     ]
     .into_iter()

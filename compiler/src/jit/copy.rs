@@ -14,6 +14,8 @@ pub fn supported(op: &Op) -> bool {
             | Op::Concat { .. }
             | Op::Gather
             | Op::ScatterAdd { .. }
+            | Op::SpMM
+            | Op::SpMMT
     )
 }
 
@@ -83,6 +85,28 @@ pub fn run(op: &Op, ins: &[ArrayViewD<f32>], out: &mut ArrayViewMutD<f32>) -> Re
                     *d += v;
                 }
             }
+        }
+        Op::SpMM | Op::SpMMT => {
+            let h = &ins[3];
+            let csr = crate::sparse::Csr::of(
+                &ins[0].to_owned(),
+                &ins[1].to_owned(),
+                &ins[2].to_owned(),
+                h.shape()[0],
+            )?;
+            let vals = ins[2].as_standard_layout();
+            let hs = h.as_standard_layout();
+            let o = out.as_slice_mut().ok_or("spmm: layout")?;
+            let threads = rayon::current_num_threads();
+            crate::sparse::run(
+                &csr,
+                vals.as_slice().ok_or("spmm: layout")?,
+                hs.as_slice().ok_or("spmm: layout")?,
+                h.shape()[1],
+                o,
+                matches!(op, Op::SpMMT),
+                threads,
+            );
         }
         other => return Err(format!("internal: `{}` is not a copy op", other.name())),
     }

@@ -278,6 +278,28 @@ impl Lowerer {
         if matches!(a, Value::Poison) || matches!(b, Value::Poison) {
             return Value::Poison;
         }
+        if let (BinOp::MatMul, Value::Sparse(m)) = (op, &a) {
+            let Some(h) = self.tensor(b, sb) else {
+                return Value::Poison;
+            };
+            let t = self.graph.ty(h).clone();
+            if t.rank() != 2 || t.shape[0] != m.size {
+                return self.err(
+                    span,
+                    format!(
+                        "a sparse [{0}, {0}] matrix times {t}: `@` needs an f32 matrix of {0} rows",
+                        m.size
+                    ),
+                );
+            }
+            return self.node(Op::SpMM, &[m.indptr, m.indices, m.values, h], span);
+        }
+        if matches!(b, Value::Sparse(_)) || matches!(a, Value::Sparse(_)) {
+            return self.err(
+                span,
+                "a sparse matrix only multiplies a dense matrix on its right: `adj @ h`",
+            );
+        }
         let (Some(na), Some(nb)) = (self.tensor(a, sa), self.tensor(b, sb)) else {
             return Value::Poison;
         };

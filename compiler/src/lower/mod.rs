@@ -97,6 +97,10 @@ pub struct DataSig {
     /// An environment's (empty for a data set): the inputs a section on it reads
     /// (`obs`, `action`, …; see `agent::INPUTS`) with their types, in place of `x`, `y`.
     pub experience: Vec<(String, Type)>,
+    /// Square sparse matrices over the rows of `x` (a graph's adjacency `adj`): each is
+    /// three inputs `NAME.indptr`, `NAME.indices`, `NAME.values` and, in the section, a
+    /// sparse [B, B] matrix.
+    pub sparse: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -551,17 +555,35 @@ impl Program {
             scope.insert(name.clone(), Value::Tensor(n));
         }
         let x = x.expect("a data set or environment has inputs");
+        for name in &data.sparse {
+            let input = |lw: &mut Lowerer, part: &str, dtype: DType, len: String| {
+                lw.graph.add_ok(
+                    Op::Input {
+                        name: format!("{name}.{part}"),
+                        ty: (dtype, vec![crate::types::Dim::Sym(len)]),
+                    },
+                    &[],
+                )
+            };
+            let m = value::Sparse {
+                indptr: input(&mut lw, "indptr", DType::I32, format!("{name}_ptr")),
+                indices: input(&mut lw, "indices", DType::I32, format!("{name}_nnz")),
+                values: input(&mut lw, "values", DType::F32, format!("{name}_nnz")),
+                size: lw.graph.ty(x).shape[0].clone(),
+            };
+            scope.insert(name.clone(), Value::Sparse(Rc::new(m)));
+        }
         let mut agent = agent::AgentParts::default();
-        // The prediction is forward(x); calls are memoised, so the loss shares it.
+        // The prediction is forward(x) (on a graph, forward(x, adj)); calls are memoised,
+        // so the loss shares it.
         let pred = match inst.def.fns.iter().find(|f| f.name.name == "forward") {
             Some(f) => {
                 let fv = Value::Func(Func::Method(inst.clone(), Rc::new(f.clone())));
-                lw.call(
-                    fv,
-                    vec![(None, Value::Tensor(x), t.span)],
-                    t.model.span,
-                    t.model.span,
-                )
+                let mut args = vec![(None, Value::Tensor(x), t.span)];
+                for name in &data.sparse {
+                    args.push((None, scope[name].clone(), t.span));
+                }
+                lw.call(fv, args, t.model.span, t.model.span)
             }
             None => lw.err(
                 inst.def.name.span,

@@ -46,7 +46,12 @@ pub fn check(file: &File, prelude: &File, imported: &[Item]) -> Vec<Diagnostic> 
                     if super::agent::ENVIRONMENTS.contains(&t.data.name.as_str()) {
                         super::agent::INPUTS.iter().map(|s| s.to_string()).collect()
                     } else {
-                        vec!["x".into(), "y".into()]
+                        // A graph data set's adjacency too (`adj`).
+                        let mut v: Vec<String> = vec!["x".into(), "y".into()];
+                        if t.data.name == "cora" {
+                            v.push("adj".into());
+                        }
+                        v
                     };
                 if let Some(Item::Model(m)) = file
                     .items

@@ -153,6 +153,15 @@ pub struct Instance {
     pub env: HashMap<String, Value>,
 }
 
+/// A square sparse matrix of `size` rows in CSR form: three graph values.
+#[derive(Clone, Debug)]
+pub struct Sparse {
+    pub indptr: NodeId,
+    pub indices: NodeId,
+    pub values: NodeId,
+    pub size: crate::types::Dim,
+}
+
 #[derive(Clone, Debug)]
 pub enum Value {
     Tensor(NodeId),
@@ -165,6 +174,9 @@ pub enum Value {
     Optimizer(Optimizer),
     Func(Func),
     Instance(Rc<Instance>),
+    /// A square sparse matrix (a data set's graph): its CSR arrays as graph values and its
+    /// size. `adj @ h` is its product with a dense matrix.
+    Sparse(Rc<Sparse>),
     /// The result of an expression that already reported an error.
     Poison,
 }
@@ -182,6 +194,7 @@ impl Value {
             Value::Optimizer(_) => "an optimizer",
             Value::Func(_) => "a function",
             Value::Instance(_) => "a model instance",
+            Value::Sparse(_) => "a sparse matrix",
             Value::Poison => "an erroneous value",
         }
     }

@@ -44,6 +44,16 @@ pub fn op_cost(op: &Op, ins: &[Option<&Type>], out: &Type) -> f64 {
         | Gather
         | ScatterAdd { .. }
         | OneHot { .. } => moved,
+        // Two flops per stored entry and feature: the values' length times the features.
+        SpMM | SpMMT => {
+            let nnz = ins.get(2).and_then(|t| *t).map_or(SYMBOLIC_DIM, |t| {
+                t.shape[0].known().map_or(SYMBOLIC_DIM, |k| k as f64)
+            });
+            let features = ins.get(3).and_then(|t| *t).map_or(1.0, |t| {
+                t.shape[1].known().map_or(SYMBOLIC_DIM, |k| k as f64)
+            });
+            2.0 * nnz * features + moved
+        }
         ContractLeading => {
             // 2·K·N·rows flops: the rows are the first operand's size over K.
             let rows = ins.first().and_then(|t| *t).map_or(SYMBOLIC_DIM, |t| {

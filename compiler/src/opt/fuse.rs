@@ -62,6 +62,8 @@ pub(crate) fn class(op: &Op) -> Class {
         | AvgPool2d { .. }
         | AvgPool2dBack { .. } => Class::MatMul,
         Transpose { .. } | Concat { .. } | Slice { .. } | Gather | ScatterAdd { .. } => Class::Copy,
+        // A kernel of its own, like the data-movement ops.
+        SpMM | SpMMT => Class::Copy,
         Scan { .. } | Fused { .. } | Vjp(_) => Class::Opaque,
     }
 }

@@ -69,6 +69,22 @@ pub struct Dataset {
     /// Character-level text (`songs`): the sorted distinct characters of the file; a
     /// character's id in `x` and `y` is its index here.
     pub vocab: Option<Vec<char>>,
+    /// Sparse inputs over the rows of every split (Cora's adjacency `adj`): the rows of a
+    /// split are then one graph, trained and evaluated whole and in order.
+    pub sparse: Vec<Sparse>,
+}
+
+/// A square sparse matrix in CSR form, its arrays as f32 (ids below 2^24 are exact).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sparse {
+    /// Its name in a training section (`adj`).
+    pub name: String,
+    /// `rows + 1` offsets into `indices` and `values`.
+    pub indptr: Vec<f32>,
+    /// Column of each stored entry, row by row.
+    pub indices: Vec<f32>,
+    /// Value of each stored entry.
+    pub values: Vec<f32>,
 }
 
 impl Dataset {

@@ -256,5 +256,6 @@ pub(crate) fn load_images(name: &str, dir: &Path, validation: bool) -> Result<Da
         test: to_split(&test_images.pixels, &test_labels),
         scaling: None,
         vocab: None,
+        sparse: Vec::new(),
     })
 }

@@ -27,6 +27,7 @@
 
 mod dataset;
 mod error;
+mod graph;
 mod idx;
 mod source;
 mod split;
@@ -37,7 +38,7 @@ mod text;
 
 use std::path::Path;
 
-pub use dataset::{Dataset, Scaling, Split, Task};
+pub use dataset::{Dataset, Scaling, Sparse, Split, Task};
 pub use error::DataError;
 pub use text::songs_vocabulary;
 
@@ -50,6 +51,7 @@ pub const DATASET_NAMES: &[&str] = &[
     "breast_cancer",
     "diabetes",
     "songs",
+    "cora",
 ];
 
 /// An argument a data set takes: written in a training section (`on songs(seq: 200)`)
@@ -158,6 +160,9 @@ fn expected_path(name: &str) -> &'static str {
         "breast_cancer" => "the breast_cancer.csv file",
         "diabetes" => "a folder with diabetes_data_raw.csv.gz and diabetes_target.csv.gz",
         "songs" => "a UTF-8 text file of tunes separated by blank lines",
+        "cora" => {
+            "the cora folder (features.csv, labels.csv, edges.csv, train_idx.txt, val_idx.txt, test_idx.txt)"
+        }
         _ => "a file or folder",
     }
 }
@@ -218,6 +223,10 @@ pub fn load_with_args(
             idx::load_images(canonical, path, validation)
         }
         "breast_cancer" => tabular::load_breast_cancer(path, validation, scaling),
+        "cora" => {
+            tabular::reject_scaling(&source::label(path), canonical, scaling)?;
+            graph::load_cora(path, validation)
+        }
         "songs" => {
             let file = source::label(path);
             if scaling.is_some() {

@@ -143,6 +143,7 @@ pub(crate) fn load_digits(
         test,
         scaling: None,
         vocab: None,
+        sparse: Vec::new(),
     })
 }
 
@@ -205,6 +206,7 @@ pub(crate) fn load_breast_cancer(
         test,
         scaling: Some(scaling),
         vocab: None,
+        sparse: Vec::new(),
     })
 }
 
@@ -259,5 +261,6 @@ pub(crate) fn load_diabetes(
         test,
         scaling: Some(scaling),
         vocab: None,
+        sparse: Vec::new(),
     })
 }

@@ -152,6 +152,7 @@ pub(crate) fn load_songs(path: &Path, validation: bool, seq: usize) -> Result<Da
         test,
         scaling: None,
         vocab: Some(vocab),
+        sparse: Vec::new(),
     })
 }
 

@@ -1,0 +1,171 @@
+//! Sparse matrices in CSR form as graph values (three inputs: `indptr`, `indices`,
+//! `values`), and the native kernels of `spmm` (A·h: each output row is one CSR row's
+//! combination of rows of h, rows split across threads) and `spmm_t` (Aᵀ·g: a scatter of
+//! each row's contribution, split across threads by feature columns so that every output
+//! element sums its terms in the same order as the reference, whatever the thread count).
+
+use crate::interp::Real;
+use ndarray::ArrayD;
+use rayon::prelude::*;
+
+/// The structure of a square CSR matrix, checked.
+pub struct Csr {
+    pub rows: usize,
+    pub indptr: Vec<usize>,
+    pub indices: Vec<usize>,
+}
+
+impl Csr {
+    /// Read and check the structure: `indptr` of `rows + 1` non-decreasing offsets from 0 to
+    /// the number of entries, `indices` in `0..rows`, as many values as indices.
+    pub fn of<T: Real>(
+        indptr: &ArrayD<T>,
+        indices: &ArrayD<T>,
+        values: &ArrayD<T>,
+        rows: usize,
+    ) -> Result<Csr, String> {
+        let indptr: Vec<f64> = indptr.iter().map(|v| v.f64()).collect();
+        let indices: Vec<f64> = indices.iter().map(|v| v.f64()).collect();
+        Csr::check(&indptr, &indices, values.len(), rows)
+    }
+
+    fn check(indptr: &[f64], indices: &[f64], values: usize, rows: usize) -> Result<Csr, String> {
+        if indptr.len() != rows + 1 {
+            return Err(format!(
+                "sparse matrix: indptr has {} offsets for {rows} rows (needs {})",
+                indptr.len(),
+                rows + 1
+            ));
+        }
+        if indices.len() != values {
+            return Err(format!(
+                "sparse matrix: {} indices but {values} values",
+                indices.len()
+            ));
+        }
+        let whole = |v: f64| v >= 0.0 && v.fract() == 0.0;
+        let mut ptr = Vec::with_capacity(indptr.len());
+        for (r, &p) in indptr.iter().enumerate() {
+            if !whole(p)
+                || p as usize > indices.len()
+                || ptr.last().is_some_and(|&q| (p as usize) < q)
+            {
+                return Err(format!(
+                    "sparse matrix: indptr[{r}] = {p} is not a valid offset"
+                ));
+            }
+            ptr.push(p as usize);
+        }
+        if ptr[0] != 0 || ptr[rows] != indices.len() {
+            return Err(format!(
+                "sparse matrix: indptr runs from {} to {}, not from 0 to the {} entries",
+                ptr[0],
+                ptr[rows],
+                indices.len()
+            ));
+        }
+        let mut idx = Vec::with_capacity(indices.len());
+        for (k, &c) in indices.iter().enumerate() {
+            if !whole(c) || c as usize >= rows {
+                return Err(format!(
+                    "sparse matrix: column index {c} (entry {k}) is out of range for {rows} columns"
+                ));
+            }
+            idx.push(c as usize);
+        }
+        Ok(Csr {
+            rows,
+            indptr: ptr,
+            indices: idx,
+        })
+    }
+}
+
+/// `out = A·h` (`transposed`: `Aᵀ·h`) for f32 row-major [rows, f] matrices.
+pub fn run(
+    csr: &Csr,
+    values: &[f32],
+    h: &[f32],
+    f: usize,
+    out: &mut [f32],
+    transposed: bool,
+    threads: usize,
+) {
+    out.fill(0.0);
+    if f == 0 {
+        return;
+    }
+    let parts = threads.max(1);
+    if !transposed {
+        // Rows in fixed chunks; each output row is computed by one thread.
+        let chunk = csr.rows.div_ceil(parts).max(1) * f;
+        let work = |(i, o): (usize, &mut [f32])| {
+            let first = i * chunk / f;
+            for (dr, row) in o.chunks_mut(f).enumerate() {
+                let r = first + dr;
+                for k in csr.indptr[r]..csr.indptr[r + 1] {
+                    let (v, src) = (values[k], &h[csr.indices[k] * f..][..f]);
+                    for (d, s) in row.iter_mut().zip(src) {
+                        *d += v * s;
+                    }
+                }
+            }
+        };
+        if parts > 1 && csr.indices.len() * f > 1 << 16 {
+            out.par_chunks_mut(chunk).enumerate().for_each(work);
+        } else {
+            out.chunks_mut(chunk).enumerate().for_each(work);
+        }
+    } else {
+        // Feature columns in fixed ranges; within one, rows in order, as the reference.
+        let cols = f.div_ceil(parts).max(1);
+        let ranges: Vec<(usize, usize)> = (0..f)
+            .step_by(cols)
+            .map(|a| (a, (a + cols).min(f)))
+            .collect();
+        let base = out.as_mut_ptr() as usize;
+        let work = |&(a, b): &(usize, usize)| {
+            for r in 0..csr.rows {
+                let src = &h[r * f..][..f];
+                for k in csr.indptr[r]..csr.indptr[r + 1] {
+                    let (v, c) = (values[k], csr.indices[k]);
+                    for j in a..b {
+                        // SAFETY: ranges are disjoint column sets of `out`, so no two
+                        // threads write one element; `out` outlives the scope.
+                        unsafe {
+                            let d = (base as *mut f32).add(c * f + j);
+                            *d += v * src[j];
+                        }
+                    }
+                }
+            }
+        };
+        if ranges.len() > 1 && csr.indices.len() * f > 1 << 16 {
+            ranges.par_iter().for_each(work);
+        } else {
+            ranges.iter().for_each(work);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn products_and_transposes() {
+        // [[1, 2], [0, 3]] as CSR.
+        let csr = Csr::check(&[0.0, 2.0, 3.0], &[0.0, 1.0, 1.0], 3, 2).unwrap();
+        let v = [1.0, 2.0, 3.0];
+        let h = [1.0, 10.0, 2.0, 20.0];
+        let mut out = [0.0; 4];
+        run(&csr, &v, &h, 2, &mut out, false, 2);
+        assert_eq!(out, [5.0, 50.0, 6.0, 60.0]);
+        run(&csr, &v, &h, 2, &mut out, true, 2);
+        // Aᵀ = [[1, 0], [2, 3]].
+        assert_eq!(out, [1.0, 10.0, 8.0, 80.0]);
+        assert!(Csr::check(&[0.0, 2.0, 1.0], &[0.0, 1.0, 1.0], 3, 2).is_err());
+        assert!(Csr::check(&[0.0, 2.0, 3.0], &[0.0, 2.0, 1.0], 3, 2).is_err());
+        assert!(Csr::check(&[0.0, 3.0], &[0.0, 1.0, 1.0], 3, 2).is_err());
+    }
+}
