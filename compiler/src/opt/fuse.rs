@@ -241,12 +241,18 @@ impl<'a> Fuser<'a> {
                     Class::Elementwise | Class::View => true,
                     // The softmax-xent kernel reduces rows anyway: it takes the sums
                     // of its gradient in too.
+                    // Only reductions over the kernel's rows: a sum over a weight matrix
+                    // (weight decay added to the loss) is a kernel of its own.
                     Class::Reduction => {
                         self.groups[gid].template
                             && matches!(
                                 self.g.node(self.order[p]).op,
                                 Op::Sum { .. } | Op::Mean { .. } | Op::SumTo { .. }
                             )
+                            && self.ins[p].first().is_some_and(|&x| {
+                                let t = self.g.ty(self.order[x]);
+                                matches!(t.shape.first(), Some(crate::types::Dim::Sym(_)))
+                            })
                     }
                     Class::MatMul => {
                         let gr = &self.groups[gid];
