@@ -655,6 +655,54 @@ fn eval_op<T: Real>(
             }
             out
         }
+        Knn { k } => {
+            let p: Vec<f32> = ins[0].iter().map(|v| v.f64() as f32).collect();
+            let s = ins[0].shape();
+            let mut out = vec![0.0f32; s[0] * s[1] * k];
+            crate::sparse::knn(&p, s[0], s[1], s[2], *k, &mut out);
+            ArrayD::from_shape_vec(
+                IxDyn(&[s[0], s[1], *k]),
+                out.into_iter().map(|v| T::of(v as f64)).collect(),
+            )
+            .map_err(|e| e.to_string())?
+        }
+        GatherPoints => {
+            let (h, idx) = (ins[0], ins[1]);
+            let (b, n, c) = (h.shape()[0], h.shape()[1], h.shape()[2]);
+            let hs = h.as_standard_layout();
+            let hs = hs.as_slice().ok_or("gather_points: layout")?;
+            let per = idx.len() / b.max(1);
+            let mut out = Vec::with_capacity(idx.len() * c);
+            for (q, &i) in idx.iter().enumerate() {
+                let j = i.f64();
+                if !(j >= 0.0 && (j as usize) < n) {
+                    return Err(format!(
+                        "gather_points index {j} is out of range for sets of {n} points"
+                    ));
+                }
+                let row = (q / per) * n + j as usize;
+                out.extend_from_slice(&hs[row * c..(row + 1) * c]);
+            }
+            let mut shape = idx.shape().to_vec();
+            shape.push(c);
+            ArrayD::from_shape_vec(IxDyn(&shape), out).map_err(|e| e.to_string())?
+        }
+        ScatterPoints { points } => {
+            let (idx, g) = (ins[0], ins[1]);
+            let (b, c) = (idx.shape()[0], g.shape()[3]);
+            let gs = g.as_standard_layout();
+            let gs = gs.as_slice().ok_or("scatter_points: layout")?;
+            let per = idx.len() / b.max(1);
+            let mut out = ArrayD::<T>::zeros(IxDyn(&[b, *points, c]));
+            let o = out.as_slice_mut().ok_or("scatter_points: layout")?;
+            for (q, &i) in idx.iter().enumerate() {
+                let row = (q / per) * points + i.f64() as usize;
+                for j in 0..c {
+                    o[row * c + j] = o[row * c + j] + gs[q * c + j];
+                }
+            }
+            out
+        }
         SpMM | SpMMT => {
             let csr = crate::sparse::Csr::of(ins[0], ins[1], ins[2], ins[3].shape()[0])?;
             let h = ins[3];

@@ -169,6 +169,20 @@ pub enum Op {
     /// The same matrix transposed times a dense matrix (the gradient of `spmm` with respect
     /// to `h`): out[indices[k]] += values[k]·g[r] over the rows `r` in order.
     SpMMT,
+    /// `knn(points, k)`: for each point of each set of `points` [B, N, C], the indices
+    /// [B, N, k] of its `k` nearest points of the same set (itself first) by squared
+    /// Euclidean distance; ties broken by the points' vectors (lexicographically), then by
+    /// index, so the neighbours do not depend on the order of the points.
+    Knn {
+        k: usize,
+    },
+    /// `gather_points(h, idx)`: rows of each set of `h` [B, N, C] picked by `idx`
+    /// [B, M, K] (indices into the same set): [B, M, K, C].
+    GatherPoints,
+    /// The gradient of `gather_points` into sets of `points` rows: [B, points, C].
+    ScatterPoints {
+        points: usize,
+    },
 
     // ---- contraction -------------------------------------------------------
     /// `[.., M, K] @ [.., K, N]`; batch dims equal, or a 2-D right-hand side. `ta`/`tb`
@@ -344,6 +358,9 @@ impl Op {
             OneHot { .. } => "one_hot",
             SpMM => "spmm",
             SpMMT => "spmm_t",
+            Knn { .. } => "knn",
+            GatherPoints => "gather_points",
+            ScatterPoints { .. } => "scatter_points",
             MatMul { .. } => "matmul",
             ContractLeading => "contract_leading",
             Conv2d { .. } => "conv2d",
@@ -412,6 +429,8 @@ impl Op {
             Conv2dBackInput { geo, input } | AvgPool2dBack { geo, input } => {
                 format!("{}, input={}x{}", geo.show(), input[0], input[1])
             }
+            Knn { k } => format!("k={k}"),
+            ScatterPoints { points } => format!("points={points}"),
             OneHot { depth } => format!("depth={depth}"),
             Scan {
                 body,
@@ -469,6 +488,7 @@ impl Op {
             "gather" => Gather,
             "spmm" => SpMM,
             "spmm_t" => SpMMT,
+            "gather_points" => GatherPoints,
             "matmul" => MatMul {
                 ta: false,
                 tb: false,
@@ -832,6 +852,59 @@ impl Op {
                 Ok(Type {
                     dtype: ins[1].dtype,
                     shape,
+                })
+            }
+            Knn { k } => {
+                arity(1)?;
+                let t = &ins[0];
+                if t.rank() != 3 || t.dtype != DType::F32 {
+                    return Err(format!("knn takes f32 point sets [B, N, C], got {t}"));
+                }
+                if let Some(n) = t.shape[1].known()
+                    && *k > n
+                {
+                    return Err(format!(
+                        "knn: k = {k} neighbours, but the sets have {n} points"
+                    ));
+                }
+                Ok(Type {
+                    dtype: DType::I32,
+                    shape: vec![t.shape[0].clone(), t.shape[1].clone(), Dim::Known(*k)],
+                })
+            }
+            GatherPoints => {
+                arity(2)?;
+                let (h, idx) = (&ins[0], &ins[1]);
+                if h.rank() != 3 || idx.rank() != 3 || idx.dtype != DType::I32 {
+                    return Err(format!(
+                        "gather_points takes sets [B, N, C] and i32 indices [B, M, K], got {h} and {idx}"
+                    ));
+                }
+                if h.shape[0] != idx.shape[0] {
+                    return Err(format!(
+                        "gather_points: {h} and {idx} have different batches"
+                    ));
+                }
+                let mut shape = idx.shape.clone();
+                shape.push(h.shape[2].clone());
+                Ok(Type {
+                    dtype: h.dtype,
+                    shape,
+                })
+            }
+            ScatterPoints { points } => {
+                arity(2)?;
+                let (idx, g) = (&ins[0], &ins[1]);
+                if idx.rank() != 3 || g.rank() != 4 || g.shape[..3] != idx.shape[..] {
+                    return Err(format!("scatter_points: indices {idx} do not lead {g}"));
+                }
+                Ok(Type {
+                    dtype: g.dtype,
+                    shape: vec![
+                        idx.shape[0].clone(),
+                        Dim::Known(*points),
+                        g.shape[3].clone(),
+                    ],
                 })
             }
             SpMM | SpMMT => {

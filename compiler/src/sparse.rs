@@ -148,9 +148,68 @@ pub fn run(
     }
 }
 
+/// The `k` nearest points of every point of `b` sets of `n` points of `c` numbers
+/// (row-major [b, n, c]) into `out` [b, n, k] as f32 indices: by squared distance, ties by
+/// the points' vectors compared lexicographically, then by index. Sets in parallel.
+pub fn knn(points: &[f32], b: usize, n: usize, c: usize, k: usize, out: &mut [f32]) {
+    if b == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let one = |(s, o): (usize, &mut [f32])| {
+        let p = &points[s * n * c..(s + 1) * n * c];
+        let mut order: Vec<(f32, usize)> = Vec::with_capacity(n);
+        for i in 0..n {
+            let a = &p[i * c..(i + 1) * c];
+            order.clear();
+            for j in 0..n {
+                let q = &p[j * c..(j + 1) * c];
+                let mut d = 0.0f32;
+                for (x, y) in a.iter().zip(q) {
+                    d += (x - y) * (x - y);
+                }
+                order.push((d, j));
+            }
+            let by = |&(da, ja): &(f32, usize), &(db, jb): &(f32, usize)| {
+                da.total_cmp(&db)
+                    .then_with(|| {
+                        let (u, v) = (&p[ja * c..(ja + 1) * c], &p[jb * c..(jb + 1) * c]);
+                        u.iter()
+                            .zip(v)
+                            .map(|(x, y)| x.total_cmp(y))
+                            .find(|o| o.is_ne())
+                            .unwrap_or(std::cmp::Ordering::Equal)
+                    })
+                    .then(ja.cmp(&jb))
+            };
+            if k < n {
+                order.select_nth_unstable_by(k - 1, by);
+            }
+            order[..k].sort_by(by);
+            for (t, (_, j)) in order[..k].iter().enumerate() {
+                o[i * k + t] = *j as f32;
+            }
+        }
+    };
+    out.par_chunks_mut(n * k).enumerate().for_each(one);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nearest_neighbours_ignore_the_order_of_points() {
+        // Points 0 and 2 are both at distance 1 from point 1: the tie goes to the smaller
+        // vector, (0, 0) before (2, 0), whatever their indices.
+        let p = [0.0, 0.0, 1.0, 0.0, 2.0, 0.0];
+        let mut out = [0.0; 6];
+        knn(&p, 1, 3, 2, 2, &mut out);
+        assert_eq!(out, [0.0, 1.0, 1.0, 0.0, 2.0, 1.0]);
+        let q = [2.0, 0.0, 1.0, 0.0, 0.0, 0.0];
+        knn(&q, 1, 3, 2, 2, &mut out);
+        // The point (1, 0) is index 1 in both; its second neighbour is (0, 0): index 2 here.
+        assert_eq!(&out[2..4], &[1.0, 2.0]);
+    }
 
     #[test]
     fn products_and_transposes() {

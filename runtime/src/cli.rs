@@ -1030,6 +1030,13 @@ fn bench(
         ));
     }
     let data = session::load_data(&setup.cfg, data_path.as_deref(), None)?;
+    if !data.sparse.is_empty() {
+        return Err(format!(
+            "{}: dlc bench times minibatch steps; {} is one graph trained full-batch, and dlc train reports its examples_per_s",
+            file.display(),
+            data.name
+        ));
+    }
     let b = setup.cfg.batch;
     if data.train.n < b {
         return Err(format!(

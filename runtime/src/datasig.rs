@@ -13,6 +13,7 @@ fn known(name: &str) -> Option<(Vec<usize>, Task)> {
         "mnist" | "fashion_mnist" => (vec![28, 28], Task::Classification { classes: 10 }),
         "breast_cancer" => (vec![30], Task::Binary),
         "cora" => (vec![1433], Task::Classification { classes: 7 }),
+        "point_mnist" => (vec![128, 2], Task::Classification { classes: 10 }),
         "diabetes" => (vec![10], Task::Regression),
         _ => return None,
     })
@@ -20,6 +21,15 @@ fn known(name: &str) -> Option<(Vec<usize>, Task)> {
 
 pub fn canonical(name: &str) -> String {
     name.trim().to_ascii_lowercase().replace('-', "_")
+}
+
+/// The signature of `point_mnist` with `points` points per set: x f32[B, points, 2].
+pub fn point_sets(points: usize) -> DataSig {
+    make(
+        "point_mnist",
+        &[points, 2],
+        Task::Classification { classes: 10 },
+    )
 }
 
 /// The signature of a data set or environment by name (without loading it).
@@ -77,7 +87,9 @@ fn make(name: &str, x_shape: &[usize], task: Task) -> DataSig {
         ("inputs".to_string(), inputs),
         ("features".to_string(), inputs),
     ];
-    if let [h, w] = x_shape {
+    if name == "point_mnist" {
+        dims.push(("points".into(), x_shape[0]));
+    } else if let [h, w] = x_shape {
         dims.push(("height".into(), *h));
         dims.push(("width".into(), *w));
     }

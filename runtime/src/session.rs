@@ -284,6 +284,15 @@ pub fn signature(
         };
         return Ok(datasig::text("songs", size, seq));
     }
+    if data.name == "point_mnist" {
+        let points: usize = data
+            .args
+            .iter()
+            .find(|(k, _)| k == "points")
+            .and_then(|(_, v)| v.parse().ok())
+            .ok_or("data set `point_mnist`: points must be a whole number")?;
+        return Ok(datasig::point_sets(points));
+    }
     datasig::by_name(&data.name).ok_or_else(|| {
         let span = prog.train_def().map(|t| t.data.span).unwrap_or_default();
         let d = Diagnostic::new(

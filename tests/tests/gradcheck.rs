@@ -395,3 +395,45 @@ proptest! {
         check(&unary(op), &[(distinct(&[b, h, w, c], seed), F)])?;
     }
 }
+
+proptest! {
+    #![proptest_config(replaying(24))]
+
+    /// A square sparse matrix (CSR of a random pattern with random values) times a dense
+    /// matrix, and its transpose: the gradient with respect to the dense operand.
+    #[test]
+    fn sparse_products(pattern in prop::collection::vec(0u8..2, 16), vals in values(-2.0, 2.0), h in values(-2.0, 2.0), transposed: bool) {
+        let n = 4;
+        let (mut indptr, mut indices, mut data) = (vec![0.0], Vec::new(), Vec::new());
+        for r in 0..n {
+            for c in 0..n {
+                if pattern[r * n + c] == 1 {
+                    indices.push(c as f64);
+                    data.push(vals[(r * n + c) % vals.len()]);
+                }
+            }
+            indptr.push(indices.len() as f64);
+        }
+        let z = indices.len();
+        let op = if transposed { Op::SpMMT } else { Op::SpMM };
+        check(
+            &move |g: &mut Graph, l: &[NodeId]| g.add_ok(op.clone(), &[l[1], l[2], l[3], l[0]]),
+            &[
+                (arr(&[n, 3], &h), F),
+                (arr(&[n + 1], &indptr), DType::I32),
+                (arr(&[z], &indices), DType::I32),
+                // The matrix's values are data (spmm has no gradient for them): typed i32
+                // here only so that the check does not differentiate with respect to them.
+                (ArrayD::from_shape_vec(IxDyn(&[z]), data).unwrap(), DType::I32),
+            ],
+        )?;
+    }
+
+    /// Rows of each point set picked by indices (EdgeConv's neighbours), and its scatter.
+    #[test]
+    fn point_gathers(v in values(-2.0, 2.0), idx in prop::collection::vec(0usize..4, 12)) {
+        let ids = arr(&[2, 3, 2], &idx.iter().map(|&i| i as f64).collect::<Vec<_>>());
+        check(&|g: &mut Graph, l: &[NodeId]| g.add_ok(Op::GatherPoints, &[l[0], l[1]]), &[(arr(&[2, 4, 3], &v), F), (ids.clone(), DType::I32)])?;
+        check(&|g: &mut Graph, l: &[NodeId]| g.add_ok(Op::ScatterPoints { points: 4 }, &[l[1], l[0]]), &[(arr(&[2, 3, 2, 3], &v), F), (ids, DType::I32)])?;
+    }
+}

@@ -25,6 +25,9 @@ pub fn no_gradient(op: &Op, i: usize) -> bool {
         Select => i == 0,
         Gather => i == 1,
         SpMM | SpMMT => i < 3,
+        Knn { .. } => true,
+        GatherPoints => i == 1,
+        ScatterPoints { .. } => i == 0,
         ScatterAdd { .. } => i == 0,
         Neg | Exp | Log | Sqrt | Tanh | Sigmoid | Relu | Abs => false,
         Add | Sub | Mul | Div | Pow | Maximum | Minimum => false,
@@ -447,6 +450,13 @@ pub fn vjp_rules() -> Vec<Rule> {
         }),
         custom("vjp-scatter-add", 1, "scatter_add", |eg, n, _, g| {
             Some(add(eg, Op::Gather, &[g, n.args[0]]))
+        }),
+        custom("vjp-gather-points", 0, "gather_points", |eg, n, _, g| {
+            let points = ty(eg, n.args[0])?.shape[1].known()?;
+            Some(add(eg, Op::ScatterPoints { points }, &[n.args[1], g]))
+        }),
+        custom("vjp-scatter-points", 1, "scatter_points", |eg, n, _, g| {
+            Some(add(eg, Op::GatherPoints, &[g, n.args[0]]))
         }),
         // ∂(A·h)/∂h = Aᵀ·g, and back.
         custom("vjp-spmm", 3, "spmm", |eg, n, _, g| {

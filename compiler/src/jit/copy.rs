@@ -16,6 +16,9 @@ pub fn supported(op: &Op) -> bool {
             | Op::ScatterAdd { .. }
             | Op::SpMM
             | Op::SpMMT
+            | Op::Knn { .. }
+            | Op::GatherPoints
+            | Op::ScatterPoints { .. }
     )
 }
 
@@ -83,6 +86,48 @@ pub fn run(op: &Op, ins: &[ArrayViewD<f32>], out: &mut ArrayViewMutD<f32>) -> Re
                     .zip(&gs[k * width..][..width])
                 {
                     *d += v;
+                }
+            }
+        }
+        Op::Knn { k } => {
+            let p = ins[0].as_standard_layout();
+            let s = p.shape().to_vec();
+            let o = out.as_slice_mut().ok_or("knn: layout")?;
+            crate::sparse::knn(p.as_slice().ok_or("knn: layout")?, s[0], s[1], s[2], *k, o);
+        }
+        Op::GatherPoints => {
+            let (h, idx) = (&ins[0], &ins[1]);
+            let (b, n, c) = (h.shape()[0], h.shape()[1], h.shape()[2]);
+            let hs = h.as_standard_layout();
+            let hs = hs.as_slice().ok_or("gather_points: layout")?;
+            let o = out.as_slice_mut().ok_or("gather_points: layout")?;
+            let per = idx.len() / b.max(1);
+            for (q, &i) in idx.iter().enumerate() {
+                if !(i >= 0.0 && (i as usize) < n) {
+                    return Err(format!(
+                        "gather_points index {i} is out of range for sets of {n} points"
+                    ));
+                }
+                let row = (q / per) * n + i as usize;
+                o[q * c..(q + 1) * c].copy_from_slice(&hs[row * c..(row + 1) * c]);
+            }
+        }
+        Op::ScatterPoints { points } => {
+            let (idx, g) = (&ins[0], &ins[1]);
+            let (b, c) = (idx.shape()[0], g.shape()[3]);
+            let gs = g.as_standard_layout();
+            let gs = gs.as_slice().ok_or("scatter_points: layout")?;
+            let o = out.as_slice_mut().ok_or("scatter_points: layout")?;
+            o.fill(0.0);
+            let per = idx.len() / b.max(1);
+            // In index order, as the reference.
+            for (q, &i) in idx.iter().enumerate() {
+                let row = (q / per) * points + i as usize;
+                for (d, s) in o[row * c..(row + 1) * c]
+                    .iter_mut()
+                    .zip(&gs[q * c..(q + 1) * c])
+                {
+                    *d += s;
                 }
             }
         }

@@ -430,6 +430,21 @@ impl JitGraph {
         }
         for st in stages {
             match st {
+                Stage::Reduce(n) => {
+                    let x = body.inputs(*n)[0];
+                    let out_shape = super::loops::concrete(&body.ty(*n).shape, syms)?;
+                    let v = match (owned.get(&x), views.get(&x)) {
+                        (Some(a), _) => {
+                            super::reduce::run(&body.node(*n).op, &a.view(), &out_shape)?
+                        }
+                        (None, Some(v)) => super::reduce::run(&body.node(*n).op, v, &out_shape)?,
+                        (None, None) => {
+                            let a = interp::eval_node(body, x, &[], syms, env)?;
+                            super::reduce::run(&body.node(*n).op, &a.view(), &out_shape)?
+                        }
+                    };
+                    owned.insert(*n, v);
+                }
                 Stage::Op(n) => {
                     // Operands not computed here (constants) are evaluated on the spot;
                     // views are copied only when an op needs them (the reference semantics

@@ -31,6 +31,7 @@ pub mod math;
 pub mod memory;
 pub mod packed;
 pub mod plan;
+pub mod reduce;
 pub mod rows;
 pub mod sgemm;
 

@@ -24,6 +24,8 @@ pub(super) enum Stage {
     },
     /// One reduction (or other op) of the body, evaluated by the reference semantics.
     Op(NodeId),
+    /// One reduction over adjacent axes, computed natively (`reduce.rs`).
+    Reduce(NodeId),
 }
 
 pub(super) enum Plan {
@@ -446,6 +448,11 @@ fn input_shape(
     loops::concrete(&body.ty(n).shape, syms)
 }
 
+/// Whether every stage of a staged kernel is native (loops and native reductions).
+pub(super) fn native_stages(st: &[Stage]) -> bool {
+    st.iter().all(|s| !matches!(s, Stage::Op(_)))
+}
+
 /// Symbolic sizes in a canonical order, as a plan key.
 pub(super) fn sym_key(syms: &HashMap<String, usize>) -> Vec<(String, usize)> {
     let mut k: Vec<(String, usize)> = syms.iter().map(|(a, b)| (a.clone(), *b)).collect();
@@ -483,7 +490,17 @@ pub(super) fn stage(
         // Reductions of this level first (they read lower levels), in schedule order.
         for &n in &order {
             if level[&n] == l && body.node(n).op.is_reduction() {
-                stages.push(Stage::Op(n));
+                let op = &body.node(n).op;
+                let shape = |m: NodeId| loops::concrete(&body.ty(m).shape, syms);
+                let native = match body.inputs(n).first() {
+                    Some(&x) => super::reduce::supported(op, &shape(x)?, &shape(n)?),
+                    None => false,
+                };
+                stages.push(if native {
+                    Stage::Reduce(n)
+                } else {
+                    Stage::Op(n)
+                });
             }
         }
         let members: Vec<NodeId> = order
@@ -608,6 +625,16 @@ impl JitGraph {
                         (Some(_), false) => " + native epilogue loop after the product",
                     }
                 ),
+                Plan::Staged(st) if native_stages(st) => {
+                    let loops = st
+                        .iter()
+                        .filter(|x| matches!(x, Stage::Loop { .. }))
+                        .count();
+                    format!(
+                        "staged: {loops} native loops around {} native reductions",
+                        st.len() - loops
+                    )
+                }
                 Plan::Staged(st) => {
                     let loops = st
                         .iter()
@@ -691,8 +718,10 @@ impl JitGraph {
         }
         let loose = crate::opt::fuse::kernel_count(&self.graph) - bodies.len() - in_scans;
         for b in bodies {
-            if matches!(self.plan(b, syms)?, Plan::Staged(_) | Plan::Interpret) {
-                slow += 1;
+            match self.plan(b, syms)? {
+                Plan::Staged(st) if native_stages(st) => {}
+                Plan::Staged(_) | Plan::Interpret => slow += 1,
+                _ => {}
             }
         }
         Ok(loose + slow)
@@ -707,7 +736,7 @@ impl JitGraph {
                 matches!(
                     p,
                     Plan::Loop(_) | Plan::MatMul { .. } | Plan::Window { .. } | Plan::Copy { .. }
-                )
+                ) || matches!(p, Plan::Staged(st) if native_stages(st))
             })
             .count();
         (native, all().count())

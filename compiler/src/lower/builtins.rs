@@ -36,6 +36,8 @@ pub const ALL: &[&str] = &[
     "transpose",
     "concat",
     "gather",
+    "gather_points",
+    "knn",
     "one_hot",
     "conv2d",
     "maxpool2d",
@@ -79,6 +81,8 @@ fn signature(name: &str) -> &'static [&'static str] {
         "transpose" => &["x", "perm"],
         "concat" => &["xs", "axis"],
         "gather" => &["table", "indices"],
+        "gather_points" => &["h", "indices"],
+        "knn" => &["points", "k"],
         "one_hot" => &["indices", "depth"],
         "conv2d" => &["x", "w", "stride", "padding"],
         "maxpool2d" | "avgpool2d" => &["x", "size", "stride"],
@@ -436,6 +440,21 @@ fn call_bound(lw: &mut Lowerer, name: &'static str, a: &Args, span: Span) -> Opt
             let i = lw.need(a, 1, "indices", name)?;
             let i = lw.tensor_arg(&i)?;
             lw.node(Op::Gather, &[t, i], span)
+        }
+        "gather_points" => {
+            let h = first(lw, "h")?;
+            let i = lw.need(a, 1, "indices", name)?;
+            let i = lw.tensor_arg(&i)?;
+            lw.node(Op::GatherPoints, &[h, i], span)
+        }
+        "knn" => {
+            let p = first(lw, "points")?;
+            let kv = lw.need(a, 1, "k", name)?;
+            let k = lw.int(&kv)?;
+            if k <= 0 {
+                return Some(lw.err(kv.1, "knn needs k ≥ 1 neighbours"));
+            }
+            lw.node(Op::Knn { k: k as usize }, &[p], span)
         }
         "one_hot" => {
             let i = first(lw, "indices")?;

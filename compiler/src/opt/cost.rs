@@ -45,6 +45,17 @@ pub fn op_cost(op: &Op, ins: &[Option<&Type>], out: &Type) -> f64 {
         | ScatterAdd { .. }
         | OneHot { .. } => moved,
         // Two flops per stored entry and feature: the values' length times the features.
+        GatherPoints | ScatterPoints { .. } => moved,
+        // N² distances of C numbers per set.
+        Knn { .. } => {
+            let t = ins.first().and_then(|t| *t);
+            let d = |i: usize| {
+                t.map_or(SYMBOLIC_DIM, |t| {
+                    t.shape[i].known().map_or(SYMBOLIC_DIM, |k| k as f64)
+                })
+            };
+            3.0 * d(0) * d(1) * d(1) * d(2) + moved
+        }
         SpMM | SpMMT => {
             let nnz = ins.get(2).and_then(|t| *t).map_or(SYMBOLIC_DIM, |t| {
                 t.shape[0].known().map_or(SYMBOLIC_DIM, |k| k as f64)

@@ -63,7 +63,7 @@ pub(crate) fn class(op: &Op) -> Class {
         | AvgPool2dBack { .. } => Class::MatMul,
         Transpose { .. } | Concat { .. } | Slice { .. } | Gather | ScatterAdd { .. } => Class::Copy,
         // A kernel of its own, like the data-movement ops.
-        SpMM | SpMMT => Class::Copy,
+        SpMM | SpMMT | Knn { .. } | GatherPoints | ScatterPoints { .. } => Class::Copy,
         Scan { .. } | Fused { .. } | Vjp(_) => Class::Opaque,
     }
 }

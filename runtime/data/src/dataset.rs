@@ -100,7 +100,9 @@ impl Dataset {
             ("inputs".to_string(), inputs),
             ("features".to_string(), inputs),
         ];
-        if let [height, width] = self.x_shape[..] {
+        if self.name == "point_mnist" {
+            dims.push(("points".to_string(), self.x_shape[0]));
+        } else if let [height, width] = self.x_shape[..] {
             dims.push(("height".to_string(), height));
             dims.push(("width".to_string(), width));
         }

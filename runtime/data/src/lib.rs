@@ -29,6 +29,7 @@ mod dataset;
 mod error;
 mod graph;
 mod idx;
+mod points;
 mod source;
 mod split;
 mod table;
@@ -52,6 +53,7 @@ pub const DATASET_NAMES: &[&str] = &[
     "diabetes",
     "songs",
     "cora",
+    "point_mnist",
 ];
 
 /// An argument a data set takes: written in a training section (`on songs(seq: 200)`)
@@ -69,12 +71,26 @@ pub struct DataArg {
 }
 
 /// Every data-set argument there is (the data sets not listed take none).
-pub const DATA_ARGS: &[DataArg] = &[DataArg {
-    dataset: "songs",
-    name: "seq",
-    default: "100",
-    about: "the window length in characters",
-}];
+pub const DATA_ARGS: &[DataArg] = &[
+    DataArg {
+        dataset: "songs",
+        name: "seq",
+        default: "100",
+        about: "the window length in characters",
+    },
+    DataArg {
+        dataset: "point_mnist",
+        name: "points",
+        default: "128",
+        about: "the points of each set",
+    },
+    DataArg {
+        dataset: "point_mnist",
+        name: "shuffle_points",
+        default: "false",
+        about: "permute the points of each set once more",
+    },
+];
 
 /// The arguments data set `name` takes (canonical name), in order.
 pub fn data_args(name: &str) -> Vec<DataArg> {
@@ -160,6 +176,7 @@ fn expected_path(name: &str) -> &'static str {
         "breast_cancer" => "the breast_cancer.csv file",
         "diabetes" => "a folder with diabetes_data_raw.csv.gz and diabetes_target.csv.gz",
         "songs" => "a UTF-8 text file of tunes separated by blank lines",
+        "point_mnist" => "an MNIST folder (the IDX files)",
         "cora" => {
             "the cora folder (features.csv, labels.csv, edges.csv, train_idx.txt, val_idx.txt, test_idx.txt)"
         }
@@ -223,6 +240,29 @@ pub fn load_with_args(
             idx::load_images(canonical, path, validation)
         }
         "breast_cancer" => tabular::load_breast_cancer(path, validation, scaling),
+        "point_mnist" => {
+            tabular::reject_scaling(&source::label(path), canonical, scaling)?;
+            let arg = |k: &str| args.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+            let points = match arg("points").unwrap_or("128").parse::<usize>() {
+                Ok(n) if (1..=4096).contains(&n) => n,
+                _ => {
+                    return Err(DataError::new(format!(
+                        "data set `point_mnist`: points must be a whole number from 1 to 4096, got {}",
+                        arg("points").unwrap_or("")
+                    )));
+                }
+            };
+            let reshuffle = match arg("shuffle_points").unwrap_or("false") {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(DataError::new(format!(
+                        "data set `point_mnist`: shuffle_points must be true or false, got {other}"
+                    )));
+                }
+            };
+            points::load_point_mnist(path, validation, points, reshuffle)
+        }
         "cora" => {
             tabular::reject_scaling(&source::label(path), canonical, scaling)?;
             graph::load_cora(path, validation)
