@@ -54,11 +54,30 @@ fn random_env(g: &Graph, seed: u64, batch: usize) -> Env<f64> {
         g.leaves(|op| matches!(op, Op::Input { .. } | Op::Param { .. } | Op::State { .. }))
     {
         let ty = g.ty(n);
-        let shape: Vec<usize> = ty
+        let mut shape: Vec<usize> = ty
             .shape
             .iter()
             .map(|d| if let Dim::Known(v) = d { *v } else { batch })
             .collect();
+        // A graph's sparse matrix (CSR over `batch` rows): one entry per row, in column
+        // (3 + 7r) mod batch.
+        if name.ends_with(".indptr") {
+            shape = vec![batch + 1];
+            let v: Vec<f64> = (0..=batch).map(|r| r as f64).collect();
+            env.values.insert(
+                name,
+                ArrayD::from_shape_vec(IxDyn(&shape), v).expect("shape"),
+            );
+            continue;
+        }
+        if name.ends_with(".indices") {
+            let v: Vec<f64> = (0..batch).map(|r| ((3 + 7 * r) % batch) as f64).collect();
+            env.values.insert(
+                name,
+                ArrayD::from_shape_vec(IxDyn(&shape), v).expect("shape"),
+            );
+            continue;
+        }
         let len: usize = shape.iter().product();
         // Weight matrices at Glorot's scale, as a model starts: at a fixed ±0.3, a tanh
         // RNN of 512 units has recurrent gain ≈ 4 and is chaotic over 100 steps, so two

@@ -471,6 +471,8 @@ impl Lowerer {
             .iter()
             .map(|(n, v, _)| match (n, v) {
                 (None, Value::Tensor(t)) => Some(*t),
+                // A sparse matrix is known by its values' node.
+                (None, Value::Sparse(m)) => Some(m.values),
                 _ => None,
             })
             .collect();
