@@ -157,18 +157,27 @@ pub fn knn(points: &[f32], b: usize, n: usize, c: usize, k: usize, out: &mut [f3
     }
     let one = |(s, o): (usize, &mut [f32])| {
         let p = &points[s * n * c..(s + 1) * n * c];
+        // The set transposed to [c, n], so that one point's distances to all others are
+        // accumulated feature by feature across a row (a loop the compiler vectorises);
+        // each distance still sums its features in order.
+        let mut t = vec![0f32; n * c];
+        for j in 0..n {
+            for f in 0..c {
+                t[f * n + j] = p[j * c + f];
+            }
+        }
+        let mut dist = vec![0f32; n];
         let mut order: Vec<(f32, usize)> = Vec::with_capacity(n);
         for i in 0..n {
             let a = &p[i * c..(i + 1) * c];
-            order.clear();
-            for j in 0..n {
-                let q = &p[j * c..(j + 1) * c];
-                let mut d = 0.0f32;
-                for (x, y) in a.iter().zip(q) {
-                    d += (x - y) * (x - y);
+            dist.iter_mut().for_each(|d| *d = 0.0);
+            for (f, &x) in a.iter().enumerate() {
+                for (d, &y) in dist.iter_mut().zip(&t[f * n..(f + 1) * n]) {
+                    *d += (x - y) * (x - y);
                 }
-                order.push((d, j));
             }
+            order.clear();
+            order.extend(dist.iter().copied().zip(0..n));
             let by = |&(da, ja): &(f32, usize), &(db, jb): &(f32, usize)| {
                 da.total_cmp(&db)
                     .then_with(|| {
