@@ -208,7 +208,8 @@ pub enum Cmd {
 #[derive(clap::Args)]
 pub struct TrainArgs {
     file: PathBuf,
-    /// Data set NAME=PATH (mnist, fashion_mnist, breast_cancer, diabetes, songs) or NAME (digits).
+    /// Data set NAME=PATH (mnist, fashion_mnist, breast_cancer, diabetes, songs, cora,
+    /// point_mnist) or NAME (digits).
     #[arg(long, value_parser = session::parse_data_flag)]
     data: Vec<(String, Option<PathBuf>)>,
     /// Total epochs (a resumed run continues up to this count).
