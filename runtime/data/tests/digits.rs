@@ -112,7 +112,9 @@ fn dims_and_names() -> Result<(), DataError> {
             "fashion_mnist",
             "breast_cancer",
             "diabetes",
-            "songs"
+            "songs",
+            "cora",
+            "point_mnist"
         ]
     );
     let empty = dlc_data::Split {
