@@ -4,7 +4,9 @@
 //! point per numeric field. Without `--fields`, the curves are what a Keras user plots
 //! after `model.fit`: every loss and task metric (`train_loss`, `val_loss`, `test_mse`, …)
 //! in a left panel and the accuracies in a right one (one panel when the run has no
-//! accuracy). With `--fields a,b`, those fields, split the same way.
+//! accuracy). With `--fields a,b`, those fields, split the same way. A run on an
+//! environment has a line per episode instead: its curves are over episodes, by default
+//! the return of each episode and of the periodic evaluations.
 
 use crate::picture::{Anchor, BLACK, Canvas, GRID, Rgb, WHITE};
 use serde_json::{Map, Value};
@@ -52,12 +54,14 @@ pub struct Curve {
     pub points: Vec<(f64, f64)>,
 }
 
-/// The epochs' lines of a metrics file, each as its JSON object. Errors name the file and
-/// the line.
-fn epoch_lines(path: &Path) -> Result<Vec<Map<String, Value>>, String> {
+/// The per-epoch lines of a metrics file (or, for a run on an environment, its
+/// per-episode lines), each as its JSON object, with the name of their x axis. Errors name
+/// the file and the line.
+fn epoch_lines(path: &Path) -> Result<(&'static str, Vec<Map<String, Value>>), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read the metrics file: {e}", path.display()))?;
     let mut out = Vec::new();
+    let mut episodes = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -79,7 +83,12 @@ fn epoch_lines(path: &Path) -> Result<Vec<Map<String, Value>>, String> {
         // Per-epoch lines; the line written after early stopping (`restored_epoch`) is not.
         if m.get("epoch").and_then(Value::as_f64).is_some() && !m.contains_key("restored_epoch") {
             out.push(m);
+        } else if m.get("episode").and_then(Value::as_f64).is_some() {
+            episodes.push(m);
         }
+    }
+    if out.is_empty() && !episodes.is_empty() {
+        return Ok(("episode", episodes));
     }
     if out.is_empty() {
         return Err(format!(
@@ -87,17 +96,26 @@ fn epoch_lines(path: &Path) -> Result<Vec<Map<String, Value>>, String> {
             path.display()
         ));
     }
-    Ok(out)
+    Ok(("epoch", out))
 }
 
 /// The curves to draw: the named fields, or by default every loss, accuracy and task
 /// metric present.
 pub fn curves(path: &Path, fields: Option<&[String]>) -> Result<Vec<Curve>, String> {
-    let lines = epoch_lines(path)?;
+    Ok(curves_over(path, fields)?.1)
+}
+
+/// [`curves`] and the name of their x axis (`epoch`, or `episode` for a run on an
+/// environment).
+pub fn curves_over(
+    path: &Path,
+    fields: Option<&[String]>,
+) -> Result<(&'static str, Vec<Curve>), String> {
+    let (axis, lines) = epoch_lines(path)?;
     let mut present: Vec<String> = Vec::new();
     for m in &lines {
         for (k, v) in m {
-            if k != "epoch" && v.is_number() && !present.contains(k) {
+            if k != axis && v.is_number() && !present.contains(k) {
                 present.push(k.clone());
             }
         }
@@ -113,6 +131,11 @@ pub fn curves(path: &Path, fields: Option<&[String]>) -> Result<Vec<Curve>, Stri
             }
             f.to_vec()
         }
+        None if axis == "episode" => present
+            .iter()
+            .filter(|k| *k == "return" || *k == "eval_return")
+            .cloned()
+            .collect(),
         None => present
             .iter()
             .filter(|k| DEFAULT_SUFFIXES.iter().any(|s| k.ends_with(s)))
@@ -132,7 +155,7 @@ pub fn curves(path: &Path, fields: Option<&[String]>) -> Result<Vec<Curve>, Stri
             let points = lines
                 .iter()
                 .filter_map(|m| {
-                    let e = m.get("epoch")?.as_f64()?;
+                    let e = m.get(axis)?.as_f64()?;
                     let v = m.get(&name)?.as_f64()?;
                     v.is_finite().then_some((e, v))
                 })
@@ -146,12 +169,12 @@ pub fn curves(path: &Path, fields: Option<&[String]>) -> Result<Vec<Curve>, Stri
             path.display()
         ));
     }
-    Ok(curves)
+    Ok((axis, curves))
 }
 
 /// Draws the curves of the metrics file `path` into the PNG `out`.
 pub fn plot(path: &Path, out: &Path, fields: Option<&[String]>) -> Result<(), String> {
-    let curves = curves(path, fields)?;
+    let (axis, curves) = curves_over(path, fields)?;
     let (acc, rest): (Vec<&Curve>, Vec<&Curve>) = curves.iter().partition(|c| is_score(&c.name));
     let right = if acc.iter().all(|c| !c.name.ends_with("_r2")) {
         "accuracy"
@@ -160,6 +183,8 @@ pub fn plot(path: &Path, out: &Path, fields: Option<&[String]>) -> Result<(), St
     };
     let left = if rest.iter().all(|c| c.name.contains("loss")) {
         "loss"
+    } else if rest.iter().all(|c| c.name.contains("return")) {
+        "return"
     } else {
         "metrics"
     };
@@ -171,7 +196,7 @@ pub fn plot(path: &Path, out: &Path, fields: Option<&[String]>) -> Result<(), St
     let mut color = 0;
     for (i, (title, cs)) in panels.iter().enumerate() {
         let x0 = (i as u32 * PANEL.0) as f32;
-        draw_panel(&mut canvas, x0, title, cs, &mut color);
+        draw_panel(&mut canvas, x0, title, axis, cs, &mut color);
     }
     canvas.save_png(out)
 }
@@ -204,7 +229,14 @@ fn label(v: f64, step: f64) -> String {
     format!("{v:.digits$}")
 }
 
-fn draw_panel(c: &mut Canvas, x0: f32, title: &str, curves: &[&Curve], color: &mut usize) {
+fn draw_panel(
+    c: &mut Canvas,
+    x0: f32,
+    title: &str,
+    axis: &str,
+    curves: &[&Curve],
+    color: &mut usize,
+) {
     let (w, h) = (PANEL.0 as f32, PANEL.1 as f32);
     // The plotting area inside the panel.
     let (left, right, top, bottom) = (x0 + 72.0, x0 + w - 20.0, 40.0, h - 52.0);
@@ -274,7 +306,7 @@ fn draw_panel(c: &mut Canvas, x0: f32, title: &str, curves: &[&Curve], color: &m
         BLACK,
     );
     c.text(
-        "epoch",
+        axis,
         ((left + right) / 2.0, h - 14.0),
         14.0,
         Anchor::Center,
@@ -286,10 +318,16 @@ fn draw_panel(c: &mut Canvas, x0: f32, title: &str, curves: &[&Curve], color: &m
         let col = COLORS[*color % COLORS.len()];
         *color += 1;
         let p: Vec<(f32, f32)> = cv.points.iter().map(|&(x, y)| (sx(x), sy(y))).collect();
+        // Thousands of episodes: thin lines and no dots.
+        let (width, dots) = if p.len() > 200 {
+            (1.0, false)
+        } else {
+            (2.0, true)
+        };
         for s in p.windows(2) {
-            c.line(s[0], s[1], 2.0, col);
+            c.line(s[0], s[1], width, col);
         }
-        for &q in &p {
+        for &q in p.iter().filter(|_| dots) {
             c.disc(q, 3.0, col);
         }
         legend.push((cv.name.as_str(), col));
@@ -398,6 +436,34 @@ mod tests {
         let d = std::env::temp_dir().join(format!("dlc-plot-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&d).expect("dir");
         d
+    }
+
+    #[test]
+    fn runs_on_an_environment_plot_returns_over_episodes() {
+        let dir = std::env::temp_dir().join(format!("dlc-plot-rl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rl.jsonl");
+        let mut text = String::new();
+        for e in 1..=30 {
+            let eval = if e % 10 == 0 {
+                format!(",\"eval_return\":{}", e * 2)
+            } else {
+                String::new()
+            };
+            text += &format!("{{\"episode\":{e},\"return\":{e}.0,\"loss\":0.5{eval}}}\n");
+        }
+        text += "{\"episodes\":30,\"eval_return_mean\":60.0}\n";
+        std::fs::write(&path, text).unwrap();
+        let (axis, cs) = curves_over(&path, None).unwrap();
+        assert_eq!(axis, "episode");
+        let names: Vec<&str> = cs.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["return", "eval_return"]);
+        assert_eq!(cs[0].points.len(), 30);
+        assert_eq!(cs[1].points, vec![(10.0, 20.0), (20.0, 40.0), (30.0, 60.0)]);
+        let png = dir.join("rl.png");
+        plot(&path, &png, None).unwrap();
+        assert!(std::fs::metadata(&png).unwrap().len() > 1000);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
