@@ -948,6 +948,23 @@ fn train(a: TrainArgs) -> Result<(), String> {
     };
     let mut st = trainer::train(&setup, &data, st, &limits, &mut sink, &mut save_epoch)?;
     trainer::restore_best(&setup, &data, &mut st, &mut sink)?;
+    // The training set in evaluation mode (dropout off), with the weights kept: the figure
+    // Zhang et al. report for memorisation, as the last metrics line.
+    if let dlc_data::Task::Classification { .. } = data.task {
+        let s = trainer::evaluate(&setup.eval_engine, &st.params, &data.train, &data, st.seed)?;
+        if let Some(acc) = s.acc {
+            let mut m = Map::new();
+            m.insert("epoch".into(), json!(st.epoch));
+            m.insert("step".into(), json!(st.step));
+            m.insert("train_eval_loss".into(), json!(s.loss));
+            m.insert("train_eval_acc".into(), json!(acc));
+            say!(
+                "training set in evaluation mode: train_eval_loss {:.4}  train_eval_acc {acc:.4}",
+                s.loss
+            );
+            sink.write(m)?;
+        }
+    }
     if let Some(p) = &a.save {
         // After early stopping this holds the restored best weights.
         st.to_checkpoint(&setup, &data).save(p)?;

@@ -206,6 +206,24 @@ fn to_split(pixels: &[u8], labels: &[u8]) -> Split {
 /// are the training split, the 10,000-image files the test split; with
 /// `validation` the last 5,000 training images become the validation split.
 pub(crate) fn load_images(name: &str, dir: &Path, validation: bool) -> Result<Dataset, DataError> {
+    load_images_with(name, dir, validation, 0, false)
+}
+
+/// The key of the permutation that `labels: "shuffled"` applies (the same for every run,
+/// so that runs with different seeds memorise the same random labels).
+const SHUFFLE_KEY: u64 = 0x7a68_616e_6721_6c62;
+
+/// [`load_images`] with the random-label arguments: only the first `limit` training images
+/// (0: all; validation is then the last tenth of them), and with `shuffled` their labels
+/// replaced by a fixed random permutation of themselves (Zhang et al.). Test labels stay
+/// true.
+pub(crate) fn load_images_with(
+    name: &str,
+    dir: &Path,
+    validation: bool,
+    limit: usize,
+    shuffled: bool,
+) -> Result<Dataset, DataError> {
     require_dir(
         dir,
         "train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]",
@@ -220,17 +238,47 @@ pub(crate) fn load_images(name: &str, dir: &Path, validation: bool) -> Result<Da
         )));
     }
     let pixels_per_image = shape.0 * shape.1;
+    let (mut train_images, mut train_labels) = (train_images, train_labels);
+    if limit > 0 {
+        if limit > train_images.n || limit > train_labels.len() {
+            return Err(DataError::in_file(
+                &train_name,
+                format!("has {} images, fewer than limit {limit}", train_images.n),
+            ));
+        }
+        train_images.pixels.truncate(limit * pixels_per_image);
+        train_images.n = limit;
+        train_labels.truncate(limit);
+    }
+    if shuffled {
+        // Fisher–Yates with SplitMix64 draws keyed by position.
+        let mix = |mut z: u64| {
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        for i in (1..train_labels.len()).rev() {
+            let j = (mix(SHUFFLE_KEY ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                % (i as u64 + 1)) as usize;
+            train_labels.swap(i, j);
+        }
+    }
     let n_train = train_images.n;
+    let held_out = if limit > 0 {
+        limit / 10
+    } else {
+        MNIST_VALIDATION
+    };
     let (train, val) = if validation {
-        if n_train <= MNIST_VALIDATION {
+        if n_train <= held_out || held_out == 0 {
             return Err(DataError::in_file(
                 &train_name,
                 format!(
-                    "has {n_train} images; a validation split takes the last {MNIST_VALIDATION}, so more are needed"
+                    "has {n_train} training images; a validation split takes the last {held_out}, so more are needed"
                 ),
             ));
         }
-        let keep = n_train - MNIST_VALIDATION;
+        let keep = n_train - held_out;
         let pixels = train_images
             .pixels
             .split_at_checked(keep * pixels_per_image);

@@ -79,6 +79,30 @@ pub const DATA_ARGS: &[DataArg] = &[
         about: "the window length in characters",
     },
     DataArg {
+        dataset: "mnist",
+        name: "limit",
+        default: "0",
+        about: "only the first N training images (0: all); validation is then their last tenth",
+    },
+    DataArg {
+        dataset: "mnist",
+        name: "labels",
+        default: "true",
+        about: "`shuffled`: the training labels replaced by a fixed random permutation of themselves",
+    },
+    DataArg {
+        dataset: "fashion_mnist",
+        name: "limit",
+        default: "0",
+        about: "only the first N training images (0: all); validation is then their last tenth",
+    },
+    DataArg {
+        dataset: "fashion_mnist",
+        name: "labels",
+        default: "true",
+        about: "`shuffled`: the training labels replaced by a fixed random permutation of themselves",
+    },
+    DataArg {
         dataset: "point_mnist",
         name: "points",
         default: "128",
@@ -237,7 +261,26 @@ pub fn load_with_args(
     match canonical {
         "mnist" | "fashion_mnist" => {
             tabular::reject_scaling(&source::label(path), canonical, scaling)?;
-            idx::load_images(canonical, path, validation)
+            let arg = |k: &str| args.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+            let limit = match arg("limit").unwrap_or("0").parse::<usize>() {
+                Ok(n) => n,
+                Err(_) => {
+                    return Err(DataError::new(format!(
+                        "data set `{canonical}`: limit must be a whole number (0: all images), got {}",
+                        arg("limit").unwrap_or("")
+                    )));
+                }
+            };
+            let shuffled = match arg("labels").unwrap_or("true") {
+                "true" => false,
+                "shuffled" => true,
+                other => {
+                    return Err(DataError::new(format!(
+                        "data set `{canonical}`: labels must be \"true\" or \"shuffled\", got {other}"
+                    )));
+                }
+            };
+            idx::load_images_with(canonical, path, validation, limit, shuffled)
         }
         "breast_cancer" => tabular::load_breast_cancer(path, validation, scaling),
         "point_mnist" => {
