@@ -125,3 +125,57 @@ fn dims_and_names() -> Result<(), DataError> {
     assert_eq!(empty.example_len(), 0);
     Ok(())
 }
+
+/// `limit` keeps the first N training images; `labels: shuffled` permutes their labels
+/// (the same multiset, most of them moved) and leaves the test labels alone.
+#[test]
+fn random_labels_permute_the_training_labels() {
+    let Some(dir) = std::env::var_os("DLC_SHARED_DATA")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            Some(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
+        })
+        .map(|d| d.join("mnist"))
+        .filter(|d| d.is_dir())
+    else {
+        eprintln!("skipped: no shared data folder");
+        return;
+    };
+    let load = |labels: &str, validation| {
+        let args = vec![
+            ("limit".to_string(), "1000".to_string()),
+            ("labels".to_string(), labels.to_string()),
+        ];
+        dlc_data::load_with_args("mnist", Some(&dir), validation, None, &args).expect("loads")
+    };
+    let (t, s) = (load("true", false), load("shuffled", false));
+    assert_eq!((t.train.n, s.train.n), (1000, 1000));
+    assert_eq!(t.train.x, s.train.x);
+    assert_eq!(t.test.y, s.test.y);
+    let sorted = |v: &[f32]| {
+        let mut v = v.to_vec();
+        v.sort_by(f32::total_cmp);
+        v
+    };
+    assert_eq!(sorted(&t.train.y), sorted(&s.train.y));
+    let moved = t
+        .train
+        .y
+        .iter()
+        .zip(&s.train.y)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(moved > 800, "only {moved} labels changed");
+    let v = load("true", true);
+    assert_eq!((v.train.n, v.val.as_ref().map(|s| s.n)), (900, Some(100)));
+    assert!(
+        dlc_data::load_with_args(
+            "mnist",
+            Some(&dir),
+            false,
+            None,
+            &[("labels".into(), "maybe".into())]
+        )
+        .is_err()
+    );
+}
