@@ -948,9 +948,15 @@ fn train(a: TrainArgs) -> Result<(), String> {
     };
     let mut st = trainer::train(&setup, &data, st, &limits, &mut sink, &mut save_epoch)?;
     trainer::restore_best(&setup, &data, &mut st, &mut sink)?;
-    // The training set in evaluation mode (dropout off), with the weights kept: the figure
-    // Zhang et al. report for memorisation, as the last metrics line.
-    if let dlc_data::Task::Classification { .. } = data.task {
+    // A random-label run (a `limit` or `labels` data-set argument other than the default)
+    // ends with the training set in evaluation mode (dropout off), with the weights kept:
+    // the figure Zhang et al. report for memorisation, as the last metrics line.
+    let random_labels = setup
+        .cfg
+        .data_args
+        .iter()
+        .any(|(k, v)| (k == "limit" && v != "0") || (k == "labels" && v != "true"));
+    if random_labels && let dlc_data::Task::Classification { .. } = data.task {
         let s = trainer::evaluate(&setup.eval_engine, &st.params, &data.train, &data, st.seed)?;
         if let Some(acc) = s.acc {
             let mut m = Map::new();

@@ -219,7 +219,14 @@ fn arguments_are_checked() {
         (String::new(), "4".to_string()),
     ];
     assert_err(resolve_args("songs", &two), &["positional argument 4"]);
-    assert_eq!(resolve_args("mnist", &[]).unwrap(), vec![]);
+    assert_eq!(resolve_args("breast_cancer", &[]).unwrap(), vec![]);
+    assert_eq!(
+        resolve_args("mnist", &[]).unwrap(),
+        vec![
+            ("limit".to_string(), "0".to_string()),
+            ("labels".to_string(), "true".to_string())
+        ]
+    );
     assert_eq!(resolve_args("songs", &[]).unwrap(), args(100));
     // Through load: a bad argument fails before the file is read.
     assert_err(
