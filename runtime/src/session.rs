@@ -290,7 +290,8 @@ pub fn signature(
             .iter()
             .find(|(k, _)| k == "points")
             .and_then(|(_, v)| v.parse().ok())
-            .ok_or("data set `point_mnist`: points must be a whole number")?;
+            .filter(|n| (1..=4096).contains(n))
+            .ok_or("data set `point_mnist`: points must be a whole number from 1 to 4096")?;
         return Ok(datasig::point_sets(points));
     }
     datasig::by_name(&data.name).ok_or_else(|| {
