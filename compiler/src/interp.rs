@@ -704,7 +704,12 @@ fn eval_op<T: Real>(
             out
         }
         SpMM | SpMMT => {
-            let csr = crate::sparse::Csr::of(ins[0], ins[1], ins[2], ins[3].shape()[0])?;
+            let csr = crate::sparse::Csr::of(
+                ins[0].iter().map(|v| v.f64()),
+                ins[1].iter().map(|v| v.f64()),
+                ins[2].len(),
+                ins[3].shape()[0],
+            )?;
             let h = ins[3];
             let vals: Vec<T> = ins[2].iter().copied().collect();
             let mut out = ArrayD::<T>::zeros(h.raw_dim());

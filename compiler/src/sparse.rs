@@ -4,8 +4,6 @@
 //! each row's contribution, split across threads by feature columns so that every output
 //! element sums its terms in the same order as the reference, whatever the thread count).
 
-use crate::interp::Real;
-use ndarray::ArrayD;
 use rayon::prelude::*;
 
 /// The structure of a square CSR matrix, checked.
@@ -17,19 +15,14 @@ pub struct Csr {
 
 impl Csr {
     /// Read and check the structure: `indptr` of `rows + 1` non-decreasing offsets from 0 to
-    /// the number of entries, `indices` in `0..rows`, as many values as indices.
-    pub fn of<T: Real>(
-        indptr: &ArrayD<T>,
-        indices: &ArrayD<T>,
-        values: &ArrayD<T>,
+    /// the number of entries, `indices` in `0..rows`, as many values as indices. The arrays
+    /// are read in place (the engines' f32 or f64 values, as f64).
+    pub fn of(
+        indptr: impl ExactSizeIterator<Item = f64>,
+        indices: impl ExactSizeIterator<Item = f64>,
+        values: usize,
         rows: usize,
     ) -> Result<Csr, String> {
-        let indptr: Vec<f64> = indptr.iter().map(|v| v.f64()).collect();
-        let indices: Vec<f64> = indices.iter().map(|v| v.f64()).collect();
-        Csr::check(&indptr, &indices, values.len(), rows)
-    }
-
-    fn check(indptr: &[f64], indices: &[f64], values: usize, rows: usize) -> Result<Csr, String> {
         if indptr.len() != rows + 1 {
             return Err(format!(
                 "sparse matrix: indptr has {} offsets for {rows} rows (needs {})",
@@ -37,35 +30,30 @@ impl Csr {
                 rows + 1
             ));
         }
-        if indices.len() != values {
+        let entries = indices.len();
+        if entries != values {
             return Err(format!(
-                "sparse matrix: {} indices but {values} values",
-                indices.len()
+                "sparse matrix: {entries} indices but {values} values"
             ));
         }
         let whole = |v: f64| v >= 0.0 && v.fract() == 0.0;
-        let mut ptr = Vec::with_capacity(indptr.len());
-        for (r, &p) in indptr.iter().enumerate() {
-            if !whole(p)
-                || p as usize > indices.len()
-                || ptr.last().is_some_and(|&q| (p as usize) < q)
-            {
+        let mut ptr = Vec::with_capacity(rows + 1);
+        for (r, p) in indptr.enumerate() {
+            if !whole(p) || p as usize > entries || ptr.last().is_some_and(|&q| (p as usize) < q) {
                 return Err(format!(
                     "sparse matrix: indptr[{r}] = {p} is not a valid offset"
                 ));
             }
             ptr.push(p as usize);
         }
-        if ptr[0] != 0 || ptr[rows] != indices.len() {
+        if ptr[0] != 0 || ptr[rows] != entries {
             return Err(format!(
                 "sparse matrix: indptr runs from {} to {}, not from 0 to the {} entries",
-                ptr[0],
-                ptr[rows],
-                indices.len()
+                ptr[0], ptr[rows], entries
             ));
         }
-        let mut idx = Vec::with_capacity(indices.len());
-        for (k, &c) in indices.iter().enumerate() {
+        let mut idx = Vec::with_capacity(entries);
+        for (k, c) in indices.enumerate() {
             if !whole(c) || c as usize >= rows {
                 return Err(format!(
                     "sparse matrix: column index {c} (entry {k}) is out of range for {rows} columns"
@@ -206,6 +194,15 @@ pub fn knn(points: &[f32], b: usize, n: usize, c: usize, k: usize, out: &mut [f3
 mod tests {
     use super::*;
 
+    fn check(indptr: &[f64], indices: &[f64], values: usize, rows: usize) -> Result<Csr, String> {
+        Csr::of(
+            indptr.iter().copied(),
+            indices.iter().copied(),
+            values,
+            rows,
+        )
+    }
+
     #[test]
     fn nearest_neighbours_ignore_the_order_of_points() {
         // Points 0 and 2 are both at distance 1 from point 1: the tie goes to the smaller
@@ -223,7 +220,7 @@ mod tests {
     #[test]
     fn products_and_transposes() {
         // [[1, 2], [0, 3]] as CSR.
-        let csr = Csr::check(&[0.0, 2.0, 3.0], &[0.0, 1.0, 1.0], 3, 2).unwrap();
+        let csr = check(&[0.0, 2.0, 3.0], &[0.0, 1.0, 1.0], 3, 2).unwrap();
         let v = [1.0, 2.0, 3.0];
         let h = [1.0, 10.0, 2.0, 20.0];
         let mut out = [0.0; 4];
@@ -232,8 +229,8 @@ mod tests {
         run(&csr, &v, &h, 2, &mut out, true, 2);
         // Aᵀ = [[1, 0], [2, 3]].
         assert_eq!(out, [1.0, 10.0, 8.0, 80.0]);
-        assert!(Csr::check(&[0.0, 2.0, 1.0], &[0.0, 1.0, 1.0], 3, 2).is_err());
-        assert!(Csr::check(&[0.0, 2.0, 3.0], &[0.0, 2.0, 1.0], 3, 2).is_err());
-        assert!(Csr::check(&[0.0, 3.0], &[0.0, 1.0, 1.0], 3, 2).is_err());
+        assert!(check(&[0.0, 2.0, 1.0], &[0.0, 1.0, 1.0], 3, 2).is_err());
+        assert!(check(&[0.0, 2.0, 3.0], &[0.0, 2.0, 1.0], 3, 2).is_err());
+        assert!(check(&[0.0, 3.0], &[0.0, 1.0, 1.0], 3, 2).is_err());
     }
 }

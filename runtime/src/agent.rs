@@ -148,33 +148,36 @@ const KEY_REPLAY: &str = "agent.replay";
 const KEY_PERIODIC: &str = "agent.periodic-eval";
 const KEY_FINAL: &str = "agent.final-eval";
 
-/// An action chosen: its numbers (an index as one number for a discrete space) and its
-/// log-probability under the policy that chose it (0 for a deterministic choice).
+/// The index of the first largest value.
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// The deterministic policy's action (evaluation): the best action, or the Gaussian's mean.
+fn deterministic(space: ActionSpace, actor: &Actor, action: &mut [f32]) {
+    match space {
+        ActionSpace::Discrete(_) => action[0] = argmax(&actor.pred) as f32,
+        ActionSpace::Box { .. } => action.copy_from_slice(&actor.pred[..action.len()]),
+    }
+}
+
+/// An exploring action at environment step `t` of the stream `seed`: its numbers (an index
+/// as one number for a discrete space) and its log-probability under the policy (0 for
+/// ε-greedy).
 fn choose(
     policy: &Policy,
     space: ActionSpace,
     actor: &Actor,
-    explore: Option<(u64, u64)>,
+    (seed, t): (u64, u64),
     eps: f64,
     action: &mut [f32],
 ) -> f64 {
-    let argmax = |v: &[f32]| {
-        let mut best = 0;
-        for (i, x) in v.iter().enumerate() {
-            if *x > v[best] {
-                best = i;
-            }
-        }
-        best
-    };
-    let Some((seed, t)) = explore else {
-        // Deterministic: the best action, or the Gaussian's mean.
-        match space {
-            ActionSpace::Discrete(_) => action[0] = argmax(&actor.pred) as f32,
-            ActionSpace::Box { .. } => action.copy_from_slice(&actor.pred[..action.len()]),
-        }
-        return 0.0;
-    };
     match (policy, space) {
         (Policy::EpsilonGreedy { .. }, ActionSpace::Discrete(n)) => {
             let k = rng::name_key(KEY_EXPLORE);
@@ -233,8 +236,25 @@ fn check_policy(policy: &Policy, env: &Environment) -> Result<(), String> {
     }
 }
 
-/// Mean return of the deterministic policy over `episodes` episodes of the stream `seed`.
+/// Mean and standard deviation of the returns of the deterministic policy with `params`
+/// (named `names`, lent to the actor for the episodes) over `episodes` episodes of the
+/// stream `stream`.
 pub fn evaluate(
+    actor: &mut Actor,
+    params: &mut Tensors,
+    names: &[String],
+    env: &mut Environment,
+    stream: u64,
+    episodes: usize,
+) -> Result<(f64, f64), String> {
+    actor.hold(params);
+    let returns = play(actor, env, stream, episodes);
+    actor.release(params, names);
+    Ok(mean_std(&returns?))
+}
+
+/// The return of each of `episodes` episodes of the stream `stream`, acted deterministically.
+fn play(
     actor: &mut Actor,
     env: &mut Environment,
     stream: u64,
@@ -250,7 +270,7 @@ pub fn evaluate(
         loop {
             env.observe(&mut obs);
             actor.forward(&obs)?;
-            choose(&Policy::Softmax, space, actor, None, 0.0, &mut action);
+            deterministic(space, actor, &mut action);
             let o = env.step(to_act(space, &action))?;
             total += o.reward;
             if o.terminated || o.truncated {
@@ -281,6 +301,11 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
     let m = v.iter().sum::<f64>() / n;
     let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / n;
     (m, var.sqrt())
+}
+
+/// The stream of the `k`-th periodic evaluation's initial states in a run of seed `seed`.
+fn periodic_stream(seed: u64, k: u64) -> u64 {
+    rng::bits(seed, rng::name_key(KEY_PERIODIC), k, 0)
 }
 
 /// The stream of the final evaluation's initial states: the same for every run and
@@ -376,41 +401,28 @@ impl Rows {
         self.len = (self.len + 1).min(capacity);
     }
 
-    fn columns(&mut self) -> [(&'static str, &mut Vec<f32>); 9] {
+    /// The columns by name, in a fixed order (the checkpoint's tensors `experience.NAME`).
+    fn columns(&self) -> [(&'static str, &Vec<f32>); 9] {
         [
-            ("obs", &mut self.obs),
-            ("action", &mut self.action),
-            ("reward", &mut self.reward),
-            ("next_obs", &mut self.next_obs),
-            ("done", &mut self.done),
-            ("ret", &mut self.ret),
-            ("logp", &mut self.logp),
-            ("value", &mut self.value),
-            ("adv", &mut self.adv),
+            ("obs", &self.obs),
+            ("action", &self.action),
+            ("reward", &self.reward),
+            ("next_obs", &self.next_obs),
+            ("done", &self.done),
+            ("ret", &self.ret),
+            ("logp", &self.logp),
+            ("value", &self.value),
+            ("adv", &self.adv),
         ]
     }
 
     /// The experience held, as checkpoint tensors (`experience.obs`, …) and metadata, so
     /// that a resumed run continues with the same replay buffer or unfinished batch.
     pub fn to_checkpoint(&self, ck: &mut Checkpoint) {
-        let mut copy = Rows {
-            obs: self.obs.clone(),
-            action: self.action.clone(),
-            reward: self.reward.clone(),
-            next_obs: self.next_obs.clone(),
-            done: self.done.clone(),
-            ret: self.ret.clone(),
-            logp: self.logp.clone(),
-            value: self.value.clone(),
-            adv: self.adv.clone(),
-            len: self.len,
-            pos: self.pos,
-        };
-        for (name, col) in copy.columns() {
-            let v = std::mem::take(col);
+        for (name, col) in self.columns() {
             ck.tensors.insert(
                 format!("experience.{name}"),
-                ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).expect("1-D"),
+                ArrayD::from_shape_vec(IxDyn(&[col.len()]), col.clone()).expect("1-D"),
             );
         }
         ck.meta
@@ -420,17 +432,29 @@ impl Rows {
     }
 
     pub fn from_checkpoint(ck: &Checkpoint, path: &std::path::Path) -> Result<Rows, String> {
-        let mut r = Rows::default();
         if !ck.meta.contains_key("experience_len") {
-            return Ok(r);
+            return Ok(Rows::default());
         }
-        for (name, col) in r.columns() {
+        let col = |name: &str| -> Result<Vec<f32>, String> {
             let t = ck
                 .tensors
                 .get(&format!("experience.{name}"))
                 .ok_or_else(|| format!("{}: no experience.{name}", path.display()))?;
-            *col = t.iter().copied().collect();
-        }
+            Ok(t.iter().copied().collect())
+        };
+        let mut r = Rows {
+            obs: col("obs")?,
+            action: col("action")?,
+            reward: col("reward")?,
+            next_obs: col("next_obs")?,
+            done: col("done")?,
+            ret: col("ret")?,
+            logp: col("logp")?,
+            value: col("value")?,
+            adv: col("adv")?,
+            len: 0,
+            pos: 0,
+        };
         r.len = ck.meta_num("experience_len", path)?;
         r.pos = ck.meta_num("experience_pos", path)?;
         if r.reward.len() < r.len || r.pos > r.reward.len() {
@@ -610,14 +634,7 @@ pub fn train(
             };
             let t0 = Instant::now();
             actor.forward(&obs)?;
-            let logp = choose(
-                &agent.policy,
-                space,
-                &actor,
-                Some((seed, t)),
-                eps,
-                &mut action,
-            );
+            let logp = choose(&agent.policy, space, &actor, (seed, t), eps, &mut action);
             let t1 = Instant::now();
             let o = env.step(to_act(space, &action))?;
             env.observe(&mut next);
@@ -762,11 +779,15 @@ pub fn train(
             && run.counters.episodes % ev.every as u64 == 0
         {
             let t3 = Instant::now();
-            let stream = rng::bits(seed, rng::name_key(KEY_PERIODIC), run.counters.evals, 0);
-            actor.hold(&mut run.st.params);
-            let returns = evaluate(&mut actor, &mut env, stream, ev.episodes);
-            actor.release(&mut run.st.params, &param_names);
-            let (mean, _) = mean_std(&returns?);
+            let stream = periodic_stream(seed, run.counters.evals);
+            let (mean, _) = evaluate(
+                &mut actor,
+                &mut run.st.params,
+                &param_names,
+                &mut env,
+                stream,
+                ev.episodes,
+            )?;
             run.counters.evals += 1;
             m.insert("eval_return".into(), json!(mean));
             if run.counters.best_return.is_none_or(|b| mean > b) {
@@ -799,10 +820,15 @@ pub fn train(
     // on the same kind of evaluation.
     let mut restored = None;
     if let (Some(ev), Some(best)) = (&agent.eval, run.counters.best_return) {
-        let stream = rng::bits(seed, rng::name_key(KEY_PERIODIC), run.counters.evals, 0);
-        actor.hold(&mut run.st.params);
-        let last = mean_std(&evaluate(&mut actor, &mut env, stream, ev.episodes)?).0;
-        actor.release(&mut run.st.params, &param_names);
+        let stream = periodic_stream(seed, run.counters.evals);
+        let (last, _) = evaluate(
+            &mut actor,
+            &mut run.st.params,
+            &param_names,
+            &mut env,
+            stream,
+            ev.episodes,
+        )?;
         if best > last
             && let Some(b) = run.st.best.clone()
         {
@@ -811,10 +837,14 @@ pub fn train(
         }
     }
     let t3 = Instant::now();
-    actor.hold(&mut run.st.params);
-    let returns = evaluate(&mut actor, &mut env, final_stream(), FINAL_EPISODES);
-    actor.release(&mut run.st.params, &param_names);
-    let (mean, std) = mean_std(&returns?);
+    let (mean, std) = evaluate(
+        &mut actor,
+        &mut run.st.params,
+        &param_names,
+        &mut env,
+        final_stream(),
+        FINAL_EPISODES,
+    )?;
     clock.eval += t3.elapsed();
     let secs = t_start.elapsed().as_secs_f64();
     let mut m = Map::new();
@@ -953,10 +983,14 @@ pub fn evaluate_final(setup: &Setup, params: &mut Tensors) -> Result<(f64, f64),
     let mut env = Environment::new(&agent.env)?;
     let names: Vec<String> = params.keys().cloned().collect();
     let mut actor = Actor::new(act_engine(setup)?, env.obs_dim());
-    actor.hold(params);
-    let r = evaluate(&mut actor, &mut env, final_stream(), FINAL_EPISODES);
-    actor.release(params, &names);
-    Ok(mean_std(&r?))
+    evaluate(
+        &mut actor,
+        params,
+        &names,
+        &mut env,
+        final_stream(),
+        FINAL_EPISODES,
+    )
 }
 
 #[cfg(test)]
@@ -987,8 +1021,7 @@ mod tests {
 
     #[test]
     fn eval_streams_differ_from_training() {
-        let k = rng::name_key(KEY_PERIODIC);
-        assert_ne!(final_stream(), rng::bits(1, k, 0, 0));
+        assert_ne!(final_stream(), periodic_stream(1, 0));
         assert_eq!(mean_std(&[1.0, 3.0]), (2.0, 1.0));
     }
 }

@@ -40,9 +40,12 @@ pub fn by_name(name: &str) -> Option<DataSig> {
     }
     let (x_shape, task) = known(&name)?;
     let mut sig = make(&name, &x_shape, task);
-    if name == "cora" {
-        sig.sparse.push("adj".into());
-    }
+    sig.sparse.extend(
+        dlc_compiler::lower::SPARSE_INPUTS
+            .iter()
+            .filter(|(d, _)| *d == name)
+            .map(|(_, n)| n.to_string()),
+    );
     Some(sig)
 }
 

@@ -39,8 +39,9 @@ pub enum Environment {
     Pendulum { state: [f64; 2], steps: usize },
 }
 
-/// The environments by name.
-pub const NAMES: &[&str] = &["cartpole", "pendulum"];
+/// The environments by name (the compiler's list: a section `on cartpole` is lowered as
+/// one on an environment).
+pub const NAMES: &[&str] = dlc_compiler::lower::ENVIRONMENTS;
 
 // CartPole-v1's constants, computed as gymnasium computes them.
 const GRAVITY: f64 = 9.8;

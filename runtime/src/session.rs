@@ -285,13 +285,7 @@ pub fn signature(
         return Ok(datasig::text("songs", size, seq));
     }
     if data.name == "point_mnist" {
-        let points: usize = data
-            .args
-            .iter()
-            .find(|(k, _)| k == "points")
-            .and_then(|(_, v)| v.parse().ok())
-            .filter(|n| (1..=4096).contains(n))
-            .ok_or("data set `point_mnist`: points must be a whole number from 1 to 4096")?;
+        let points = dlc_data::point_count(&data.args).map_err(|e| e.to_string())?;
         return Ok(datasig::point_sets(points));
     }
     datasig::by_name(&data.name).ok_or_else(|| {

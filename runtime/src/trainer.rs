@@ -617,14 +617,15 @@ pub fn evaluate_perturbed(
     } else {
         split.n.max(1)
     };
+    let graph_inputs = sparse_inputs(data);
     for chunk in rows.chunks(chunk_rows) {
         let (mut x, y) = batch(split, chunk, &data.x_shape, &data.y_shape);
         let mut env = leaf_env(params, seed, 0);
         perturb(chunk, &mut x, &y, &mut env)?;
         env.values.insert("x".into(), x);
         env.values.insert("y".into(), y.clone());
-        for (name, a) in sparse_inputs(data) {
-            env.values.insert(name, a);
+        for (name, a) in &graph_inputs {
+            env.values.insert(name.clone(), a.clone());
         }
         let out = engine.run(&env, &wanted)?;
         let scalar = |a: &ArrayD<f32>| a.iter().next().copied().unwrap_or(f32::NAN);
@@ -694,6 +695,7 @@ pub fn train(
         return Err(format!("data set {} has no training examples", data.name));
     }
     let batch_rows = if data.sparse.is_empty() { cfg.batch } else { n };
+    let mut graph_inputs = sparse_inputs(data);
     let steps_per_epoch = n.div_ceil(batch_rows);
     let mut progress = Progress::new(limits.epochs, steps_per_epoch);
     let mut budget_hit = false;
@@ -736,15 +738,13 @@ pub fn train(
             // sum, the global gradient norm that of all their gradients.
             let (mut loss, mut sq_norm, mut pred) = (0.0f32, 0.0f64, None);
             for (k, (s, r)) in setup.steps.iter().zip(&runners).enumerate() {
-                let out = if data.sparse.is_empty() {
-                    r.run(&s.engine, &mut st, x, &y)?
-                } else {
-                    let mut inputs = vec![("x".to_string(), x), ("y".to_string(), y.clone())];
-                    inputs.extend(sparse_inputs(data));
-                    let mut out = r.run_named(&s.engine, &mut st, &mut inputs)?;
-                    out.x = inputs.swap_remove(0).1;
-                    out
-                };
+                // The batch and a graph's sparse inputs (made once per run) move into the
+                // step and back.
+                let mut inputs = vec![("x".to_string(), x), ("y".to_string(), y.clone())];
+                inputs.append(&mut graph_inputs);
+                let mut out = r.run_named(&s.engine, &mut st, &mut inputs)?;
+                graph_inputs = inputs.split_off(2);
+                out.x = inputs.swap_remove(0).1;
                 for (v, slot) in out
                     .reports
                     .iter()

@@ -134,9 +134,9 @@ pub fn run(op: &Op, ins: &[ArrayViewD<f32>], out: &mut ArrayViewMutD<f32>) -> Re
         Op::SpMM | Op::SpMMT => {
             let h = &ins[3];
             let csr = crate::sparse::Csr::of(
-                &ins[0].to_owned(),
-                &ins[1].to_owned(),
-                &ins[2].to_owned(),
+                ins[0].iter().map(|&v| v as f64),
+                ins[1].iter().map(|&v| v as f64),
+                ins[2].len(),
                 h.shape()[0],
             )?;
             let vals = ins[2].as_standard_layout();

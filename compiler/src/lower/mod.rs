@@ -28,6 +28,10 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use value::{Func, Instance};
 
+/// The sparse inputs of the graph data sets, (data set, name): what a section on them has in
+/// scope besides `x` and `y`.
+pub const SPARSE_INPUTS: &[(&str, &str)] = &[("cora", "adj")];
+
 /// A parsed `.dl` file with the prelude.
 pub struct Program {
     pub source: Source,

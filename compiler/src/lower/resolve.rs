@@ -46,11 +46,14 @@ pub fn check(file: &File, prelude: &File, imported: &[Item]) -> Vec<Diagnostic> 
                     if super::agent::ENVIRONMENTS.contains(&t.data.name.as_str()) {
                         super::agent::INPUTS.iter().map(|s| s.to_string()).collect()
                     } else {
-                        // A graph data set's adjacency too (`adj`).
+                        // A graph data set's sparse inputs too (`adj`).
                         let mut v: Vec<String> = vec!["x".into(), "y".into()];
-                        if t.data.name == "cora" {
-                            v.push("adj".into());
-                        }
+                        v.extend(
+                            super::SPARSE_INPUTS
+                                .iter()
+                                .filter(|(d, _)| *d == t.data.name)
+                                .map(|(_, n)| n.to_string()),
+                        );
                         v
                     };
                 if let Some(Item::Model(m)) = file

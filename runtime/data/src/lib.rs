@@ -191,6 +191,22 @@ fn seq_value(value: &str) -> Result<usize, DataError> {
     }
 }
 
+/// The `points` argument of `point_mnist` among resolved arguments: 1 to 4096 (default
+/// 128).
+pub fn point_count(args: &[(String, String)]) -> Result<usize, DataError> {
+    let given = args
+        .iter()
+        .find(|(k, _)| k == "points")
+        .map(|(_, v)| v.as_str());
+    match given.unwrap_or("128").parse::<usize>() {
+        Ok(n) if (1..=4096).contains(&n) => Ok(n),
+        _ => Err(DataError::new(format!(
+            "data set `point_mnist`: points must be a whole number from 1 to 4096, got {}",
+            given.unwrap_or("")
+        ))),
+    }
+}
+
 /// What to pass for a data set that has no embedded copy.
 fn expected_path(name: &str) -> &'static str {
     match name {
@@ -286,15 +302,7 @@ pub fn load_with_args(
         "point_mnist" => {
             tabular::reject_scaling(&source::label(path), canonical, scaling)?;
             let arg = |k: &str| args.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-            let points = match arg("points").unwrap_or("128").parse::<usize>() {
-                Ok(n) if (1..=4096).contains(&n) => n,
-                _ => {
-                    return Err(DataError::new(format!(
-                        "data set `point_mnist`: points must be a whole number from 1 to 4096, got {}",
-                        arg("points").unwrap_or("")
-                    )));
-                }
-            };
+            let points = point_count(&args)?;
             let reshuffle = match arg("shuffle_points").unwrap_or("false") {
                 "true" => true,
                 "false" => false,
