@@ -196,6 +196,10 @@ pub enum Cmd {
         load: PathBuf,
         #[arg(long, value_parser = session::parse_data_flag)]
         data: Vec<(String, Option<PathBuf>)>,
+        /// Out-of-distribution data set NAME=PATH (e.g. fashion_mnist=DIR for a model of
+        /// MNIST): adds the uncertainty on its test set and ood_auroc.
+        #[arg(long, value_parser = session::parse_data_flag)]
+        ood: Option<(String, Option<PathBuf>)>,
         #[arg(long)]
         metrics: Option<PathBuf>,
         #[arg(long, default_value = "jit")]
@@ -379,6 +383,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             file,
             load,
             data,
+            ood,
             metrics,
             engine,
             model,
@@ -386,6 +391,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             &file,
             &load,
             overrides(data, model),
+            ood,
             metrics.as_deref(),
             &engine,
         ),
@@ -1294,6 +1300,7 @@ fn eval(
     file: &Path,
     load: &Path,
     mut ov: Overrides,
+    ood: Option<(String, Option<PathBuf>)>,
     metrics: Option<&Path>,
     engine: &str,
 ) -> Result<(), String> {
@@ -1361,6 +1368,28 @@ fn eval(
                 sink.write(m)?;
             }
         }
+    }
+    if setup.cfg.mc_dropout.is_some() || ood.is_some() {
+        let other = match &ood {
+            Some((name, path)) => Some(
+                dlc_data::load_with_args(name, path.as_deref(), false, data.scaling.as_ref(), &[])
+                    .map_err(|e| format!("--ood: {e}"))?,
+            ),
+            None => None,
+        };
+        let mut m = Map::new();
+        m.insert("epoch".into(), json!(st.epoch));
+        m.insert("step".into(), json!(st.step));
+        m.extend(crate::uncertainty::report(
+            &setup,
+            &st.params,
+            &data,
+            st.seed,
+            other.as_ref(),
+        )?);
+        let shown: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        say!("{}", shown.join("  "));
+        sink.write(m)?;
     }
     Ok(())
 }

@@ -35,3 +35,4 @@ pub mod plot;
 pub mod sample;
 pub mod session;
 pub mod trainer;
+pub mod uncertainty;

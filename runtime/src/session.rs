@@ -75,7 +75,8 @@ pub fn render(src: &dlc_dsl::Source, diags: &[Diagnostic]) -> String {
     out.join("\n")
 }
 
-/// `--data NAME=PATH` (or `--data NAME` for the embedded digits).
+/// `--data NAME=PATH` (or `--data NAME` for the embedded digits), and `--ood`: clap names
+/// the flag in front of the message.
 pub fn parse_data_flag(s: &str) -> Result<(String, Option<PathBuf>), String> {
     let (name, path) = match s.split_once('=') {
         Some((n, p)) => (n, Some(PathBuf::from(p))),
@@ -84,12 +85,12 @@ pub fn parse_data_flag(s: &str) -> Result<(String, Option<PathBuf>), String> {
     let name = datasig::canonical(name);
     if !dlc_data::DATASET_NAMES.contains(&name.as_str()) {
         return Err(format!(
-            "--data {s}: unknown data set `{name}`; known: {}",
+            "unknown data set `{name}`; known: {}",
             dlc_data::DATASET_NAMES.join(", ")
         ));
     }
     if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
-        return Err(format!("--data {s}: empty path"));
+        return Err(format!("{s}: empty path"));
     }
     Ok((name, path))
 }
@@ -368,6 +369,9 @@ pub struct Setup {
     /// On an environment: the policy alone (`pred`, and a Gaussian's `log_std`), the
     /// graph that acts.
     pub act_engine: Option<Engine>,
+    /// With `mc_dropout(passes: T)`: the prediction (`pred`) in training mode, every
+    /// random op drawing (dropout on), for Monte Carlo evaluation.
+    pub stochastic_engine: Option<Engine>,
     /// The `--set` values in force (a checkpoint records them).
     pub sets: Vec<(String, String)>,
     /// The `--data-arg` values in force (a checkpoint records them).
@@ -450,6 +454,14 @@ pub fn compile(
         }
         None => None,
     };
+    let stochastic_engine = match cfg.mc_dropout {
+        Some(_) => {
+            let mut g = lowered.graph.clone();
+            g.outputs.retain(|(n, _)| n == "pred");
+            Some(Engine::new(engine, optimized(&g.compact()), threads)?)
+        }
+        None => None,
+    };
     Ok((
         Setup {
             program,
@@ -461,6 +473,7 @@ pub fn compile(
             eval,
             eval_engine,
             act_engine,
+            stochastic_engine,
             sets: ov.sets_in_force(),
             data_arg_flags: data.arg_flags,
         },

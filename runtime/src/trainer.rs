@@ -547,7 +547,7 @@ impl Tally {
     }
 }
 
-fn leaf_env(params: &Tensors, seed: u64, step: u64) -> Env<f32> {
+pub(crate) fn leaf_env(params: &Tensors, seed: u64, step: u64) -> Env<f32> {
     let mut env = Env::new(seed, step);
     for (k, v) in params {
         env.values.insert(k.clone(), v.clone());

@@ -126,6 +126,10 @@ pub struct TrainConfig {
     pub clip_norm: Option<f64>,
     /// `attack(epsilons: [...])`: `dlc eval` measures the test accuracy under attack.
     pub attack: Option<Attack>,
+    /// `mc_dropout(passes: T)`: `dlc eval` also predicts by Monte Carlo dropout, the
+    /// class probabilities averaged over T passes with every random op of the model drawing
+    /// (dropout kept on), and reports the predictive uncertainty and its parts.
+    pub mc_dropout: Option<usize>,
     /// What each training step minimises, in the order the steps run them on a batch: one
     /// objective `loss` for a section with `loss = …`, else one per `minimize`.
     pub objectives: Vec<Objective>,
@@ -604,6 +608,7 @@ impl Program {
             early_stopping: None,
             clip_norm: None,
             attack: None,
+            mc_dropout: None,
             objectives: Vec::new(),
             reports: Vec::new(),
             agent: None,
@@ -824,8 +829,30 @@ impl Program {
                                 }
                             }
                         }
+                        "mc_dropout" => {
+                            let passes = match evaluated.as_slice() {
+                                [(a, v)]
+                                    if matches!(
+                                        a.name.as_ref().map(|n| n.name.as_str()),
+                                        Some("passes") | None
+                                    ) =>
+                                {
+                                    count(v).filter(|&t| t >= 1)
+                                }
+                                _ => None,
+                            };
+                            match passes {
+                                Some(t) => cfg.mc_dropout = Some(t),
+                                None => {
+                                    lw.err(
+                                        *span,
+                                        "mc_dropout takes passes: N, a whole number ≥ 1 of stochastic passes",
+                                    );
+                                }
+                            }
+                        }
                         other => {
-                            let known = ["early_stopping", "attack"]
+                            let known = ["early_stopping", "attack", "mc_dropout"]
                                 .iter()
                                 .chain(agent::STATEMENTS)
                                 .copied();
