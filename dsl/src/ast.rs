@@ -207,6 +207,8 @@ pub enum ExprKind {
     Call(Box<Expr>, Vec<Arg>),
     Index(Box<Expr>, Vec<IndexItem>),
     Field(Box<Expr>, Ident),
+    /// `if cond { then } else { otherwise }`, decided when compiling.
+    If(Box<Expr>, Box<Block>, Box<Block>),
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -745,6 +745,27 @@ impl Builder {
                 (ExprKind::Str(s[1..s.len() - 1].to_string()), 0)
             }
             Rule::ident => (ExprKind::Name(p.as_str().to_string()), 0),
+            Rule::if_expr => {
+                let mut it = p.into_inner();
+                let cond = self.expr(it.next().expect("grammar: if condition"))?;
+                let then = self.block(it.next().expect("grammar: if block"))?;
+                let other = it.next().expect("grammar: else");
+                let otherwise = match other.as_rule() {
+                    Rule::block => self.block(other)?,
+                    // `else if …`: a block whose value is the nested `if`.
+                    _ => {
+                        let (e, _) = self.primary(other)?;
+                        Block {
+                            lets: Vec::new(),
+                            result: e,
+                        }
+                    }
+                };
+                (
+                    ExprKind::If(Box::new(cond), Box::new(then), Box::new(otherwise)),
+                    1,
+                )
+            }
             Rule::list => {
                 let items = p
                     .into_inner()

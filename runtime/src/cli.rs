@@ -890,6 +890,15 @@ fn train(a: TrainArgs) -> Result<(), String> {
     if setup.cfg.agent.is_some() {
         return train_agent(&a, &setup, kind, resume.as_ref());
     }
+    if setup.cfg.search.is_some() {
+        if a.save.is_some() || a.resume.is_some() {
+            return Err(format!(
+                "{}: an architecture search keeps no checkpoint (--save, --resume); its metrics name the best architecture and its test accuracy",
+                a.file.display()
+            ));
+        }
+        return crate::search::run(&setup, &ov, kind, a.seed, a.steps, a.metrics.as_deref());
+    }
     let scaling = match &resume {
         Some((ck, _)) => scaling_of(ck),
         None => None,
@@ -945,6 +954,7 @@ fn train(a: TrainArgs) -> Result<(), String> {
         epochs: setup.cfg.epochs,
         steps: a.steps,
         stall_at_step,
+        quiet: false,
     };
     // `--save` is written (atomically) at the end of every epoch, with everything
     // `--resume` needs, and once more when training ends.

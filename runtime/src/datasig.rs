@@ -166,3 +166,36 @@ pub fn environment(env: &crate::envs::Environment) -> DataSig {
         sparse: Vec::new(),
     }
 }
+
+/// The signature of an architecture search with `steps` decisions of at most `options`
+/// options each (`dlc_compiler::lower::search`): `previous`, `decisions` i32[B, steps],
+/// `allowed` f32[steps, options], `reward`, `adv` f32[B]; sizes `steps` and `options`.
+/// `x` and `y` stand for `previous` and `decisions`.
+pub fn architectures(steps: usize, options: usize) -> DataSig {
+    let b = || Dim::Sym("B".into());
+    let ids = Type {
+        dtype: DType::I32,
+        shape: vec![b(), Dim::Known(steps)],
+    };
+    let row = Type::f32(vec![b()]);
+    DataSig {
+        name: dlc_compiler::lower::SEARCH_SOURCE.to_string(),
+        dims: vec![
+            ("steps".to_string(), steps),
+            ("options".to_string(), options),
+        ],
+        x: ids.clone(),
+        y: ids.clone(),
+        experience: vec![
+            ("previous".to_string(), ids.clone()),
+            ("decisions".to_string(), ids),
+            (
+                "allowed".to_string(),
+                Type::f32(vec![Dim::Known(steps), Dim::Known(options)]),
+            ),
+            ("reward".to_string(), row.clone()),
+            ("adv".to_string(), row),
+        ],
+        sparse: Vec::new(),
+    }
+}

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod picture;
 pub mod plot;
 pub mod sample;
+pub mod search;
 pub mod session;
 pub mod trainer;
 pub mod uncertainty;

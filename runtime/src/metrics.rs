@@ -53,16 +53,17 @@ impl MetricsSink {
     }
 }
 
-/// A progress bar on a terminal; plain lines (one per epoch) otherwise.
+/// A progress bar on a terminal; plain lines (one per epoch) otherwise; or nothing.
 pub struct Progress {
     bar: Option<ProgressBar>,
+    quiet: bool,
     epochs: usize,
     steps_per_epoch: usize,
 }
 
 impl Progress {
-    pub fn new(epochs: usize, steps_per_epoch: usize) -> Progress {
-        let bar = std::io::stderr().is_terminal().then(|| {
+    pub fn new(epochs: usize, steps_per_epoch: usize, quiet: bool) -> Progress {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let b = ProgressBar::new(steps_per_epoch as u64);
             b.set_style(
                 ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
@@ -73,6 +74,7 @@ impl Progress {
         });
         Progress {
             bar,
+            quiet,
             epochs,
             steps_per_epoch,
         }
@@ -94,6 +96,9 @@ impl Progress {
     }
 
     pub fn end_epoch(&mut self, m: &Map<String, Value>) {
+        if self.quiet {
+            return;
+        }
         let mut parts = Vec::new();
         for (k, v) in m {
             let shown = match v {

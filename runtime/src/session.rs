@@ -203,6 +203,15 @@ pub struct DataChoice {
 /// data-set arguments in force.
 pub fn choose_data(prog: &Program, ov: &Overrides) -> Result<DataChoice, String> {
     let file_data = prog.train_def().map(|t| datasig::canonical(&t.data.name));
+    // A search's data set is its children's (they read --data).
+    if file_data.as_deref() == Some(dlc_compiler::lower::SEARCH_SOURCE) {
+        return Ok(DataChoice {
+            name: dlc_compiler::lower::SEARCH_SOURCE.to_string(),
+            path: None,
+            args: Vec::new(),
+            arg_flags: Vec::new(),
+        });
+    }
     if let (Some(env), Some((n, _))) = (&file_data, ov.data.first())
         && crate::envs::NAMES.contains(&env.as_str())
     {
@@ -284,6 +293,19 @@ pub fn signature(
             (None, None) => None,
         };
         return Ok(datasig::text("songs", size, seq));
+    }
+    if data.name == dlc_compiler::lower::SEARCH_SOURCE {
+        let train = prog.train_def().ok_or("no training section")?;
+        let (steps, options) = dlc_compiler::lower::search_space(train).ok_or_else(|| {
+            render(
+                &prog.source,
+                &[Diagnostic::new(
+                    train.span,
+                    "training on architectures needs choices(name: [options], …): the decisions the controller takes",
+                )],
+            )
+        })?;
+        return Ok(datasig::architectures(steps, options));
     }
     if data.name == "point_mnist" {
         let points = dlc_data::point_count(&data.args).map_err(|e| e.to_string())?;
@@ -407,7 +429,15 @@ pub fn compile(
     ov: &Overrides,
     engine: EngineKind,
 ) -> Result<(Setup, Option<PathBuf>), String> {
-    let program = open_program(path, ov)?;
+    compile_program(open_program(path, ov)?, ov, engine)
+}
+
+/// [`compile`] of a program already parsed (an architecture search's child).
+pub fn compile_program(
+    program: Program,
+    ov: &Overrides,
+    engine: EngineKind,
+) -> Result<(Setup, Option<PathBuf>), String> {
     let data = choose_data(&program, ov)?;
     let sig = signature(&program, &data, None)?;
     let render_err = |d: Vec<Diagnostic>| render_lowering(&program, ov, &d);
@@ -443,8 +473,8 @@ pub fn compile(
         });
     }
     let eval_engine = Engine::new(engine, optimized(&eval.graph), threads)?;
-    let act_engine = match &cfg.agent {
-        Some(_) => {
+    let act_engine = match (&cfg.agent, &cfg.search) {
+        (Some(_), _) | (_, Some(_)) => {
             let mut g = eval.graph.clone();
             g.outputs
                 .retain(|(n, _)| matches!(n.as_str(), "pred" | "log_std" | "value"));
@@ -452,7 +482,7 @@ pub fn compile(
             // than it saves.
             Some(Engine::new(engine, optimized(&g.compact()), 1)?)
         }
-        None => None,
+        _ => None,
     };
     let stochastic_engine = match cfg.mc_dropout {
         Some(_) => {

@@ -667,6 +667,8 @@ pub struct RunLimits {
     /// progress and wait to be killed, so that a test can kill a run in the middle of an
     /// epoch without racing it. Set by the `DLC_TEST_STALL_AT_STEP` environment variable.
     pub stall_at_step: Option<u64>,
+    /// Print nothing (an architecture search's children).
+    pub quiet: bool,
 }
 
 /// The environment variable read into [`RunLimits::stall_at_step`].
@@ -697,7 +699,7 @@ pub fn train(
     let batch_rows = if data.sparse.is_empty() { cfg.batch } else { n };
     let mut graph_inputs = sparse_inputs(data);
     let steps_per_epoch = n.div_ceil(batch_rows);
-    let mut progress = Progress::new(limits.epochs, steps_per_epoch);
+    let mut progress = Progress::new(limits.epochs, steps_per_epoch, limits.quiet);
     let mut budget_hit = false;
     while st.epoch < limits.epochs && !st.stopped && !budget_hit {
         let epoch = st.epoch + 1;

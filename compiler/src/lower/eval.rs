@@ -182,6 +182,25 @@ impl Lowerer {
                     .collect();
                 self.call(callee, args, e.span, f.span)
             }
+            ExprKind::If(cond, then, otherwise) => {
+                let c = self.eval(cond, cx);
+                let chosen = match c {
+                    Value::Bool(b) => b,
+                    Value::Num(n) => n != 0.0,
+                    Value::Poison => return Value::Poison,
+                    other => {
+                        return self.err(
+                            cond.span,
+                            format!(
+                                "the condition of `if` must be known when compiling (a number, a comparison of numbers, true or false), found {}; to choose between tensors element by element use select(cond, a, b)",
+                                other.kind()
+                            ),
+                        );
+                    }
+                };
+                let mut scope = cx.scope.clone();
+                self.block(if chosen { then } else { otherwise }, &mut scope, cx.inst)
+            }
             ExprKind::Index(base, items) => {
                 let v = self.eval(base, cx);
                 super::builtins::index(self, v, items, cx, e.span)

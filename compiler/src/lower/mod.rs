@@ -9,6 +9,7 @@ mod builtins;
 mod eval;
 mod resolve;
 mod scan;
+mod search;
 mod value;
 
 pub use agent::{
@@ -16,6 +17,10 @@ pub use agent::{
 };
 pub use builtins::ALL as BUILTINS;
 pub use eval::{Lowerer, MAX_CALL_DEPTH, Mode, ParamInfo};
+pub use search::{
+    Choice, Decision, INPUTS as SEARCH_INPUTS, SOURCE as SEARCH_SOURCE, Search,
+    space as search_space,
+};
 pub use value::{Init, Optimizer, Value};
 
 use crate::ir::{Graph, NodeId};
@@ -33,6 +38,7 @@ use value::{Func, Instance};
 pub const SPARSE_INPUTS: &[(&str, &str)] = &[("cora", "adj")];
 
 /// A parsed `.dl` file with the prelude.
+#[derive(Clone)]
 pub struct Program {
     pub source: Source,
     pub file: File,
@@ -130,6 +136,8 @@ pub struct TrainConfig {
     /// class probabilities averaged over T passes with every random op of the model drawing
     /// (dropout kept on), and reports the predictive uncertainty and its parts.
     pub mc_dropout: Option<usize>,
+    /// On `architectures`: the search a controller trained by this section runs.
+    pub search: Option<Search>,
     /// What each training step minimises, in the order the steps run them on a batch: one
     /// objective `loss` for a section with `loss = …`, else one per `minimize`.
     pub objectives: Vec<Objective>,
@@ -217,11 +225,17 @@ impl Program {
                 ));
             }
         }
+        // One training section; or two when one searches architectures (the other is
+        // then its children's recipe).
         let trains: Vec<&TrainDef> = train_defs(&file).collect();
-        if trains.len() > 1 {
+        let searches = trains
+            .iter()
+            .filter(|t| t.data.name == search::SOURCE)
+            .count();
+        if trains.len() > 2 || (trains.len() == 2 && searches != 1) {
             diags.push(Diagnostic::new(
-                trains[1].span,
-                "only one training section per file is supported",
+                trains[trains.len() - 1].span,
+                "only one training section per file is supported (two when one is `on architectures`: an architecture search and its children's section)",
             ));
         }
         if diags.is_empty() {
@@ -328,8 +342,25 @@ impl Program {
         }
     }
 
+    /// The training section: an architecture search's when the file has one, else the
+    /// only one.
     pub fn train_def(&self) -> Option<&TrainDef> {
-        train_defs(&self.file).next()
+        train_defs(&self.file)
+            .find(|t| t.data.name == search::SOURCE)
+            .or_else(|| train_defs(&self.file).next())
+    }
+
+    /// The program of an architecture search's children: this file without the search
+    /// section, so that the child's section is the training section. None without one.
+    pub fn children(&self) -> Option<Program> {
+        self.train_def()?.data.name.eq(search::SOURCE).then(|| {
+            let mut p = self.clone();
+            p.file
+                .items
+                .retain(|i| !matches!(i, Item::Train(t) if t.data.name == search::SOURCE));
+            p.sets.clear();
+            p
+        })
     }
 
     /// The model a file is about: the one its training section trains, else the first.
@@ -582,6 +613,7 @@ impl Program {
             scope.insert(name.clone(), Value::Sparse(Rc::new(m)));
         }
         let mut agent = agent::AgentParts::default();
+        let mut search = search::SearchParts::default();
         // The prediction is forward(x) (on a graph, forward(x, adj)); calls are memoised,
         // so the loss shares it.
         let pred = match inst.def.fns.iter().find(|f| f.name.name == "forward") {
@@ -609,6 +641,7 @@ impl Program {
             clip_norm: None,
             attack: None,
             mc_dropout: None,
+            search: None,
             objectives: Vec::new(),
             reports: Vec::new(),
             agent: None,
@@ -766,7 +799,9 @@ impl Program {
                             (a, lw.eval(&a.value, &cx))
                         })
                         .collect();
-                    if agent::statement(&mut lw, &mut agent, &name.name, &evaluated, *span) {
+                    if agent::statement(&mut lw, &mut agent, &name.name, &evaluated, *span)
+                        || search::statement(&mut lw, &mut search, &name.name, &evaluated, *span)
+                    {
                         continue;
                     }
                     match name.name.as_str() {
@@ -855,6 +890,7 @@ impl Program {
                             let known = ["early_stopping", "attack", "mc_dropout"]
                                 .iter()
                                 .chain(agent::STATEMENTS)
+                                .chain(search::STATEMENTS)
                                 .copied();
                             let hint = dlc_dsl::nearest(other, known)
                                 .map(|s| format!("; did you mean `{s}`?"))
@@ -976,7 +1012,36 @@ impl Program {
             cfg.reports.push(name.clone());
             outs.push((name, v, sp));
         }
-        if on_env {
+        if data.name == search::SOURCE {
+            let globals = &lw.globals;
+            let params = |name: &str| match globals.get(name) {
+                Some(Value::Func(Func::Model(m))) => {
+                    Some(m.params.iter().map(|p| p.name.name.clone()).collect())
+                }
+                _ => None,
+            };
+            let params: Vec<(String, Option<Vec<String>>)> = search
+                .child
+                .iter()
+                .map(|(c, _, _)| (c.clone(), params(c)))
+                .collect();
+            cfg.search = search.finish(
+                &mut lw,
+                |c| {
+                    params
+                        .iter()
+                        .find(|(n, _)| n == c)
+                        .and_then(|(_, p)| p.clone())
+                },
+                t.span,
+            );
+        } else if let Some(sp) = search.first {
+            lw.err(
+                sp,
+                "this statement belongs to an architecture search (`train Controller on architectures { … }`)",
+            );
+        }
+        if on_env && data.name != search::SOURCE {
             cfg.agent = agent.finish(&mut lw, &data.name, t.span);
             // What acting computes besides `forward(obs)`: a Gaussian policy's log
             // standard deviation (`log_std(obs)`), the value that advantage estimation

@@ -45,6 +45,11 @@ pub fn check(file: &File, prelude: &File, imported: &[Item]) -> Vec<Diagnostic> 
                 let mut scope: Vec<String> =
                     if super::agent::ENVIRONMENTS.contains(&t.data.name.as_str()) {
                         super::agent::INPUTS.iter().map(|s| s.to_string()).collect()
+                    } else if t.data.name == super::search::SOURCE {
+                        super::search::INPUTS
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect()
                     } else {
                         // A graph data set's sparse inputs too (`adj`).
                         let mut v: Vec<String> = vec!["x".into(), "y".into()];
@@ -112,11 +117,16 @@ impl Resolver<'_> {
         if let Some(t) = &f.ret {
             self.ty(t, &scope);
         }
-        for l in &f.body.lets {
+        self.block(&f.body, &scope);
+    }
+
+    fn block(&mut self, b: &Block, outer: &[String]) {
+        let mut scope = outer.to_vec();
+        for l in &b.lets {
             self.expr(&l.value, &scope);
             bind(&l.pattern, &mut scope);
         }
-        self.expr(&f.body.result, &scope);
+        self.expr(&b.result, &scope);
     }
 
     fn ty(&mut self, t: &TypeExpr, scope: &[String]) {
@@ -182,6 +192,12 @@ impl Resolver<'_> {
                     stack.push(base);
                 }
                 ExprKind::Field(base, _) => stack.push(base),
+                ExprKind::If(cond, then, otherwise) => {
+                    stack.push(cond);
+                    for b in [then, otherwise] {
+                        self.block(b, scope);
+                    }
+                }
             }
         }
     }
