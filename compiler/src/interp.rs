@@ -440,7 +440,7 @@ fn reshape<T: Real>(x: &ArrayD<T>, shape: Vec<usize>) -> Result<ArrayD<T>, Strin
         .map_err(|e| format!("reshape {:?} to {shape:?}: {e}", x.shape()))
 }
 
-fn softmax_lane<T: Real>(x: &ArrayD<T>, axis: usize, log: bool) -> ArrayD<T> {
+pub(crate) fn softmax_lane<T: Real>(x: &ArrayD<T>, axis: usize, log: bool) -> ArrayD<T> {
     let mut out = x.clone();
     for mut lane in out.lanes_mut(Axis(axis)) {
         let m = lane.iter().fold(T::neg_infinity(), |a, &b| nan_max(a, b));

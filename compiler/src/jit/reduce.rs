@@ -1,6 +1,8 @@
 //! Native reductions for staged kernels: `sum`, `mean`, `max` and `sum_to` over one run of
-//! adjacent axes of a row-major value, seen as [outer, reduced, inner]. Sums accumulate in
-//! f64 in index order, as the reference interpreter's do; a NaN in a maximum wins.
+//! adjacent axes of a row-major value, seen as [outer, reduced, inner], and `softmax` and
+//! `log_softmax` along one axis. Sums accumulate in f64 in index order, as the reference
+//! interpreter's do; a NaN in a maximum wins; the softmaxes compute as the interpreter's
+//! lanes do, in f32 in the same order.
 
 use crate::ops::Op;
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
@@ -10,6 +12,7 @@ use ndarray::{ArrayD, ArrayViewD, IxDyn};
 fn axes(op: &Op, shape: &[usize], out: &[usize]) -> Option<(usize, usize)> {
     let mut ax: Vec<usize> = match op {
         Op::Sum { axes, .. } | Op::Mean { axes, .. } | Op::Max { axes, .. } => axes.clone(),
+        Op::Softmax { axis } | Op::LogSoftmax { axis } if out == shape => vec![*axis],
         Op::SumTo { .. } => {
             // Leading axes dropped, then axes kept as 1.
             let lead = shape.len().checked_sub(out.len())?;
@@ -45,6 +48,9 @@ pub fn run(op: &Op, x: &ArrayViewD<f32>, out: &[usize]) -> Result<ArrayD<f32>, S
     let inner: usize = shape[b..].iter().product();
     let xs = x.as_standard_layout();
     let xs = xs.as_slice().ok_or("reduce: layout")?;
+    if let Op::Softmax { .. } | Op::LogSoftmax { .. } = op {
+        return softmax(matches!(op, Op::LogSoftmax { .. }), xs, (outer, r, inner), out);
+    }
     let mut o = vec![0f32; outer * inner];
     match op {
         Op::Max { .. } => {
@@ -88,6 +94,42 @@ pub fn run(op: &Op, x: &ArrayViewD<f32>, out: &[usize]) -> Result<ArrayD<f32>, S
     ArrayD::from_shape_vec(IxDyn(out), o).map_err(|e| e.to_string())
 }
 
+/// Softmax (or its log) of `xs` [outer, r, inner] along the middle axis, lane by lane as
+/// the reference interpreter computes it: m the lane's maximum (a NaN wins; 0 when
+/// infinite), s = Σ exp(v − m) in order, then exp(v − m) / s or v − m − ln s.
+fn softmax(
+    log: bool,
+    xs: &[f32],
+    (outer, r, inner): (usize, usize, usize),
+    out: &[usize],
+) -> Result<ArrayD<f32>, String> {
+    let mut o = xs.to_vec();
+    let at = |p: usize, k: usize, i: usize| (p * r + k) * inner + i;
+    for p in 0..outer {
+        for i in 0..inner {
+            let mut m = f32::NEG_INFINITY;
+            for k in 0..r {
+                let v = xs[at(p, k, i)];
+                m = if m.is_nan() || v.is_nan() {
+                    f32::NAN
+                } else if m >= v {
+                    m
+                } else {
+                    v
+                };
+            }
+            let m = if m.is_infinite() { 0.0 } else { m };
+            let s = (0..r).fold(0.0f32, |a, k| a + (xs[at(p, k, i)] - m).exp());
+            let ls = s.ln();
+            for k in 0..r {
+                let v = xs[at(p, k, i)];
+                o[at(p, k, i)] = if log { v - m - ls } else { (v - m).exp() / s };
+            }
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(out), o).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +161,12 @@ mod tests {
         // sum_to [1, 2]: the leading axis dropped and the next kept as 1.
         let t = run(&Op::SumTo { shape: vec![] }, &x.view(), &[1, 2]).unwrap();
         assert_eq!(t.as_slice().unwrap(), &[30.0, 36.0]);
+        // Softmaxes along the middle axis, bit for bit the interpreter's.
+        for op in [Op::Softmax { axis: 1 }, Op::LogSoftmax { axis: 1 }] {
+            let native = run(&op, &x.view(), &[2, 3, 2]).unwrap();
+            let log = matches!(op, Op::LogSoftmax { .. });
+            assert_eq!(native, crate::interp::softmax_lane(&x, 1, log), "{op:?}");
+        }
         assert!(!supported(
             &Op::Sum {
                 axes: vec![0, 2],
