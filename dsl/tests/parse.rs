@@ -54,6 +54,20 @@ fn sexp(e: &Expr) -> String {
             format!("(index {} {})", sexp(b), its.join(" "))
         }
         ExprKind::Field(b, f) => format!("(. {} {})", sexp(b), f.name),
+        ExprKind::If(c, t, o) => {
+            let block = |b: &Block| {
+                let lets: Vec<String> = b
+                    .lets
+                    .iter()
+                    .map(|l| match &l.pattern {
+                        Pattern::Name(n) => format!("(let {} {}) ", n.name, sexp(&l.value)),
+                        Pattern::Tuple(..) => "(let tuple) ".to_string(),
+                    })
+                    .collect();
+                format!("{{{}{}}}", lets.concat(), sexp(&b.result))
+            };
+            format!("(if {} {} {})", sexp(c), block(t), block(o))
+        }
     }
 }
 
@@ -88,6 +102,14 @@ fn calls_indexing_literals() {
         ("(a, b)", "(tuple a b)"),
         ("songs(path: \"x.abc\")", "(call songs path:\"x.abc\")"),
         ("1.5e2 + .5", "(+ 150 0.5)"),
+        (
+            "if n >= 2 { let h = f(x) g(h) } else { x }",
+            "(if (>= n 2) {(let h (call f x)) (call g h)} {x})",
+        ),
+        (
+            "f(if a == 1 { b } else if a == 2 { c } else { d }) * 2",
+            "(* (call f (if (== a 1) {b} {(if (== a 2) {c} {d})})) 2)",
+        ),
     ] {
         assert_eq!(sexp(&one_expr(src)), want, "{src}");
     }

@@ -49,7 +49,12 @@ pub fn run(op: &Op, x: &ArrayViewD<f32>, out: &[usize]) -> Result<ArrayD<f32>, S
     let xs = x.as_standard_layout();
     let xs = xs.as_slice().ok_or("reduce: layout")?;
     if let Op::Softmax { .. } | Op::LogSoftmax { .. } = op {
-        return softmax(matches!(op, Op::LogSoftmax { .. }), xs, (outer, r, inner), out);
+        return softmax(
+            matches!(op, Op::LogSoftmax { .. }),
+            xs,
+            (outer, r, inner),
+            out,
+        );
     }
     let mut o = vec![0f32; outer * inner];
     match op {
