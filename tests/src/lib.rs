@@ -29,10 +29,17 @@ pub fn shared_data() -> Option<PathBuf> {
     p.is_dir().then_some(p)
 }
 
-/// The signature of the data set a model trains on, without loading it. Text data sets
-/// take their vocabulary from the file; for the course's corpus (`songs`) that is 83
-/// characters, windows of 100 by default.
-pub fn signature(name: &str) -> dlc_compiler::lower::DataSig {
+/// The signature of what a program's training section trains on, without loading it. Text
+/// data sets take their vocabulary from the file; for the course's corpus (`songs`) that is
+/// 83 characters, windows of 100 by default. An architecture search's comes from its
+/// `choices`.
+pub fn signature(prog: &dlc_compiler::lower::Program) -> dlc_compiler::lower::DataSig {
+    let t = prog.train_def().expect("a training section");
+    let name = t.data.name.as_str();
+    if name == dlc_compiler::lower::SEARCH_SOURCE {
+        let (steps, options) = dlc_compiler::lower::search_space(t).expect("choices(...)");
+        return dlc_runtime::datasig::architectures(steps, options);
+    }
     dlc_runtime::datasig::by_name(name).unwrap_or_else(|| {
         assert_eq!(name, "songs", "unknown data set {name}");
         dlc_runtime::datasig::text("songs", Some(83), 100)

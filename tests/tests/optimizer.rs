@@ -24,8 +24,8 @@ fn step_graph(path: &std::path::Path) -> Graph {
                 .unwrap_or_else(|_| panic!("lowers"))
                 .graph
         }
-        Some(t) => {
-            let sig = dlc_tests::signature(&t.data.name);
+        Some(_) => {
+            let sig = dlc_tests::signature(&prog);
             let (l, cfg) = prog
                 .lower_training(&sig, Mode::Train)
                 .unwrap_or_else(|_| panic!("lowers"));

@@ -18,8 +18,8 @@ fn lower(path: &std::path::Path) -> (String, String, String) {
             o.graph.verify().expect("optimized graph verifies");
             (print_graph(&l.graph), String::new(), print_graph(&o.graph))
         }
-        Some(t) => {
-            let sig = dlc_tests::signature(&t.data.name);
+        Some(_) => {
+            let sig = dlc_tests::signature(&prog);
             let (l, cfg) = prog.lower_training(&sig, Mode::Train).expect("lowers");
             l.graph.verify().expect("forward graph verifies");
             // Each objective's step (one for a single loss), under a header when several.
