@@ -1069,6 +1069,12 @@ fn bench(
             agent.env
         ));
     }
+    if setup.cfg.search.is_some() {
+        return Err(format!(
+            "{}: dlc bench times training steps on a data set; an architecture search reports each child's compile_s and train_s in its metrics lines",
+            file.display()
+        ));
+    }
     let data = session::load_data(&setup.cfg, data_path.as_deref(), None)?;
     if !data.sparse.is_empty() {
         return Err(format!(
@@ -1321,6 +1327,12 @@ fn eval(
     }
     ov.recorded = Some(ck.recorded(load)?);
     let (setup, data_path) = session::compile(file, &ov, kind)?;
+    if setup.cfg.search.is_some() {
+        return Err(format!(
+            "{}: an architecture search keeps no checkpoint to evaluate; its last metrics line has the best child's best_test_acc",
+            file.display()
+        ));
+    }
     if let Some(agent) = &setup.cfg.agent {
         let mut st = TrainState::from_checkpoint(&setup, &ck, load)?;
         let (mean, std) = crate::agent::evaluate_final(&setup, &mut st.params)?;

@@ -6,7 +6,8 @@
 //! in a left panel and the accuracies in a right one (one panel when the run has no
 //! accuracy). With `--fields a,b`, those fields, split the same way. A run on an
 //! environment has a line per episode instead: its curves are over episodes, by default
-//! the return of each episode and of the periodic evaluations.
+//! the return of each episode and of the periodic evaluations; an architecture search a
+//! line per controller step: by default its reward and baseline.
 
 use crate::picture::{Anchor, BLACK, Canvas, GRID, Rgb, WHITE};
 use serde_json::{Map, Value};
@@ -62,6 +63,7 @@ fn epoch_lines(path: &Path) -> Result<(&'static str, Vec<Map<String, Value>>), S
         .map_err(|e| format!("{}: cannot read the metrics file: {e}", path.display()))?;
     let mut out = Vec::new();
     let mut episodes = Vec::new();
+    let mut steps = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -85,10 +87,15 @@ fn epoch_lines(path: &Path) -> Result<(&'static str, Vec<Map<String, Value>>), S
             out.push(m);
         } else if m.get("episode").and_then(Value::as_f64).is_some() {
             episodes.push(m);
+        } else if m.get("controller_step").and_then(Value::as_f64).is_some() {
+            steps.push(m);
         }
     }
     if out.is_empty() && !episodes.is_empty() {
         return Ok(("episode", episodes));
+    }
+    if out.is_empty() && !steps.is_empty() {
+        return Ok(("controller_step", steps));
     }
     if out.is_empty() {
         return Err(format!(
@@ -134,6 +141,11 @@ pub fn curves_over(
         None if axis == "episode" => present
             .iter()
             .filter(|k| *k == "return" || *k == "eval_return")
+            .cloned()
+            .collect(),
+        None if axis == "controller_step" => present
+            .iter()
+            .filter(|k| *k == "reward" || *k == "baseline")
             .cloned()
             .collect(),
         None => present
@@ -185,6 +197,12 @@ pub fn plot(path: &Path, out: &Path, fields: Option<&[String]>) -> Result<(), St
         "loss"
     } else if rest.iter().all(|c| c.name.contains("return")) {
         "return"
+    } else if axis == "controller_step"
+        && rest
+            .iter()
+            .all(|c| c.name == "reward" || c.name == "baseline")
+    {
+        "reward (validation accuracy)"
     } else {
         "metrics"
     };
@@ -436,6 +454,30 @@ mod tests {
         let d = std::env::temp_dir().join(format!("dlc-plot-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&d).expect("dir");
         d
+    }
+
+    #[test]
+    fn searches_plot_rewards_over_controller_steps() {
+        let dir = std::env::temp_dir().join(format!("dlc-plot-search-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("search.jsonl");
+        let mut text = String::new();
+        for k in 1..=4 {
+            text += &format!(
+                "{{\"controller_step\":{k},\"reward\":0.{k},\"baseline\":0.05,\"architecture\":\"layers=1\"}}\n"
+            );
+        }
+        text += "{\"best_architecture\":\"layers=1\",\"best_test_acc\":0.9}\n";
+        std::fs::write(&p, text).unwrap();
+        let (axis, cs) = curves_over(&p, None).unwrap();
+        assert_eq!(axis, "controller_step");
+        let names: Vec<&str> = cs.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["reward", "baseline"]);
+        assert_eq!(
+            cs[0].points,
+            vec![(1.0, 0.1), (2.0, 0.2), (3.0, 0.3), (4.0, 0.4)]
+        );
+        plot(&p, &dir.join("search.png"), None).unwrap();
     }
 
     #[test]

@@ -167,4 +167,9 @@ fn bad_search_sections_are_errors() {
     assert!(e.contains("validation = true"), "{e}");
     let e = fails(&["train", s(&file), "--save", "/tmp/x.safetensors"]);
     assert!(e.contains("keeps no checkpoint"), "{e}");
+    let e = fails(&["bench", s(&file)]);
+    assert!(
+        e.contains("an architecture search reports each child's"),
+        "{e}"
+    );
 }
