@@ -155,7 +155,23 @@ fn check_nesting(chunk: &str, base: usize) -> Result<(), Diagnostic> {
     let mut minus_run = 0usize;
     let mut in_comment = false;
     let mut in_string = false;
+    // `else if` chains nest without brackets: their count is bounded too.
+    let (mut word, mut last_word, mut else_ifs) = (String::new(), String::new(), 0usize);
     for (i, c) in chunk.char_indices() {
+        if !in_comment && !in_string && (c.is_ascii_alphanumeric() || c == '_') {
+            word.push(c);
+        } else if !word.is_empty() {
+            if word == "if" && last_word == "else" {
+                else_ifs += 1;
+                if else_ifs > MAX_NESTING {
+                    return Err(Diagnostic::new(
+                        Span::new(base + i - 2, base + i),
+                        format!("more than {MAX_NESTING} `else if` in one item"),
+                    ));
+                }
+            }
+            last_word = std::mem::take(&mut word);
+        }
         if in_comment {
             in_comment = c != '\n';
             continue;
@@ -362,6 +378,8 @@ fn rule_name(r: Rule) -> Option<&'static str> {
         Rule::neg => "`-`",
         Rule::arg => "an argument",
         Rule::over_clause => "`over`",
+        Rule::kw_if | Rule::if_expr => "`if`",
+        Rule::kw_else => "`else`",
         Rule::with_clause => "`with`",
         _ => return None,
     })
@@ -746,7 +764,9 @@ impl Builder {
             }
             Rule::ident => (ExprKind::Name(p.as_str().to_string()), 0),
             Rule::if_expr => {
-                let mut it = p.into_inner();
+                let mut it = p
+                    .into_inner()
+                    .filter(|q| !matches!(q.as_rule(), Rule::kw_if | Rule::kw_else));
                 let cond = self.expr(it.next().expect("grammar: if condition"))?;
                 let then = self.block(it.next().expect("grammar: if block"))?;
                 let other = it.next().expect("grammar: else");

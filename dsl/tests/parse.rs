@@ -110,6 +110,11 @@ fn calls_indexing_literals() {
             "f(if a == 1 { b } else if a == 2 { c } else { d }) * 2",
             "(* (call f (if (== a 1) {b} {(if (== a 2) {c} {d})})) 2)",
         ),
+        // Names that start with the keywords are names.
+        (
+            "if if_a { elsewhere } else { ifx }",
+            "(if if_a {elsewhere} {ifx})",
+        ),
     ] {
         assert_eq!(sexp(&one_expr(src)), want, "{src}");
     }
@@ -174,6 +179,21 @@ fn one_syntax_error_per_item_and_the_rest_still_parses() {
 
 #[test]
 fn limits() {
+    // N ifs chained: N − 1 `else if`s.
+    let chain = format!(
+        "fn f(a) {{ {}{{ 0 }} }}",
+        "if a == 1 { 1 } else ".repeat(66)
+    );
+    let (_, d) = parse_file(&chain);
+    assert!(
+        d.len() == 1 && d[0].message.contains("more than 64 `else if` in one item"),
+        "{d:?}"
+    );
+    let chain = format!(
+        "fn f(a) {{ {}{{ 0 }} }}",
+        "if a == 1 { 1 } else ".repeat(65)
+    );
+    assert!(parse_file(&chain).1.is_empty());
     let deep = format!("fn f() {{ {}1{} }}", "(".repeat(100), ")".repeat(100));
     let (_, d) = parse_file(&deep);
     assert!(d[0].message.contains("nested deeper than 64"), "{d:?}");

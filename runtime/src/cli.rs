@@ -891,6 +891,12 @@ fn train(a: TrainArgs) -> Result<(), String> {
         return train_agent(&a, &setup, kind, resume.as_ref());
     }
     if setup.cfg.search.is_some() {
+        if a.epochs.is_some() || a.batch.is_some() {
+            return Err(format!(
+                "{}: an architecture search trains every child with its own section's epochs and batch (--epochs and --batch do not apply; --steps sets the controller steps)",
+                a.file.display()
+            ));
+        }
         if a.save.is_some() || a.resume.is_some() {
             return Err(format!(
                 "{}: an architecture search keeps no checkpoint (--save, --resume); its metrics name the best architecture and its test accuracy",
@@ -1334,6 +1340,13 @@ fn eval(
         ));
     }
     if let Some(agent) = &setup.cfg.agent {
+        if ood.is_some() {
+            return Err(format!(
+                "{}: --ood compares a classifier's uncertainty on two data sets; this model acts on {}",
+                file.display(),
+                agent.env
+            ));
+        }
         let mut st = TrainState::from_checkpoint(&setup, &ck, load)?;
         let (mean, std) = crate::agent::evaluate_final(&setup, &mut st.params)?;
         let mut sink =

@@ -89,7 +89,8 @@ pub fn sample(
         let w: Vec<f64> = row.iter().map(|v| (v - m).exp()).collect();
         let total: f64 = w.iter().sum();
         let mut u = rng::uniform(seed, key, step, t as u64) * total;
-        arch[t] = n - 1;
+        // (Rounding can leave u at the end: the last option that can be drawn.)
+        arch[t] = w.iter().rposition(|&x| x > 0.0).unwrap_or(n - 1);
         for (j, wj) in w.iter().enumerate() {
             if u < *wj {
                 arch[t] = j;
@@ -113,7 +114,8 @@ pub struct Children {
 /// A child trained: its validation and test accuracy, and how long compiling and
 /// training took.
 pub struct Trained {
-    pub val_acc: f64,
+    /// None for the final model, which trains on the validation examples.
+    pub val_acc: Option<f64>,
     pub test_acc: f64,
     pub compile_s: f64,
     pub train_s: f64,
@@ -152,6 +154,15 @@ impl Children {
         p.set_params(&settings(search, &first))?;
         let (setup0, path) = session::compile_program(p, &ov, kind)?;
         let data = session::load_data(&setup0.cfg, path.as_deref(), None)?;
+        if !matches!(
+            data.task,
+            dlc_data::Task::Classification { .. } | dlc_data::Task::Binary
+        ) {
+            return Err(format!(
+                "{}: the reward is the children's validation accuracy, so their data set must be a classification task; {} is not",
+                setup.program.source.name, data.name
+            ));
+        }
         if data.val.is_none() {
             return Err(format!(
                 "{}: the children's section must hold out validation data (`validation = true`): their validation accuracy is the reward",
@@ -169,7 +180,8 @@ impl Children {
 
     /// Compile and train the child with these settings on the training examples; or, for
     /// the final model (`with_validation`), on the training and validation examples together
-    /// (its validation accuracy is then that of examples it trained on).
+    /// (for a graph: the validation nodes' labels join the training nodes'), without
+    /// validation.
     pub fn train(
         &self,
         sets: &[(String, String)],
@@ -179,9 +191,19 @@ impl Children {
         let data = if with_validation {
             let val = self.data.val.as_ref().expect("checked in new");
             let mut d = self.data.clone();
-            d.train.x.extend_from_slice(&val.x);
-            d.train.y.extend_from_slice(&val.y);
-            d.train.n += val.n;
+            if d.sparse.is_empty() {
+                d.train.x.extend_from_slice(&val.x);
+                d.train.y.extend_from_slice(&val.y);
+                d.train.n += val.n;
+            } else {
+                // A graph's splits are all its nodes, labelled only inside the split.
+                for (t, v) in d.train.y.iter_mut().zip(&val.y) {
+                    if *t < 0.0 {
+                        *t = *v;
+                    }
+                }
+            }
+            d.val = None;
             merged = d;
             &merged
         } else {
@@ -212,14 +234,13 @@ impl Children {
             st.params = best;
         }
         let train_s = t1.elapsed().as_secs_f64();
-        let val = self.data.val.as_ref().expect("checked in new");
         let acc = |split| -> Result<f64, String> {
-            trainer::evaluate(&setup.eval_engine, &st.params, split, &self.data, self.seed)
+            trainer::evaluate(&setup.eval_engine, &st.params, split, data, self.seed)
                 .map(|s| s.acc.unwrap_or(0.0))
         };
         Ok(Trained {
-            val_acc: acc(val)?,
-            test_acc: acc(&self.data.test)?,
+            val_acc: data.val.as_ref().map(acc).transpose()?,
+            test_acc: acc(&data.test)?,
             compile_s,
             train_s,
             params: st.params.values().map(|a| a.len()).sum(),
@@ -242,6 +263,9 @@ pub fn run(
         .as_ref()
         .ok_or("not an architecture search")?;
     let act = setup.act_engine.as_ref().ok_or("no controller graph")?;
+    if search.decisions.is_empty() {
+        return Err("an architecture search needs at least one decision".into());
+    }
     let [objective] = &setup.steps[..] else {
         return Err("an architecture search has one objective, the controller's".into());
     };
@@ -250,12 +274,12 @@ pub fn run(
     let total = steps.map_or(search.steps, |s| s as usize);
     let data = &children.data;
     say!(
-        "searching {} architectures of {} on {} ({} train / {} validation / {} test examples) for {total} controller steps, engine {}",
+        "searching {:.0} architectures of {} on {} ({} train / {} validation / {} test examples) for {total} controller steps, engine {}",
         search
             .decisions
             .iter()
-            .map(|d| d.options.len())
-            .product::<usize>(),
+            .map(|d| d.options.len() as f64)
+            .product::<f64>(),
         search.child,
         data.name,
         data.train.n,
@@ -271,7 +295,7 @@ pub fn run(
     for k in 0..total {
         let arch = sample(act, &st.params, search, seed, st.step)?;
         let child = children.train(&settings(search, &arch), false)?;
-        let reward = child.val_acc;
+        let reward = child.val_acc.ok_or("a child without validation examples")?;
         let b = baseline.unwrap_or(reward);
         let adv = reward - b;
         baseline = Some(search.baseline * b + (1.0 - search.baseline) * reward);

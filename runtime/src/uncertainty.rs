@@ -74,17 +74,11 @@ fn entropy(p: &[f64]) -> f64 {
 pub fn predictive(
     engine: &Engine,
     params: &Tensors,
-    split: &Split,
-    data: &Dataset,
+    (split, data): (&Split, &Dataset),
+    classes: usize,
     seed: u64,
     passes: usize,
 ) -> Result<Predictive, String> {
-    let Task::Classification { classes } = data.task else {
-        return Err(format!(
-            "predictive uncertainty needs a classifier; data set {} is not a classification task",
-            data.name
-        ));
-    };
     let chunk_rows = if data.sparse.is_empty() {
         CHUNK
     } else {
@@ -123,6 +117,15 @@ pub fn predictive(
             }
             let p = pred.as_standard_layout();
             let flat = p.as_slice().expect("standard layout");
+            if let Some(at) = flat.iter().position(|v| !v.is_finite()) {
+                return Err(format!(
+                    "pass {} of {}: the model's logits are not finite ({} at example {}); the weights have diverged",
+                    t + 1,
+                    data.name,
+                    flat[at],
+                    chunk[(at / classes) / (preds / chunk.len()).max(1)]
+                ));
+            }
             for i in 0..preds {
                 let h = softmax_entropy(&flat[i * classes..(i + 1) * classes], &mut probs);
                 expected[i] += h;
@@ -200,7 +203,7 @@ pub fn auroc(negatives: &[f64], positives: &[f64]) -> f64 {
     let mut i = 0;
     while i < all.len() {
         let mut j = i;
-        while j < all.len() && all[j].0 == all[i].0 {
+        while j < all.len() && all[j].0.total_cmp(&all[i].0).is_eq() {
             j += 1;
         }
         let mean_rank = (i + 1 + j) as f64 / 2.0;
@@ -230,7 +233,21 @@ pub fn report(
         (Some(e), Some(t)) => (e, t),
         _ => (&setup.eval_engine, 1),
     };
-    let inside = predictive(engine, params, &data.test, data, seed, passes)?;
+    let Task::Classification { classes } = data.task else {
+        return Err(format!(
+            "predictive uncertainty needs a classifier; data set {} is not a classification task",
+            data.name
+        ));
+    };
+    if let Some(other) = ood
+        && other.x_shape != data.x_shape
+    {
+        return Err(format!(
+            "the out-of-distribution data set {} has inputs {:?}, but the model reads {} inputs {:?}",
+            other.name, other.x_shape, data.name, data.x_shape
+        ));
+    }
+    let inside = predictive(engine, params, (&data.test, data), classes, seed, passes)?;
     let s = inside.summary();
     let mut m = serde_json::Map::new();
     m.insert("passes".into(), json!(passes));
@@ -240,13 +257,7 @@ pub fn report(
     m.insert("aleatoric_in".into(), json!(s.aleatoric));
     m.insert("epistemic_in".into(), json!(s.epistemic));
     if let Some(other) = ood {
-        if other.x_shape != data.x_shape {
-            return Err(format!(
-                "the out-of-distribution data set {} has inputs {:?}, but the model reads {} inputs {:?}",
-                other.name, other.x_shape, data.name, data.x_shape
-            ));
-        }
-        let outside = predictive(engine, params, &other.test, other, seed, passes)?;
+        let outside = predictive(engine, params, (&other.test, other), classes, seed, passes)?;
         let o = outside.summary();
         m.insert("ood".into(), json!(other.name));
         m.insert("entropy_ood".into(), json!(o.entropy));

@@ -167,6 +167,33 @@ fn bad_search_sections_are_errors() {
     assert!(e.contains("validation = true"), "{e}");
     let e = fails(&["train", s(&file), "--save", "/tmp/x.safetensors"]);
     assert!(e.contains("keeps no checkpoint"), "{e}");
+    let e = fails(&["train", s(&file), "--epochs", "3"]);
+    assert!(e.contains("--epochs and --batch do not apply"), "{e}");
+    let e = check(
+        "twice.dl",
+        format!(
+            "{CHILD}{}",
+            CONTROLLER.replace(
+                "  optimizer = adam(lr: 0.05)",
+                "  choices(layers: [1, 2])\n  optimizer = adam(lr: 0.05)"
+            )
+        ),
+    );
+    assert!(e.contains("a second choices statement"), "{e}");
+    let e = check(
+        "envsteps.dl",
+        format!(
+            "{CHILD}{}",
+            CONTROLLER.replace(
+                "  optimizer = adam(lr: 0.05)",
+                "  steps = 10\n  optimizer = adam(lr: 0.05)"
+            )
+        ),
+    );
+    assert!(
+        e.contains("counts controller steps with search(Child, steps: N)"),
+        "{e}"
+    );
     let e = fails(&["bench", s(&file)]);
     assert!(
         e.contains("an architecture search reports each child's"),

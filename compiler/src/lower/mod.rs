@@ -1013,6 +1013,13 @@ impl Program {
             outs.push((name, v, sp));
         }
         if data.name == search::SOURCE {
+            // What belongs to an environment has no meaning here.
+            if agent.steps.is_some() || agent.lagged.is_some() {
+                lw.err(
+                    t.span,
+                    "an architecture search counts controller steps with search(Child, steps: N) (or --steps), and has no lagged copy",
+                );
+            }
             let globals = &lw.globals;
             let params = |name: &str| match globals.get(name) {
                 Some(Value::Func(Func::Model(m))) => {

@@ -93,7 +93,8 @@ pub fn space(t: &TrainDef) -> Option<(usize, usize)> {
 #[derive(Default)]
 pub(crate) struct SearchParts {
     pub child: Option<(String, usize, f64)>,
-    pub decisions: Option<Vec<Decision>>,
+    /// The decisions, each with the span of its name.
+    pub decisions: Option<Vec<(Decision, Span)>>,
     pub first: Option<Span>,
 }
 
@@ -109,6 +110,18 @@ pub(crate) fn statement(
         return false;
     }
     parts.first.get_or_insert(span);
+    let taken = if name == "search" {
+        parts.child.is_some()
+    } else {
+        parts.decisions.is_some()
+    };
+    if taken {
+        lw.err(
+            span,
+            format!("a second {name} statement: a section has one"),
+        );
+        return true;
+    }
     if name == "search" {
         let (mut child, mut steps, mut baseline) = (None, 50, 0.8);
         for (a, v) in args {
@@ -145,6 +158,10 @@ pub(crate) fn statement(
                 .iter()
                 .map(|i| match &i.kind {
                     ExprKind::Number(n) => Some(Choice::Num(*n)),
+                    ExprKind::Neg(x) => match &x.kind {
+                        ExprKind::Number(n) => Some(Choice::Num(-*n)),
+                        _ => None,
+                    },
                     ExprKind::Name(n) => Some(Choice::Name(n.clone())),
                     _ => None,
                 })
@@ -152,10 +169,13 @@ pub(crate) fn statement(
             _ => None,
         };
         match (&a.name, options) {
-            (Some(n), Some(options)) => decisions.push(Decision {
-                name: n.name.clone(),
-                options,
-            }),
+            (Some(n), Some(options)) => decisions.push((
+                Decision {
+                    name: n.name.clone(),
+                    options,
+                },
+                n.span,
+            )),
             _ => {
                 lw.err(
                     a.value.span,
@@ -188,10 +208,10 @@ impl SearchParts {
             lw.err(span, format!("no model named `{child}`"));
             return None;
         };
-        for d in &decisions {
+        for (d, at) in &decisions {
             if !params.contains(&d.name) {
                 lw.err(
-                    span,
+                    *at,
                     format!(
                         "choices: `{}` is not a parameter of model `{child}` (its parameters: {})",
                         d.name,
@@ -200,9 +220,13 @@ impl SearchParts {
                 );
             }
         }
+        if decisions.is_empty() {
+            lw.err(span, "choices needs at least one decision");
+            return None;
+        }
         Some(Search {
             child,
-            decisions,
+            decisions: decisions.into_iter().map(|(d, _)| d).collect(),
             steps,
             baseline,
         })
