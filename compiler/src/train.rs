@@ -160,6 +160,61 @@ pub fn training_graph(
     let (grad_graph, grad_stats) = autodiff::grad(fwd, "loss", &wrt)?;
     let mut g = grad_graph.clone();
     g.outputs.retain(|(n, _)| !n.starts_with("grad:"));
+    let grads: Vec<(ParamInfo, NodeId)> = lowered
+        .params
+        .iter()
+        .filter_map(|p| {
+            let gid = grad_graph.output(&format!("grad:{}", p.name))?;
+            Some((p.clone(), gid))
+        })
+        .collect();
+    let (params, states) = add_update(&mut g, opt, clip_norm, grads);
+    Ok(TrainingGraph {
+        graph: g,
+        grad_graph,
+        params,
+        states,
+        grad_stats,
+    })
+}
+
+/// The optimizer update alone, the second half of a training step split for data-parallel
+/// training: inputs `grad:NAME` (the gradients, averaged over the processes), `step`, the
+/// parameters and the optimizer state; outputs `grad_sq_norm` and `new:NAME`, computed as
+/// [`training_graph`]'s (its `grad_graph` gives the first half). Returns the graph and its
+/// state tensors.
+pub fn update_graph(
+    params: &[ParamInfo],
+    opt: &Optimizer,
+    clip_norm: Option<f64>,
+) -> (Graph, Vec<StateInfo>) {
+    let mut g = Graph::new();
+    let grads: Vec<(ParamInfo, NodeId)> = params
+        .iter()
+        .map(|p| {
+            let gid = g.add_ok(
+                Op::Input {
+                    name: format!("grad:{}", p.name),
+                    ty: (DType::F32, shape_of(&p.shape)),
+                },
+                &[],
+            );
+            (p.clone(), gid)
+        })
+        .collect();
+    let (_, states) = add_update(&mut g, opt, clip_norm, grads);
+    (g, states)
+}
+
+/// Add to `g` the update of every (parameter, its gradient's node): the global gradient
+/// norm (`grad_sq_norm`), clipping, the optimizer's rule, and the outputs `new:NAME` of
+/// the parameters and their state. Returns the parameters updated and the state tensors.
+fn add_update(
+    g: &mut Graph,
+    opt: &Optimizer,
+    clip_norm: Option<f64>,
+    with_grads: Vec<(ParamInfo, NodeId)>,
+) -> (Vec<ParamInfo>, Vec<StateInfo>) {
     let step = g.add_ok(
         Op::Input {
             name: "step".into(),
@@ -168,10 +223,7 @@ pub fn training_graph(
         &[],
     );
     let mut grads: Vec<(ParamInfo, NodeId, NodeId)> = Vec::new();
-    for p in &lowered.params {
-        let Some(gid) = grad_graph.output(&format!("grad:{}", p.name)) else {
-            continue;
-        };
+    for (p, gid) in with_grads {
         let pid = g.add_ok(
             Op::Param {
                 name: p.name.clone(),
@@ -244,19 +296,13 @@ pub fn training_graph(
                 &[],
             ));
         }
-        let (new_p, new_st) = update(&mut g, opt, pid, gid, &st, step);
+        let (new_p, new_st) = update(g, opt, pid, gid, &st, step);
         g.set_output(format!("new:{}", p.name), new_p);
         for (n, v) in names.iter().zip(new_st) {
             g.set_output(format!("new:{n}"), v);
         }
     }
-    Ok(TrainingGraph {
-        graph: g,
-        grad_graph,
-        params: updated,
-        states,
-        grad_stats,
-    })
+    (updated, states)
 }
 
 /// One optimizer step for one parameter: the papers' update rules.
