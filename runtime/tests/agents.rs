@@ -2,63 +2,18 @@
 //! checkpoints the same way, act without allocating, agree between the engines, and bad
 //! sections are errors that name what is wrong.
 
+mod common;
+use common::{fails, metrics, ok, root, s};
+
 use dlc_runtime::agent::Actor;
 use dlc_runtime::engine::EngineKind;
 use dlc_runtime::session::{self, Overrides};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("root")
-        .to_path_buf()
-}
-
-fn dlc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dlc"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("runs dlc")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = dlc(args);
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "dlc {args:?} failed:\n{all}");
-    all
-}
-
-/// Runs dlc, expects failure without a panic, returns stderr.
-fn fails(args: &[&str]) -> String {
-    let o = dlc(args);
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(!o.status.success(), "dlc {args:?} succeeded");
-    assert!(!err.contains("panicked"), "dlc {args:?} panicked:\n{err}");
-    err
-}
 
 fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("dlc-agents-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&d).expect("tmp dir");
     d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn metrics(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .expect("metrics file")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect()
 }
 
 /// The per-episode lines.

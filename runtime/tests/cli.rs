@@ -1,45 +1,10 @@
 //! The `dlc` binary on good and bad input: every bad input exits non-zero with a message
 //! naming the file (and position), and never panics.
 
+mod common;
+use common::{dlc, fails, metrics, root, s, text};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("root")
-        .to_path_buf()
-}
-
-/// Runs dlc. How long it takes is not checked here (a loaded machine is no bug); the
-/// benchmarks measure time.
-fn dlc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dlc"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("runs dlc")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Runs dlc, expects failure without a panic, returns stderr.
-fn fails(args: &[&str]) -> String {
-    let o = dlc(args);
-    let all = text(&o);
-    assert!(!o.status.success(), "dlc {args:?} succeeded:\n{all}");
-    assert!(
-        !all.contains("panicked") && !all.contains("RUST_BACKTRACE"),
-        "dlc {args:?} panicked:\n{all}"
-    );
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
 
 fn tmp(name: &str, contents: &[u8]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("dlc-cli-test-{}", std::process::id()));
@@ -56,10 +21,6 @@ fn png_size(p: &Path) -> (u32, u32) {
     ));
     let info = dec.read_info().expect("a PNG").info().clone();
     (info.width, info.height)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 #[test]
@@ -296,14 +257,6 @@ fn broken_data_folders() {
         err.contains("train-images-idx3-ubyte") && err.contains("truncated"),
         "{err}"
     );
-}
-
-fn metrics(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .expect("metrics file")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect()
 }
 
 #[test]

@@ -2,33 +2,12 @@
 //! file, their record in checkpoints and metrics lines, and the `songs` data set
 //! (character-level text) trained end to end on a small generated corpus.
 
+mod common;
+use common::{dlc, fails, metrics, root, s, text};
+
 use dlc_runtime::checkpoint::{Checkpoint, read_vocabulary};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("root")
-        .to_path_buf()
-}
-
-fn dlc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dlc"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("runs dlc")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// Runs dlc, expects success, returns stdout.
 fn ok(args: &[&str]) -> String {
@@ -37,36 +16,12 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
-/// Runs dlc, expects failure without a panic, returns stderr.
-fn fails(args: &[&str]) -> String {
-    let o = dlc(args);
-    let all = text(&o);
-    assert!(!o.status.success(), "dlc {args:?} succeeded:\n{all}");
-    assert!(
-        !all.contains("panicked") && !all.contains("RUST_BACKTRACE"),
-        "dlc {args:?} panicked:\n{all}"
-    );
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
 /// A fresh folder for one test.
 fn dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("dlc-flags-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("tmp dir");
     d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn metrics(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .expect("metrics file")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect()
 }
 
 fn run_json(args: &[&str]) -> Value {
