@@ -241,6 +241,10 @@ pub struct TrainArgs {
     /// Continue from a checkpoint (`--epochs` counts total epochs).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Data-parallel training over MPI: run as `mpirun -np N dlc train FILE --distributed`
+    /// (dlc built with `--features mpi`); the file's batch is the global batch.
+    #[arg(long)]
+    distributed: bool,
     #[arg(long)]
     metrics: Option<PathBuf>,
     #[arg(long, default_value = "jit")]
@@ -868,6 +872,9 @@ fn run_forward(
 }
 
 fn train(a: TrainArgs) -> Result<(), String> {
+    if a.distributed {
+        return train_distributed(a);
+    }
     let kind = EngineKind::parse(&a.engine)?;
     let resume = match &a.resume {
         Some(p) => Some((Checkpoint::load(p)?, p.clone())),
@@ -1425,6 +1432,113 @@ fn eval(
         let shown: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v}")).collect();
         say!("{}", shown.join("  "));
         sink.write(m)?;
+    }
+    Ok(())
+}
+
+/// `dlc train --distributed` in a dlc built without MPI.
+#[cfg(not(feature = "mpi"))]
+fn train_distributed(_: TrainArgs) -> Result<(), String> {
+    Err("--distributed needs dlc built with MPI: install OpenMPI (Debian: apt-get install libopenmpi-dev openmpi-bin libclang-dev), then cargo build --release --bin dlc --features mpi, and run mpirun -np N dlc train FILE --distributed".into())
+}
+
+/// `mpirun -np N dlc train FILE --distributed`: every rank compiles and loads the same
+/// program and data; rank 0 prints, writes metrics and checkpoints. An error on any rank
+/// ends every rank (MPI_Abort), so none waits forever in a collective.
+#[cfg(feature = "mpi")]
+fn train_distributed(a: TrainArgs) -> Result<(), String> {
+    let group = crate::distributed::Group::init()?;
+    match train_ranks(&a, &group) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            eprintln!("error (rank {} of {}): {e}", group.rank, group.size);
+            group.abort(1)
+        }
+    }
+}
+
+#[cfg(feature = "mpi")]
+fn train_ranks(a: &TrainArgs, group: &crate::distributed::Group) -> Result<(), String> {
+    let kind = EngineKind::parse(&a.engine)?;
+    let resume = match &a.resume {
+        Some(p) => Some((Checkpoint::load(p)?, p.clone())),
+        None => None,
+    };
+    let threads = a.threads.map_or(0, |t| t as usize);
+    let ov = Overrides {
+        epochs: a.epochs.map(|e| e as usize),
+        batch: a.batch.map(|b| b as usize),
+        optimizer: a.optimizer.clone(),
+        lr: a.lr,
+        no_opt: a.no_opt,
+        threads,
+        recorded: match &resume {
+            Some((ck, p)) => Some(ck.recorded(p)?),
+            None => None,
+        },
+        ..overrides(a.data.clone(), a.model.clone())
+    };
+    let (setup, data_path) = session::compile(&a.file, &ov, kind)?;
+    if setup.cfg.agent.is_some() || setup.cfg.search.is_some() {
+        return Err(format!(
+            "{}: --distributed trains on a data set; this section trains on {}",
+            a.file.display(),
+            setup.cfg.data
+        ));
+    }
+    let scaling = resume.as_ref().and_then(|(ck, _)| scaling_of(ck));
+    let data = session::load_data(&setup.cfg, data_path.as_deref(), scaling.as_ref())?;
+    crate::distributed::check(&setup, &data)?;
+    let st = match &resume {
+        Some((ck, p)) => TrainState::from_checkpoint(&setup, ck, p)?,
+        None => TrainState::fresh(&setup, a.seed),
+    };
+    let root = group.rank == 0;
+    let mut sink = MetricsSink::open(
+        if root { a.metrics.as_deref() } else { None },
+        kind.name(),
+        setup.kernels(),
+        session::args_json(&setup.cfg.data_args),
+    )?;
+    if root {
+        say!(
+            "training {} on {} ({} train / {} test examples) over {} ranks, global batch {}, {} epochs, engine {}",
+            setup
+                .program
+                .main_model()
+                .map(|m| m.name.name.clone())
+                .unwrap_or_default(),
+            data.name,
+            data.train.n,
+            data.test.n,
+            group.size,
+            setup.cfg.batch,
+            setup.cfg.epochs,
+            kind.name()
+        );
+    }
+    let mut save_epoch = |st: &TrainState| match &a.save {
+        Some(p) => st.to_checkpoint(&setup, &data).save(p),
+        None => Ok(()),
+    };
+    let threads = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    };
+    let st = crate::distributed::train(
+        &setup,
+        &data,
+        st,
+        setup.cfg.epochs,
+        (kind, threads, a.no_opt),
+        group,
+        &mut sink,
+        &mut save_epoch,
+    )?;
+    if root && let Some(p) = &a.save {
+        st.to_checkpoint(&setup, &data).save(p)?;
+        say!("saved {}", p.display());
     }
     Ok(())
 }

@@ -25,6 +25,8 @@ pub mod attack;
 pub mod checkpoint;
 pub mod cli;
 pub mod datasig;
+#[cfg(feature = "mpi")]
+pub mod distributed;
 pub mod engine;
 pub mod envs;
 pub mod images;

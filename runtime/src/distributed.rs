@@ -1,0 +1,333 @@
+//! Data-parallel training over MPI (`mpirun -np N dlc train FILE --distributed`, built with
+//! the `mpi` feature). Every rank holds the same parameters and walks the same global
+//! batches (the epoch order depends on the seed and the epoch alone); rank r takes rows
+//! [len·r/N, len·(r+1)/N) of each. A step is split in two (`train::update_graph`): each rank
+//! computes its rows' gradients, the gradients weighted by each rank's share of the rows
+//! are summed by one all-reduce, and every rank applies the same update to the same
+//! parameters. Training loss and accuracy, and the test evaluation (its rows split the same
+//! way), are summed across ranks. Rank 0 alone prints, writes metrics and checkpoints.
+//!
+//! Not yet: gradients all-reduced in buckets while the backward pass runs (this all-reduces
+//! once, after the whole backward pass); dropout masks keyed by the global row (they are
+//! keyed by the row within each rank's slice, so a model with dropout draws other masks than
+//! one process does); validation and early stopping, several objectives, graph data and
+//! regression tasks (refused).
+
+use crate::checkpoint::Tensors;
+use crate::engine::{Engine, EngineKind};
+use crate::metrics::{MetricsSink, Progress};
+use crate::session::Setup;
+use crate::trainer::{self, TrainState};
+use dlc_data::{Dataset, Split, Task};
+use mpi::collective::SystemOperation;
+use mpi::traits::*;
+use ndarray::{ArrayD, IxDyn};
+use serde_json::{Map, json};
+use std::time::Instant;
+
+/// The processes of an `mpirun`.
+pub struct Group {
+    _universe: mpi::environment::Universe,
+    world: mpi::topology::SimpleCommunicator,
+    pub rank: usize,
+    pub size: usize,
+}
+
+impl Group {
+    pub fn init() -> Result<Group, String> {
+        let universe = mpi::initialize().ok_or("MPI is already initialised")?;
+        let world = universe.world();
+        let (rank, size) = (world.rank() as usize, world.size() as usize);
+        Ok(Group {
+            _universe: universe,
+            world,
+            rank,
+            size,
+        })
+    }
+
+    /// Element-wise sum over the ranks, in place.
+    pub fn sum_f32(&self, v: &mut [f32]) {
+        let mine = v.to_vec();
+        self.world
+            .all_reduce_into(&mine[..], v, SystemOperation::sum());
+    }
+
+    pub fn sum_f64(&self, v: &mut [f64]) {
+        let mine = v.to_vec();
+        self.world
+            .all_reduce_into(&mine[..], v, SystemOperation::sum());
+    }
+
+    /// (minimum, maximum) of a value over the ranks.
+    pub fn min_max(&self, v: f64) -> (f64, f64) {
+        let (mut lo, mut hi) = (0.0, 0.0);
+        self.world
+            .all_reduce_into(&v, &mut lo, SystemOperation::min());
+        self.world
+            .all_reduce_into(&v, &mut hi, SystemOperation::max());
+        (lo, hi)
+    }
+
+    /// End every rank of the job with `code` (an error on one rank must not leave the
+    /// others waiting in a collective).
+    pub fn abort(&self, code: i32) -> ! {
+        self.world.abort(code)
+    }
+}
+
+/// The rows rank `rank` of `size` takes of a batch of `len`: as even as possible.
+pub fn share(len: usize, rank: usize, size: usize) -> std::ops::Range<usize> {
+    len * rank / size..len * (rank + 1) / size
+}
+
+/// A split's rows for one rank.
+fn part(split: &Split, rank: usize, size: usize) -> Split {
+    let r = share(split.n, rank, size);
+    let w = split.example_len();
+    let yw = split.y.len().checked_div(split.n).unwrap_or(0);
+    Split {
+        x: split.x[r.start * w..r.end * w].to_vec(),
+        y: split.y[r.start * yw..r.end * yw].to_vec(),
+        n: r.len(),
+    }
+}
+
+/// What the distributed loop refuses, with the reason.
+pub fn check(setup: &Setup, data: &Dataset) -> Result<(), String> {
+    let reason = if setup.steps.len() != 1 || !setup.cfg.reports.is_empty() {
+        Some("a section with several objectives or reported metrics")
+    } else if setup.cfg.validation || setup.cfg.early_stopping.is_some() {
+        Some("validation and early stopping")
+    } else if !data.sparse.is_empty() {
+        Some("a graph data set (trained full-batch)")
+    } else if matches!(data.task, Task::Regression) {
+        Some("a regression task")
+    } else {
+        None
+    };
+    match reason {
+        Some(r) => Err(format!("--distributed does not support {r} yet")),
+        None => Ok(()),
+    }
+}
+
+/// The two halves of the step: gradients and update.
+struct Halves {
+    grads: Engine,
+    update: Engine,
+    /// Parameters the step trains, with their sizes, in one fixed order.
+    params: Vec<(String, usize)>,
+    states: Vec<String>,
+}
+
+fn halves(setup: &Setup, kind: EngineKind, threads: usize, no_opt: bool) -> Result<Halves, String> {
+    let step = &setup.steps[0];
+    let tg = &step.train;
+    let optimized = |g: &dlc_compiler::ir::Graph| {
+        if no_opt {
+            g.clone()
+        } else {
+            dlc_compiler::opt::optimize(g).graph
+        }
+    };
+    let mut gg = tg.grad_graph.clone();
+    gg.outputs
+        .retain(|(n, _)| n == "loss" || n == "pred" || n.strip_prefix("grad:").is_some());
+    let opt = setup.cfg.objectives[0].optimizer(&setup.cfg);
+    let (ug, states) = dlc_compiler::train::update_graph(&tg.params, opt, setup.cfg.clip_norm);
+    Ok(Halves {
+        grads: Engine::new(kind, optimized(&gg.compact()), threads)?,
+        update: Engine::new(kind, optimized(&ug), threads)?,
+        params: tg
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.shape.iter().product()))
+            .collect(),
+        states: states.into_iter().map(|s| s.name).collect(),
+    })
+}
+
+/// The sum of every parameter, in a fixed order (equal on every rank when the parameters
+/// are).
+fn checksum(params: &Tensors) -> f64 {
+    params
+        .values()
+        .flat_map(|a| a.iter())
+        .map(|&v| v as f64)
+        .sum()
+}
+
+/// Train from `st` for the section's epochs across the ranks of `group`; `on_epoch` and
+/// `sink` (rank 0's) see every finished epoch.
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    setup: &Setup,
+    data: &Dataset,
+    mut st: TrainState,
+    epochs: usize,
+    (kind, threads, no_opt): (EngineKind, usize, bool),
+    group: &Group,
+    sink: &mut MetricsSink,
+    on_epoch: &mut dyn FnMut(&TrainState) -> Result<(), String>,
+) -> Result<TrainState, String> {
+    check(setup, data)?;
+    let h = halves(setup, kind, threads, no_opt)?;
+    let classes = match data.task {
+        Task::Classification { classes } => classes,
+        _ => 1,
+    };
+    let total: usize = h.params.iter().map(|(_, n)| n).sum();
+    let n = data.train.n;
+    let batch = setup.cfg.batch;
+    let steps_per_epoch = n.div_ceil(batch);
+    let mut progress = Progress::new(epochs, steps_per_epoch, group.rank != 0);
+    let mut grad_names: Vec<String> = vec!["loss".into(), "pred".into()];
+    grad_names.extend(h.params.iter().map(|(p, _)| format!("grad:{p}")));
+    let grad_refs: Vec<&str> = grad_names.iter().map(String::as_str).collect();
+    let mut update_names: Vec<String> = vec!["grad_sq_norm".into()];
+    update_names.extend(h.params.iter().map(|(p, _)| format!("new:{p}")));
+    update_names.extend(h.states.iter().map(|s| format!("new:{s}")));
+    let update_refs: Vec<&str> = update_names.iter().map(String::as_str).collect();
+    let test = part(&data.test, group.rank, group.size);
+    while st.epoch < epochs {
+        let epoch = st.epoch + 1;
+        let t0 = Instant::now();
+        progress.start_epoch(epoch);
+        let order = trainer::epoch_order(n, st.seed, epoch);
+        // (examples, loss sum, predictions judged, right) of this rank's rows.
+        let mut tally = [0f64; 4];
+        for chunk in order.chunks(batch) {
+            let mine = &chunk[share(chunk.len(), group.rank, group.size)];
+            // The weighted gradients, then this rank's loss sum, summed over the ranks.
+            let mut buf = vec![0f32; total];
+            if !mine.is_empty() {
+                let (x, y) = trainer::batch(&data.train, mine, &data.x_shape, &data.y_shape);
+                let mut env = trainer::leaf_env(&st.params, st.seed, st.step);
+                env.values.insert("x".into(), x);
+                env.values.insert("y".into(), y.clone());
+                let out = h.grads.run(&env, &grad_refs)?;
+                let loss = out[0].iter().next().copied().unwrap_or(f32::NAN);
+                let w = mine.len() as f32 / chunk.len() as f32;
+                let mut at = 0;
+                for g in &out[2..] {
+                    for (b, v) in buf[at..at + g.len()].iter_mut().zip(g.iter()) {
+                        *b = v * w;
+                    }
+                    at += g.len();
+                }
+                tally[0] += mine.len() as f64;
+                tally[1] += loss as f64 * mine.len() as f64;
+                let (j, r) = judge(&out[1], &y, classes, data.task);
+                tally[2] += j;
+                tally[3] += r;
+            }
+            group.sum_f32(&mut buf);
+            let mut env = trainer::leaf_env(&st.params, st.seed, st.step);
+            for s in &h.states {
+                let v = st
+                    .opt
+                    .get(s)
+                    .ok_or_else(|| format!("no optimizer state {s}"))?;
+                env.values.insert(s.clone(), v.clone());
+            }
+            env.values.insert(
+                "step".into(),
+                ArrayD::from_elem(IxDyn(&[]), (st.step + 1) as f32),
+            );
+            let mut at = 0;
+            for (p, len) in &h.params {
+                let shape = st.params[p].shape().to_vec();
+                let g = ArrayD::from_shape_vec(IxDyn(&shape), buf[at..at + len].to_vec())
+                    .map_err(|e| e.to_string())?;
+                env.values.insert(format!("grad:{p}"), g);
+                at += len;
+            }
+            let mut out = h.update.run(&env, &update_refs)?.into_iter().skip(1);
+            for (p, _) in &h.params {
+                st.params
+                    .insert(p.clone(), out.next().ok_or("too few outputs")?);
+            }
+            for s in &h.states {
+                st.opt
+                    .insert(s.clone(), out.next().ok_or("too few outputs")?);
+            }
+            st.step += 1;
+            progress.step(tally[1] / tally[0].max(1.0));
+        }
+        group.sum_f64(&mut tally);
+        st.epoch = epoch;
+        let secs = t0.elapsed().as_secs_f64();
+        if !(tally[1] / tally[0]).is_finite() {
+            return Err(format!(
+                "epoch {epoch}: the loss is {}; try a smaller learning rate (--lr)",
+                tally[1] / tally[0]
+            ));
+        }
+        // The test rows, split the same way.
+        let mut t = [0f64; 3];
+        if test.n > 0 {
+            let s = trainer::evaluate(&setup.eval_engine, &st.params, &test, data, st.seed)?;
+            t = [
+                s.loss * test.n as f64,
+                s.acc.unwrap_or(0.0) * test.n as f64,
+                test.n as f64,
+            ];
+        }
+        group.sum_f64(&mut t);
+        let (lo, hi) = group.min_max(checksum(&st.params));
+        if lo != hi {
+            return Err(format!(
+                "epoch {epoch}: the ranks' parameters differ (checksums {lo} and {hi})"
+            ));
+        }
+        let mut m = Map::new();
+        m.insert("epoch".into(), json!(epoch));
+        m.insert("step".into(), json!(st.step));
+        m.insert("train_loss".into(), json!(tally[1] / tally[0]));
+        m.insert("train_acc".into(), json!(tally[3] / tally[2].max(1.0)));
+        m.insert("test_loss".into(), json!(t[0] / t[2].max(1.0)));
+        m.insert("test_acc".into(), json!(t[1] / t[2].max(1.0)));
+        m.insert("ranks".into(), json!(group.size));
+        m.insert("param_checksum".into(), json!(lo));
+        m.insert("examples_per_s".into(), json!((tally[0] / secs).round()));
+        if group.rank == 0 {
+            on_epoch(&st)?;
+            progress.end_epoch(&m);
+            sink.write(m)?;
+        }
+    }
+    progress.finish();
+    Ok(st)
+}
+
+/// (predictions judged, right) of a batch's predictions against its labels.
+fn judge(pred: &ArrayD<f32>, y: &ArrayD<f32>, classes: usize, task: Task) -> (f64, f64) {
+    let per = if matches!(task, Task::Binary) {
+        1
+    } else {
+        classes
+    };
+    if pred.len() != y.len() * per {
+        return (0.0, 0.0);
+    }
+    let p = pred.as_standard_layout();
+    let flat = p.as_slice().unwrap_or(&[]);
+    let (mut judged, mut right) = (0.0, 0.0);
+    for (i, &label) in y.iter().enumerate() {
+        if label < 0.0 {
+            continue;
+        }
+        judged += 1.0;
+        let ok = match task {
+            Task::Binary => (flat.get(i).copied().unwrap_or(0.0) > 0.5) == (label > 0.5),
+            _ => {
+                let row = &flat[i * classes..(i + 1) * classes];
+                let best = (0..classes).fold(0, |b, k| if row[k] > row[b] { k } else { b });
+                best as f32 == label
+            }
+        };
+        right += f64::from(u8::from(ok));
+    }
+    (judged, right)
+}
