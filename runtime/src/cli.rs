@@ -173,6 +173,10 @@ pub enum Cmd {
         engine: String,
         #[arg(long)]
         no_opt: bool,
+        /// Time the data-parallel step over MPI (`mpirun -np N dlc bench … --distributed`):
+        /// the global batch split across ranks; reports the global examples per second.
+        #[arg(long)]
+        distributed: bool,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -373,6 +377,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             threads,
             engine,
             no_opt,
+            distributed,
             model,
         } => {
             let ov = Overrides {
@@ -381,7 +386,11 @@ pub fn run(cli: Cli) -> Result<(), String> {
                 threads: threads.map_or(0, |t| t as usize),
                 ..overrides(data, model)
             };
-            bench(&file, &ov, steps as usize, repeats as usize, &engine)
+            if distributed {
+                bench_distributed(&file, &ov, steps as usize, repeats as usize, &engine)
+            } else {
+                bench(&file, &ov, steps as usize, repeats as usize, &engine)
+            }
         }
         Cmd::Eval {
             file,
@@ -1436,10 +1445,74 @@ fn eval(
     Ok(())
 }
 
-/// `dlc train --distributed` in a dlc built without MPI.
+/// What `--distributed` says in a dlc built without MPI.
+#[cfg(not(feature = "mpi"))]
+const NO_MPI: &str = "--distributed needs dlc built with MPI: install OpenMPI (Debian: apt-get install libopenmpi-dev openmpi-bin libclang-dev), then cargo build --release --bin dlc --features mpi, and run mpirun -np N dlc train FILE --distributed";
+
 #[cfg(not(feature = "mpi"))]
 fn train_distributed(_: TrainArgs) -> Result<(), String> {
-    Err("--distributed needs dlc built with MPI: install OpenMPI (Debian: apt-get install libopenmpi-dev openmpi-bin libclang-dev), then cargo build --release --bin dlc --features mpi, and run mpirun -np N dlc train FILE --distributed".into())
+    Err(NO_MPI.into())
+}
+
+#[cfg(not(feature = "mpi"))]
+fn bench_distributed(_: &Path, _: &Overrides, _: usize, _: usize, _: &str) -> Result<(), String> {
+    Err(NO_MPI.into())
+}
+
+/// `mpirun -np N dlc bench FILE --distributed`: rank 0 prints one JSON line with the
+/// global examples per second.
+#[cfg(feature = "mpi")]
+fn bench_distributed(
+    file: &Path,
+    ov: &Overrides,
+    steps: usize,
+    repeats: usize,
+    engine: &str,
+) -> Result<(), String> {
+    let group = crate::distributed::Group::init()?;
+    let run = || -> Result<(), String> {
+        let kind = EngineKind::parse(engine)?;
+        let (setup, data_path) = session::compile(file, ov, kind)?;
+        if setup.cfg.agent.is_some() || setup.cfg.search.is_some() {
+            return Err(format!(
+                "{}: dlc bench --distributed times training steps on a data set",
+                file.display()
+            ));
+        }
+        let data = session::load_data(&setup.cfg, data_path.as_deref(), None)?;
+        let threads = if ov.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            ov.threads
+        };
+        let (ms, eps) = crate::distributed::bench(
+            &setup,
+            &data,
+            (kind, threads, ov.no_opt),
+            &group,
+            steps,
+            repeats,
+        )?;
+        if group.rank == 0 {
+            let mut m = Map::new();
+            m.insert("model".into(), json!(file.display().to_string()));
+            m.insert("ms_per_step".into(), json!(ms));
+            m.insert("examples_per_s".into(), json!(eps));
+            m.insert("batch".into(), json!(setup.cfg.batch));
+            m.insert("ranks".into(), json!(group.size));
+            m.insert("threads_per_rank".into(), json!(threads));
+            m.insert("engine".into(), json!(kind.name()));
+            say!("{}", Value::Object(m));
+        }
+        Ok(())
+    };
+    match run() {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            eprintln!("error (rank {} of {}): {e}", group.rank, group.size);
+            group.abort(1)
+        }
+    }
 }
 
 /// `mpirun -np N dlc train FILE --distributed`: every rank compiles and loads the same

@@ -148,6 +148,137 @@ fn halves(setup: &Setup, kind: EngineKind, threads: usize, no_opt: bool) -> Resu
     })
 }
 
+impl Halves {
+    /// One training step on the global batch `chunk` (row indices of the training split):
+    /// this rank's rows, the all-reduce of the row-weighted gradients, the update. Returns
+    /// this rank's (examples, loss sum, predictions judged, right).
+    fn step(
+        &self,
+        st: &mut TrainState,
+        data: &Dataset,
+        chunk: &[usize],
+        group: &Group,
+        classes: usize,
+    ) -> Result<[f64; 4], String> {
+        let mine = &chunk[share(chunk.len(), group.rank, group.size)];
+        let total: usize = self.params.iter().map(|(_, n)| n).sum();
+        let mut tally = [0f64; 4];
+        // The gradients weighted by this rank's share of the rows, summed over the ranks.
+        let mut buf = vec![0f32; total];
+        // The parameters and the state move into the step's environment and back.
+        let mut env = dlc_compiler::interp::Env::new(st.seed, st.step);
+        env.values.extend(std::mem::take(&mut st.params));
+        if !mine.is_empty() {
+            let (x, y) = trainer::batch(&data.train, mine, &data.x_shape, &data.y_shape);
+            env.values.insert("x".into(), x);
+            env.values.insert("y".into(), y.clone());
+            let mut names: Vec<String> = vec!["loss".into(), "pred".into()];
+            names.extend(self.params.iter().map(|(p, _)| format!("grad:{p}")));
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let out = self.grads.run(&env, &refs)?;
+            let loss = out[0].iter().next().copied().unwrap_or(f32::NAN);
+            let w = mine.len() as f32 / chunk.len() as f32;
+            let mut at = 0;
+            for g in &out[2..] {
+                for (b, v) in buf[at..at + g.len()].iter_mut().zip(g.iter()) {
+                    *b = v * w;
+                }
+                at += g.len();
+            }
+            let (j, r) = judge(&out[1], &y, classes, data.task);
+            tally = [mine.len() as f64, loss as f64 * mine.len() as f64, j, r];
+            for o in out {
+                self.grads.recycle(o);
+            }
+            for k in ["x", "y"] {
+                if let Some(a) = env.values.remove(k) {
+                    self.grads.recycle(a);
+                }
+            }
+        }
+        group.sum_f32(&mut buf);
+        for s in &self.states {
+            let v = st
+                .opt
+                .remove(s)
+                .ok_or_else(|| format!("no optimizer state {s}"))?;
+            env.values.insert(s.clone(), v);
+        }
+        env.values.insert(
+            "step".into(),
+            ArrayD::from_elem(IxDyn(&[]), (st.step + 1) as f32),
+        );
+        let mut at = 0;
+        for (p, len) in &self.params {
+            let shape = env.values[p].shape().to_vec();
+            let g = ArrayD::from_shape_vec(IxDyn(&shape), buf[at..at + len].to_vec())
+                .map_err(|e| e.to_string())?;
+            env.values.insert(format!("grad:{p}"), g);
+            at += len;
+        }
+        let mut names: Vec<String> = vec!["grad_sq_norm".into()];
+        names.extend(self.params.iter().map(|(p, _)| format!("new:{p}")));
+        names.extend(self.states.iter().map(|s| format!("new:{s}")));
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut out = self.update.run(&env, &refs)?.into_iter().skip(1);
+        for (p, _) in &self.params {
+            st.params
+                .insert(p.clone(), out.next().ok_or("too few outputs")?);
+            env.values.remove(p);
+        }
+        for s in &self.states {
+            st.opt
+                .insert(s.clone(), out.next().ok_or("too few outputs")?);
+        }
+        // Parameters the step does not train (none for one objective) stay as they were.
+        for (k, v) in env.values {
+            if !k.starts_with("grad:") && !self.states.contains(&k) && k != "step" {
+                st.params.entry(k).or_insert(v);
+            }
+        }
+        st.step += 1;
+        Ok(tally)
+    }
+}
+
+/// `dlc bench --distributed`: the median time of `steps` training steps on global batches
+/// of the section's size, over `repeats` repeats (after 10 warm-up steps), every rank in
+/// step; (ms per step, global examples per second).
+pub fn bench(
+    setup: &Setup,
+    data: &Dataset,
+    (kind, threads, no_opt): (EngineKind, usize, bool),
+    group: &Group,
+    steps: usize,
+    repeats: usize,
+) -> Result<(f64, f64), String> {
+    check(setup, data)?;
+    let h = halves(setup, kind, threads, no_opt)?;
+    let classes = match data.task {
+        Task::Classification { classes } => classes,
+        _ => 1,
+    };
+    let b = setup.cfg.batch;
+    let batches: Vec<Vec<usize>> = (0..4)
+        .map(|i| (0..b).map(|r| (i * b + r) % data.train.n).collect())
+        .collect();
+    let mut st = TrainState::fresh(setup, 0);
+    for k in 0..10 {
+        h.step(&mut st, data, &batches[k % 4], group, classes)?;
+    }
+    let mut times = Vec::new();
+    for _ in 0..repeats {
+        let t0 = Instant::now();
+        for k in 0..steps {
+            h.step(&mut st, data, &batches[k % 4], group, classes)?;
+        }
+        times.push(t0.elapsed().as_secs_f64() * 1e3 / steps as f64);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let ms = times[times.len() / 2];
+    Ok((ms, b as f64 * 1e3 / ms))
+}
+
 /// The sum of every parameter, in a fixed order (equal on every rank when the parameters
 /// are).
 fn checksum(params: &Tensors) -> f64 {
@@ -177,18 +308,10 @@ pub fn train(
         Task::Classification { classes } => classes,
         _ => 1,
     };
-    let total: usize = h.params.iter().map(|(_, n)| n).sum();
     let n = data.train.n;
     let batch = setup.cfg.batch;
     let steps_per_epoch = n.div_ceil(batch);
     let mut progress = Progress::new(epochs, steps_per_epoch, group.rank != 0);
-    let mut grad_names: Vec<String> = vec!["loss".into(), "pred".into()];
-    grad_names.extend(h.params.iter().map(|(p, _)| format!("grad:{p}")));
-    let grad_refs: Vec<&str> = grad_names.iter().map(String::as_str).collect();
-    let mut update_names: Vec<String> = vec!["grad_sq_norm".into()];
-    update_names.extend(h.params.iter().map(|(p, _)| format!("new:{p}")));
-    update_names.extend(h.states.iter().map(|s| format!("new:{s}")));
-    let update_refs: Vec<&str> = update_names.iter().map(String::as_str).collect();
     let test = part(&data.test, group.rank, group.size);
     while st.epoch < epochs {
         let epoch = st.epoch + 1;
@@ -198,61 +321,10 @@ pub fn train(
         // (examples, loss sum, predictions judged, right) of this rank's rows.
         let mut tally = [0f64; 4];
         for chunk in order.chunks(batch) {
-            let mine = &chunk[share(chunk.len(), group.rank, group.size)];
-            // The weighted gradients, then this rank's loss sum, summed over the ranks.
-            let mut buf = vec![0f32; total];
-            if !mine.is_empty() {
-                let (x, y) = trainer::batch(&data.train, mine, &data.x_shape, &data.y_shape);
-                let mut env = trainer::leaf_env(&st.params, st.seed, st.step);
-                env.values.insert("x".into(), x);
-                env.values.insert("y".into(), y.clone());
-                let out = h.grads.run(&env, &grad_refs)?;
-                let loss = out[0].iter().next().copied().unwrap_or(f32::NAN);
-                let w = mine.len() as f32 / chunk.len() as f32;
-                let mut at = 0;
-                for g in &out[2..] {
-                    for (b, v) in buf[at..at + g.len()].iter_mut().zip(g.iter()) {
-                        *b = v * w;
-                    }
-                    at += g.len();
-                }
-                tally[0] += mine.len() as f64;
-                tally[1] += loss as f64 * mine.len() as f64;
-                let (j, r) = judge(&out[1], &y, classes, data.task);
-                tally[2] += j;
-                tally[3] += r;
+            let t = h.step(&mut st, data, chunk, group, classes)?;
+            for (a, b) in tally.iter_mut().zip(t) {
+                *a += b;
             }
-            group.sum_f32(&mut buf);
-            let mut env = trainer::leaf_env(&st.params, st.seed, st.step);
-            for s in &h.states {
-                let v = st
-                    .opt
-                    .get(s)
-                    .ok_or_else(|| format!("no optimizer state {s}"))?;
-                env.values.insert(s.clone(), v.clone());
-            }
-            env.values.insert(
-                "step".into(),
-                ArrayD::from_elem(IxDyn(&[]), (st.step + 1) as f32),
-            );
-            let mut at = 0;
-            for (p, len) in &h.params {
-                let shape = st.params[p].shape().to_vec();
-                let g = ArrayD::from_shape_vec(IxDyn(&shape), buf[at..at + len].to_vec())
-                    .map_err(|e| e.to_string())?;
-                env.values.insert(format!("grad:{p}"), g);
-                at += len;
-            }
-            let mut out = h.update.run(&env, &update_refs)?.into_iter().skip(1);
-            for (p, _) in &h.params {
-                st.params
-                    .insert(p.clone(), out.next().ok_or("too few outputs")?);
-            }
-            for s in &h.states {
-                st.opt
-                    .insert(s.clone(), out.next().ok_or("too few outputs")?);
-            }
-            st.step += 1;
             progress.step(tally[1] / tally[0].max(1.0));
         }
         group.sum_f64(&mut tally);
