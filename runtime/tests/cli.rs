@@ -714,3 +714,13 @@ fn sample_out_decodes_from_the_prior() {
         "{e}"
     );
 }
+
+/// A dlc built without the `mpi` feature says how to get `--distributed`.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn distributed_needs_the_mpi_feature() {
+    for cmd in ["train", "bench"] {
+        let e = fails(&[cmd, "models/mlp.dl", "--distributed"]);
+        assert!(e.contains("cargo build --release --bin dlc --features mpi"), "{e}");
+    }
+}

@@ -1,0 +1,63 @@
+//! Data-parallel training over MPI (`--features mpi`; CI installs OpenMPI): two ranks train
+//! what one process trains, rank 0 alone writes, and an error on a rank ends the job.
+#![cfg(feature = "mpi")]
+
+mod common;
+use common::{metrics, root, s, text, tmp};
+use std::process::{Command, Output};
+
+fn mpirun(np: &str, args: &[&str]) -> Output {
+    Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", np])
+        .arg(env!("CARGO_BIN_EXE_dlc"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("runs mpirun (OpenMPI: apt-get install openmpi-bin libopenmpi-dev)")
+}
+
+fn losses(lines: &[serde_json::Value]) -> Vec<f64> {
+    lines
+        .iter()
+        .filter_map(|l| l.get("train_loss").and_then(|v| v.as_f64()))
+        .collect()
+}
+
+#[test]
+fn two_ranks_train_what_one_process_trains() {
+    let one = tmp("one.jsonl", b"");
+    let two = tmp("two.jsonl", b"");
+    let common = ["train", "models/mlp.dl", "--epochs", "3", "--seed", "2", "--threads", "1"];
+    let o = Command::new(env!("CARGO_BIN_EXE_dlc"))
+        .args(common)
+        .args(["--metrics", s(&one)])
+        .current_dir(root())
+        .output()
+        .expect("runs dlc");
+    assert!(o.status.success(), "{}", text(&o));
+    let o = mpirun("2", &[&common[..], &["--distributed", "--metrics", s(&two)]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    // Rank 0 alone prints and writes: one line per epoch.
+    assert_eq!(text(&o).matches("epoch 3 ").count(), 1, "{}", text(&o));
+    let (a, b) = (metrics(&one), metrics(&two));
+    assert_eq!(b.len(), 3, "{b:?}");
+    for (x, y) in losses(&a).iter().zip(losses(&b)) {
+        assert!((x - y).abs() <= 1e-3 * x.abs(), "train_loss {x} vs {y}");
+    }
+    let acc = |l: &[serde_json::Value]| l.last().unwrap()["test_acc"].as_f64().unwrap();
+    assert!((acc(&a) - acc(&b)).abs() <= 0.003, "{} vs {}", acc(&a), acc(&b));
+    assert!(b.iter().all(|l| l["ranks"] == 2 && l["param_checksum"].is_number()));
+}
+
+#[test]
+fn an_error_on_a_rank_ends_the_job() {
+    let o = mpirun(
+        "2",
+        &["train", "models/mlp.dl", "--data", "mnist=/nonexistent", "--distributed"],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("/nonexistent: folder not found"), "{}", text(&o));
+    let o = mpirun("2", &["train", "models/dqn.dl", "--distributed"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--distributed trains on a data set"), "{}", text(&o));
+}
