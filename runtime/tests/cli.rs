@@ -721,6 +721,9 @@ fn sample_out_decodes_from_the_prior() {
 fn distributed_needs_the_mpi_feature() {
     for cmd in ["train", "bench"] {
         let e = fails(&[cmd, "models/mlp.dl", "--distributed"]);
-        assert!(e.contains("cargo build --release --bin dlc --features mpi"), "{e}");
+        assert!(
+            e.contains("cargo build --release --bin dlc --features mpi"),
+            "{e}"
+        );
     }
 }

@@ -27,7 +27,16 @@ fn losses(lines: &[serde_json::Value]) -> Vec<f64> {
 fn two_ranks_train_what_one_process_trains() {
     let one = tmp("one.jsonl", b"");
     let two = tmp("two.jsonl", b"");
-    let common = ["train", "models/mlp.dl", "--epochs", "3", "--seed", "2", "--threads", "1"];
+    let common = [
+        "train",
+        "models/mlp.dl",
+        "--epochs",
+        "3",
+        "--seed",
+        "2",
+        "--threads",
+        "1",
+    ];
     let o = Command::new(env!("CARGO_BIN_EXE_dlc"))
         .args(common)
         .args(["--metrics", s(&one)])
@@ -35,7 +44,10 @@ fn two_ranks_train_what_one_process_trains() {
         .output()
         .expect("runs dlc");
     assert!(o.status.success(), "{}", text(&o));
-    let o = mpirun("2", &[&common[..], &["--distributed", "--metrics", s(&two)]].concat());
+    let o = mpirun(
+        "2",
+        &[&common[..], &["--distributed", "--metrics", s(&two)]].concat(),
+    );
     assert!(o.status.success(), "{}", text(&o));
     // Rank 0 alone prints and writes: one line per epoch.
     assert_eq!(text(&o).matches("epoch 3 ").count(), 1, "{}", text(&o));
@@ -45,19 +57,41 @@ fn two_ranks_train_what_one_process_trains() {
         assert!((x - y).abs() <= 1e-3 * x.abs(), "train_loss {x} vs {y}");
     }
     let acc = |l: &[serde_json::Value]| l.last().unwrap()["test_acc"].as_f64().unwrap();
-    assert!((acc(&a) - acc(&b)).abs() <= 0.003, "{} vs {}", acc(&a), acc(&b));
-    assert!(b.iter().all(|l| l["ranks"] == 2 && l["param_checksum"].is_number()));
+    assert!(
+        (acc(&a) - acc(&b)).abs() <= 0.003,
+        "{} vs {}",
+        acc(&a),
+        acc(&b)
+    );
+    assert!(
+        b.iter()
+            .all(|l| l["ranks"] == 2 && l["param_checksum"].is_number())
+    );
 }
 
 #[test]
 fn an_error_on_a_rank_ends_the_job() {
     let o = mpirun(
         "2",
-        &["train", "models/mlp.dl", "--data", "mnist=/nonexistent", "--distributed"],
+        &[
+            "train",
+            "models/mlp.dl",
+            "--data",
+            "mnist=/nonexistent",
+            "--distributed",
+        ],
     );
     assert!(!o.status.success());
-    assert!(text(&o).contains("/nonexistent: folder not found"), "{}", text(&o));
+    assert!(
+        text(&o).contains("/nonexistent: folder not found"),
+        "{}",
+        text(&o)
+    );
     let o = mpirun("2", &["train", "models/dqn.dl", "--distributed"]);
     assert!(!o.status.success());
-    assert!(text(&o).contains("--distributed trains on a data set"), "{}", text(&o));
+    assert!(
+        text(&o).contains("--distributed trains on a data set"),
+        "{}",
+        text(&o)
+    );
 }
