@@ -1599,7 +1599,7 @@ fn train_ranks(a: &TrainArgs, group: &crate::distributed::Group) -> Result<(), S
     } else {
         threads
     };
-    let st = crate::distributed::train(
+    let mut st = crate::distributed::train(
         &setup,
         &data,
         st,
@@ -1609,9 +1609,13 @@ fn train_ranks(a: &TrainArgs, group: &crate::distributed::Group) -> Result<(), S
         &mut sink,
         &mut save_epoch,
     )?;
-    if root && let Some(p) = &a.save {
-        st.to_checkpoint(&setup, &data).save(p)?;
-        say!("saved {}", p.display());
+    if root {
+        // After early stopping: the best weights and their test figures (on rank 0).
+        trainer::restore_best(&setup, &data, &mut st, &mut sink)?;
+        if let Some(p) = &a.save {
+            st.to_checkpoint(&setup, &data).save(p)?;
+            say!("saved {}", p.display());
+        }
     }
     Ok(())
 }

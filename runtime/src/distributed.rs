@@ -10,8 +10,7 @@
 //! Not yet: gradients all-reduced in buckets while the backward pass runs (this all-reduces
 //! once, after the whole backward pass); dropout masks keyed by the global row (they are
 //! keyed by the row within each rank's slice, so a model with dropout draws other masks than
-//! one process does); validation and early stopping, several objectives, graph data and
-//! regression tasks (refused).
+//! one process does); several objectives, graph data and regression tasks (refused).
 
 use crate::checkpoint::Tensors;
 use crate::engine::{Engine, EngineKind};
@@ -97,8 +96,6 @@ fn part(split: &Split, rank: usize, size: usize) -> Split {
 pub fn check(setup: &Setup, data: &Dataset) -> Result<(), String> {
     let reason = if setup.steps.len() != 1 || !setup.cfg.reports.is_empty() {
         Some("a section with several objectives or reported metrics")
-    } else if setup.cfg.validation || setup.cfg.early_stopping.is_some() {
-        Some("validation and early stopping")
     } else if !data.sparse.is_empty() {
         Some("a graph data set (trained full-batch)")
     } else if matches!(data.task, Task::Regression) {
@@ -313,7 +310,22 @@ pub fn train(
     let steps_per_epoch = n.div_ceil(batch);
     let mut progress = Progress::new(epochs, steps_per_epoch, group.rank != 0);
     let test = part(&data.test, group.rank, group.size);
-    while st.epoch < epochs {
+    let val = data.val.as_ref().map(|v| part(v, group.rank, group.size));
+    // (loss, accuracy) of a split whose rows the ranks share.
+    let scores = |st: &TrainState, rows: &Split| -> Result<(f64, f64), String> {
+        let mut t = [0f64; 3];
+        if rows.n > 0 {
+            let s = trainer::evaluate(&setup.eval_engine, &st.params, rows, data, st.seed)?;
+            t = [
+                s.loss * rows.n as f64,
+                s.acc.unwrap_or(0.0) * rows.n as f64,
+                rows.n as f64,
+            ];
+        }
+        group.sum_f64(&mut t);
+        Ok((t[0] / t[2].max(1.0), t[1] / t[2].max(1.0)))
+    };
+    while st.epoch < epochs && !st.stopped {
         let epoch = st.epoch + 1;
         let t0 = Instant::now();
         progress.start_epoch(epoch);
@@ -336,30 +348,41 @@ pub fn train(
                 tally[1] / tally[0]
             ));
         }
-        // The test rows, split the same way.
-        let mut t = [0f64; 3];
-        if test.n > 0 {
-            let s = trainer::evaluate(&setup.eval_engine, &st.params, &test, data, st.seed)?;
-            t = [
-                s.loss * test.n as f64,
-                s.acc.unwrap_or(0.0) * test.n as f64,
-                test.n as f64,
-            ];
+        let mut m = Map::new();
+        m.insert("epoch".into(), json!(epoch));
+        m.insert("step".into(), json!(st.step));
+        m.insert("train_loss".into(), json!(tally[1] / tally[0]));
+        m.insert("train_acc".into(), json!(tally[3] / tally[2].max(1.0)));
+        // Validation and early stopping as one process does them (`trainer::train`).
+        if let Some(v) = &val {
+            let (loss, acc) = scores(&st, v)?;
+            m.insert("val_loss".into(), json!(loss));
+            m.insert("val_acc".into(), json!(acc));
+            if let Some(es) = &setup.cfg.early_stopping {
+                if loss < st.best_val_loss - es.min_delta {
+                    st.best_val_loss = loss;
+                    st.best = Some(st.params.clone());
+                    st.best_epoch = epoch;
+                    st.patience_left = es.patience;
+                } else {
+                    st.patience_left = st.patience_left.saturating_sub(1);
+                    if st.patience_left == 0 {
+                        st.stopped = true;
+                        m.insert("early_stop".into(), json!(true));
+                    }
+                }
+            }
         }
-        group.sum_f64(&mut t);
+        // The test rows, split the same way.
+        let (test_loss, test_acc) = scores(&st, &test)?;
         let (lo, hi) = group.min_max(checksum(&st.params));
         if lo != hi {
             return Err(format!(
                 "epoch {epoch}: the ranks' parameters differ (checksums {lo} and {hi})"
             ));
         }
-        let mut m = Map::new();
-        m.insert("epoch".into(), json!(epoch));
-        m.insert("step".into(), json!(st.step));
-        m.insert("train_loss".into(), json!(tally[1] / tally[0]));
-        m.insert("train_acc".into(), json!(tally[3] / tally[2].max(1.0)));
-        m.insert("test_loss".into(), json!(t[0] / t[2].max(1.0)));
-        m.insert("test_acc".into(), json!(t[1] / t[2].max(1.0)));
+        m.insert("test_loss".into(), json!(test_loss));
+        m.insert("test_acc".into(), json!(test_acc));
         m.insert("ranks".into(), json!(group.size));
         m.insert("param_checksum".into(), json!(lo));
         m.insert("examples_per_s".into(), json!((tally[0] / secs).round()));

@@ -70,6 +70,54 @@ fn two_ranks_train_what_one_process_trains() {
 }
 
 #[test]
+fn early_stopping_stops_and_restores_as_one_process_does() {
+    let file = tmp(
+        "es.dl",
+        b"model Net(height, width, classes) {
+  d1 = Dense(height * width, 64, init: he, activation: relu)
+  d2 = Dense(64, classes)
+  fn forward(x: f32[B, height, width]) -> f32[B, classes] { d2(d1(flatten(x))) }
+}
+train Net on digits {
+  loss = softmax_cross_entropy(forward(x), y)
+  optimizer = adam(lr: 0.01)
+  epochs = 30
+  early_stopping(patience: 2)
+}
+",
+    );
+    let (one, two) = (
+        file.with_extension("one.jsonl"),
+        file.with_extension("two.jsonl"),
+    );
+    let args = ["train", s(&file), "--seed", "3", "--threads", "1"];
+    let o = Command::new(env!("CARGO_BIN_EXE_dlc"))
+        .args(args)
+        .args(["--metrics", s(&one)])
+        .current_dir(root())
+        .output()
+        .expect("runs dlc");
+    assert!(o.status.success(), "{}", text(&o));
+    let o = mpirun(
+        "2",
+        &[&args[..], &["--distributed", "--metrics", s(&two)]].concat(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let (a, b) = (metrics(&one), metrics(&two));
+    // The same epochs, the same stop, the same restored epoch and test accuracy.
+    assert_eq!(a.len(), b.len(), "{a:?}\n{b:?}");
+    for (x, y) in a.iter().zip(&b) {
+        for key in ["val_loss", "test_loss"] {
+            let (u, v) = (x[key].as_f64().unwrap(), y[key].as_f64().unwrap());
+            assert!((u - v).abs() <= 1e-3 * u.abs(), "{key}: {u} vs {v}");
+        }
+        assert_eq!(x.get("early_stop"), y.get("early_stop"));
+        assert_eq!(x.get("restored_epoch"), y.get("restored_epoch"));
+    }
+    assert!(b.last().unwrap().get("restored_epoch").is_some(), "{b:?}");
+}
+
+#[test]
 fn an_error_on_a_rank_ends_the_job() {
     let o = mpirun(
         "2",
