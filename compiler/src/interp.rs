@@ -51,6 +51,10 @@ pub struct Env<T> {
     /// Sizes of symbolic dimensions that no input of the graph shows (a GAN's generator
     /// step draws noise [B, 64] and reads no data): the trainer gives the batch size `B`.
     pub sizes: HashMap<String, usize>,
+    /// The global row of the batch's first row (0 but on a rank of data-parallel
+    /// training): a random op over [B, …] draws element i at index
+    /// i + row_offset · (elements per row), as one process drawing the whole batch would.
+    pub row_offset: u64,
 }
 
 impl<T> Env<T> {
@@ -60,6 +64,7 @@ impl<T> Env<T> {
             seed,
             step,
             sizes: HashMap::new(),
+            row_offset: 0,
         }
     }
 }
@@ -210,6 +215,7 @@ pub fn run_kernel<T: Real>(
         seed: env.seed,
         step: env.step,
         sizes: env.sizes.clone(),
+        row_offset: env.row_offset,
     };
     for (i, v) in ins.iter().enumerate() {
         e.values.insert(format!("in{i}"), (*v).clone());
@@ -244,6 +250,7 @@ pub fn run_scan<T: Real>(
         seed: env.seed,
         step: env.step,
         sizes: env.sizes.clone(),
+        row_offset: env.row_offset,
     };
     for (k, v) in ins[c + n..].iter().enumerate() {
         e.values.insert(format!("cap{k}"), (*v).clone());
@@ -440,6 +447,22 @@ fn reshape<T: Real>(x: &ArrayD<T>, shape: Vec<usize>) -> Result<ArrayD<T>, Strin
         .map_err(|e| format!("reshape {:?} to {shape:?}: {e}", x.shape()))
 }
 
+/// What a random op of symbolic shape `shape` adds to its elements' indices at row offset
+/// `rows`: the elements of that many rows when its first dimension is the batch `B`.
+pub fn row_offset(
+    shape: &[crate::types::Dim],
+    rows: u64,
+    syms: &HashMap<String, usize>,
+) -> Result<u64, String> {
+    match shape.first() {
+        Some(crate::types::Dim::Sym(b)) if b == "B" && rows > 0 => {
+            let c = concrete(&shape[1..].to_vec(), syms)?;
+            Ok(rows * c.iter().product::<usize>() as u64)
+        }
+        _ => Ok(0),
+    }
+}
+
 pub(crate) fn softmax_lane<T: Real>(x: &ArrayD<T>, axis: usize, log: bool) -> ArrayD<T> {
     let mut out = x.clone();
     for mut lane in out.lanes_mut(Axis(axis)) {
@@ -474,11 +497,12 @@ fn eval_op<T: Real>(
                 .map_err(|e| e.to_string())?
         }
         Random { key, dist, shape } => {
+            let off = row_offset(shape, env.row_offset, syms)?;
             let shape = concrete(shape, syms)?;
             let n: usize = shape.iter().product();
             let draw = |i: usize| match dist {
-                Dist::Uniform => rng::uniform(env.seed, *key as u64, env.step, i as u64),
-                Dist::Normal => rng::normal(env.seed, *key as u64, env.step, i as u64),
+                Dist::Uniform => rng::uniform(env.seed, *key as u64, env.step, i as u64 + off),
+                Dist::Normal => rng::normal(env.seed, *key as u64, env.step, i as u64 + off),
             };
             ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|i| T::of(draw(i))).collect())
                 .map_err(|e| e.to_string())?

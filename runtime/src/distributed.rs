@@ -164,6 +164,8 @@ impl Halves {
         let mut buf = vec![0f32; total];
         // The parameters and the state move into the step's environment and back.
         let mut env = dlc_compiler::interp::Env::new(st.seed, st.step);
+        // Random draws (dropout masks) keyed by the global row, as in one process.
+        env.row_offset = share(chunk.len(), group.rank, group.size).start as u64;
         env.values.extend(std::mem::take(&mut st.params));
         if !mine.is_empty() {
             let (x, y) = trainer::batch(&data.train, mine, &data.x_shape, &data.y_shape);

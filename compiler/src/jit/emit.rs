@@ -33,6 +33,8 @@ pub(super) struct Gen<'a> {
     pub(super) in_ptr: Vec<Value>,
     pub(super) seed: Value,
     pub(super) step: Value,
+    /// The global row of the batch's first row (`Env::row_offset`).
+    pub(super) rows: Value,
     pub(super) pow: FuncRef,
     pub(super) normal: FuncRef,
     /// Row kernels: values of row reductions for the current row...
@@ -303,6 +305,26 @@ impl Gen<'_> {
         b.ins().fmul(f, scale)
     }
 
+    /// The index a random op over [B, …] draws element `idx` at: `idx` plus the elements of
+    /// the rows before the batch (`Env::row_offset`, as `interp::row_offset`).
+    fn global_index(
+        &self,
+        b: &mut FunctionBuilder,
+        n: NodeId,
+        shape: &[crate::types::Dim],
+        idx: Value,
+    ) -> Value {
+        match shape.first() {
+            Some(crate::types::Dim::Sym(s)) if s == "B" => {
+                let c = &self.shapes[&n];
+                let per_row: usize = c[1..].iter().product();
+                let off = b.ins().imul_imm_s(self.rows, per_row as i64);
+                b.ins().iadd(idx, off)
+            }
+            _ => idx,
+        }
+    }
+
     /// The hash of (seed, key, step) that every draw of `key` starts from (`rng::bits`
     /// before the index enters).
     fn rng_prefix_value(&self, b: &mut FunctionBuilder, key: u32) -> Value {
@@ -398,9 +420,13 @@ impl Gen<'_> {
             Random {
                 key,
                 dist: Dist::Uniform,
-                ..
-            } => self.uniform(b, *key, idx),
-            Random { key, .. } => {
+                shape,
+            } => {
+                let idx = self.global_index(b, n, shape, idx);
+                self.uniform(b, *key, idx)
+            }
+            Random { key, shape, .. } => {
+                let idx = self.global_index(b, n, shape, idx);
                 let h = self.bits(b, *key, idx);
                 let c = b.ins().call(self.normal, &[h]);
                 b.inst_results(c)[0]
@@ -601,13 +627,14 @@ pub(super) struct MathIds {
     normal: FuncId,
 }
 
-/// Declare a new kernel `fn(ptrs, seed, step, from, to, of)` (and the math it may call)
+/// Declare a new kernel `fn(ptrs, seed, step, from, to, of, rows)` (and the math it may call)
 /// and set up the context to build it.
 pub(super) fn begin(jit: &mut Jit) -> Result<(FuncId, String, MathIds), String> {
     let ptr = types::I64;
     let mut sig = Signature::new(jit.module.isa().default_call_conv());
     sig.params.extend([
         AbiParam::new(ptr),
+        AbiParam::new(types::I64),
         AbiParam::new(types::I64),
         AbiParam::new(types::I64),
         AbiParam::new(types::I64),
@@ -683,7 +710,7 @@ pub(super) fn define(
     Ok(jit.module.get_finalized_function(fid))
 }
 
-/// The kernel's entry block: its parameters (ptrs, seed, step, from, to, of), then the
+/// The kernel's entry block: its parameters (ptrs, seed, step, from, to, of, rows), then the
 /// input and the output buffers read from the pointer table.
 pub(super) fn entry(
     b: &mut FunctionBuilder,
@@ -796,7 +823,7 @@ impl<'a> Gen<'a> {
         shapes: HashMap<NodeId, Vec<usize>>,
         input_of: HashMap<NodeId, usize>,
         in_ptr: Vec<Value>,
-        (seed, step): (Value, Value),
+        (seed, step, rows): (Value, Value, Value),
     ) -> Gen<'a> {
         Gen {
             body,
@@ -805,6 +832,7 @@ impl<'a> Gen<'a> {
             in_ptr,
             seed,
             step,
+            rows,
             pow: module.declare_func_in_func(math.pow, b.func),
             normal: module.declare_func_in_func(math.normal, b.func),
             hoisted: HashMap::new(),

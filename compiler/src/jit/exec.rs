@@ -83,7 +83,7 @@ fn fraction_fn(
     table: &[*mut f32],
     of: usize,
 ) -> impl Fn(usize, usize) + Sync + use<> {
-    let (f, seed, step) = (k.f, env.seed, env.step);
+    let (f, seed, step, rows) = (k.f, env.seed, env.step, env.row_offset);
     let table = table.as_ptr() as usize;
     // SAFETY: as in `call_loop_into`: the table holds the kernel's buffers, each of the
     // shape it was compiled for; the caller calls disjoint fractions of outputs whose
@@ -96,6 +96,7 @@ fn fraction_fn(
             a as u64,
             b as u64,
             of as u64,
+            rows,
         )
     }
 }
@@ -296,7 +297,7 @@ impl JitGraph {
         } else {
             1
         };
-        let (f, seed, step) = (k.f, env.seed, env.step);
+        let (f, seed, step, rows) = (k.f, env.seed, env.step, env.row_offset);
         let table = args.ptrs.as_ptr() as usize;
         // SAFETY (every call): the table holds the kernel's input and output buffers, each
         // of the shape it was compiled for (checked by the shape binding); calls with
@@ -309,6 +310,7 @@ impl JitGraph {
                 p as u64,
                 p as u64 + 1,
                 parts as u64,
+                rows,
             )
         };
         if parts == 1 {
@@ -1132,6 +1134,7 @@ fn run_scan(
     let x_names: Vec<String> = (0..n).map(|j| format!("x{j}")).collect();
     let mut e = Env::new(env.seed, env.step);
     e.sizes = env.sizes.clone();
+    e.row_offset = env.row_offset;
     for (k, v) in ins[c + n..].iter().enumerate() {
         e.values.insert(format!("cap{k}"), v.to_owned());
     }

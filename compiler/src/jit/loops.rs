@@ -1,8 +1,9 @@
 //! Loop kernels: an elementwise kernel body (any broadcasting pattern, several outputs of
 //! several shapes) compiled by Cranelift into one function
-//! `fn(ptrs: *const *mut f32, seed: u64, step: u64, from: u64, to: u64, of: u64)`, where
-//! `ptrs` holds the kernel's input buffers then its output buffers, all contiguous
-//! row-major f32, and the call computes the fraction [from/of, to/of) of every output.
+//! `fn(ptrs: *const *mut f32, seed: u64, step: u64, from: u64, to: u64, of: u64, rows: u64)`,
+//! where `ptrs` holds the kernel's input buffers then its output buffers, all contiguous
+//! row-major f32, the call computes the fraction [from/of, to/of) of every output, and
+//! `rows` is the global row of the batch's first row (`Env::row_offset`, for random draws).
 //!
 //! Outputs of the same shape are computed in one loop, sharing subexpressions (the Adam
 //! update of a parameter reads the gradient once and writes p, m and v in one pass).
@@ -20,14 +21,14 @@ use cranelift_frontend::FunctionBuilder;
 use cranelift_module::Module;
 use std::collections::{BTreeMap, HashMap};
 
-/// `fn(ptrs, seed, step, from, to, of)`: computes elements [⌊len·from/of⌋₄, ⌊len·to/of⌋₄)
+/// `fn(ptrs, seed, step, from, to, of, rows)`: computes elements [⌊len·from/of⌋₄, ⌊len·to/of⌋₄)
 /// of every output of `len` elements, where ⌊·⌋₄ rounds down to a multiple of the vector
 /// width inside the vector range and `to == of` means the end. Calls with disjoint
 /// fractions write disjoint slices (threads run them at once; any split gives the same
 /// bits, as every element is computed the same way). Thread `p` of `n` calls `(p, p+1, n)`;
 /// a matmul epilogue calls `(r0, r1, m)` for rows [r0, r1) of an [m, n] product: exactly
 /// those rows when `n·r0` and `n·r1` are multiples of 4.
-pub type KernelFn = unsafe extern "C" fn(*const *mut f32, u64, u64, u64, u64, u64);
+pub type KernelFn = unsafe extern "C" fn(*const *mut f32, u64, u64, u64, u64, u64, u64);
 
 /// A compiled loop kernel.
 pub struct LoopKernel {
@@ -162,6 +163,7 @@ pub fn compile(
         let mut b = FunctionBuilder::new(&mut jit.ctx.func, &mut jit.fctx);
         let (p, in_ptr, out_ptr) = entry(&mut b, n_inputs, outs.len());
         let (seed, step, from, to, of) = (p[1], p[2], p[3], p[4], p[5]);
+        let rows = p[6];
         let mut g = Gen::new(
             &mut jit.module,
             &mut b,
@@ -170,7 +172,7 @@ pub fn compile(
             shapes,
             input_of,
             in_ptr,
-            (seed, step),
+            (seed, step, rows),
         );
         // Scalars once, up front, with the reciprocals of those that divide values of the
         // loops.

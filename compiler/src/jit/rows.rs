@@ -270,7 +270,7 @@ pub fn compile(
         let mut b = FunctionBuilder::new(&mut jit.ctx.func, &mut jit.fctx);
         // Row kernels run whole: `from`, `to` and `of` are not read.
         let (p, in_ptr, out_ptr) = entry(&mut b, n_inputs, outs.len());
-        let (seed, step) = (p[1], p[2]);
+        let (seed, step, rows) = (p[1], p[2], p[6]);
         let mut g = Gen::new(
             &mut jit.module,
             &mut b,
@@ -279,7 +279,7 @@ pub fn compile(
             shapes.clone(),
             input_of,
             in_ptr,
-            (seed, step),
+            (seed, step, rows),
         );
         // Scalars once, up front (not the results of reductions).
         g.hoist_scalars(&mut b, &order, |n| kinds[&n] == Kind::Elem)?;
