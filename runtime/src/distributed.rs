@@ -313,19 +313,22 @@ pub fn train(
     let mut progress = Progress::new(epochs, steps_per_epoch, group.rank != 0);
     let test = part(&data.test, group.rank, group.size);
     let val = data.val.as_ref().map(|v| part(v, group.rank, group.size));
-    // (loss, accuracy) of a split whose rows the ranks share.
-    let scores = |st: &TrainState, rows: &Split| -> Result<(f64, f64), String> {
-        let mut t = [0f64; 3];
+    // (loss, accuracy) of a split whose rows the ranks share (no accuracy for predictions
+    // that are not answers).
+    let scores = |st: &TrainState, rows: &Split| -> Result<(f64, Option<f64>), String> {
+        let mut t = [0f64; 4];
         if rows.n > 0 {
             let s = trainer::evaluate(&setup.eval_engine, &st.params, rows, data, st.seed)?;
             t = [
                 s.loss * rows.n as f64,
                 s.acc.unwrap_or(0.0) * rows.n as f64,
                 rows.n as f64,
+                f64::from(u8::from(s.acc.is_some())),
             ];
         }
         group.sum_f64(&mut t);
-        Ok((t[0] / t[2].max(1.0), t[1] / t[2].max(1.0)))
+        let acc = (t[3] > 0.0).then(|| t[1] / t[2].max(1.0));
+        Ok((t[0] / t[2].max(1.0), acc))
     };
     while st.epoch < epochs && !st.stopped {
         let epoch = st.epoch + 1;
@@ -354,12 +357,17 @@ pub fn train(
         m.insert("epoch".into(), json!(epoch));
         m.insert("step".into(), json!(st.step));
         m.insert("train_loss".into(), json!(tally[1] / tally[0]));
-        m.insert("train_acc".into(), json!(tally[3] / tally[2].max(1.0)));
+        // (No accuracy for predictions that are not answers: an autoencoder's images.)
+        if tally[2] > 0.0 {
+            m.insert("train_acc".into(), json!(tally[3] / tally[2]));
+        }
         // Validation and early stopping as one process does them (`trainer::train`).
         if let Some(v) = &val {
             let (loss, acc) = scores(&st, v)?;
             m.insert("val_loss".into(), json!(loss));
-            m.insert("val_acc".into(), json!(acc));
+            if let Some(a) = acc {
+                m.insert("val_acc".into(), json!(a));
+            }
             if let Some(es) = &setup.cfg.early_stopping {
                 if loss < st.best_val_loss - es.min_delta {
                     st.best_val_loss = loss;
@@ -384,7 +392,9 @@ pub fn train(
             ));
         }
         m.insert("test_loss".into(), json!(test_loss));
-        m.insert("test_acc".into(), json!(test_acc));
+        if let Some(a) = test_acc {
+            m.insert("test_acc".into(), json!(a));
+        }
         m.insert("ranks".into(), json!(group.size));
         m.insert("param_checksum".into(), json!(lo));
         m.insert("examples_per_s".into(), json!((tally[0] / secs).round()));
