@@ -885,23 +885,7 @@ fn train(a: TrainArgs) -> Result<(), String> {
         return train_distributed(a);
     }
     let kind = EngineKind::parse(&a.engine)?;
-    let resume = match &a.resume {
-        Some(p) => Some((Checkpoint::load(p)?, p.clone())),
-        None => None,
-    };
-    let ov = Overrides {
-        epochs: a.epochs.map(|e| e as usize),
-        batch: a.batch.map(|b| b as usize),
-        optimizer: a.optimizer.clone(),
-        lr: a.lr,
-        no_opt: a.no_opt,
-        threads: a.threads.map_or(0, |t| t as usize),
-        recorded: match &resume {
-            Some((ck, p)) => Some(ck.recorded(p)?),
-            None => None,
-        },
-        ..overrides(a.data.clone(), a.model.clone())
-    };
+    let (resume, ov) = train_overrides(&a)?;
     let (setup, data_path) = session::compile(&a.file, &ov, kind)?;
     if setup.cfg.agent.is_some() {
         return train_agent(&a, &setup, kind, resume.as_ref());
@@ -1015,6 +999,28 @@ fn train(a: TrainArgs) -> Result<(), String> {
         say!("saved {}", p.display());
     }
     Ok(())
+}
+
+/// The checkpoint `--resume` names (loaded) and the overrides of `dlc train`'s flags.
+fn train_overrides(a: &TrainArgs) -> Result<(Option<(Checkpoint, PathBuf)>, Overrides), String> {
+    let resume = match &a.resume {
+        Some(p) => Some((Checkpoint::load(p)?, p.clone())),
+        None => None,
+    };
+    let ov = Overrides {
+        epochs: a.epochs.map(|e| e as usize),
+        batch: a.batch.map(|b| b as usize),
+        optimizer: a.optimizer.clone(),
+        lr: a.lr,
+        no_opt: a.no_opt,
+        threads: a.threads.map_or(0, |t| t as usize),
+        recorded: match &resume {
+            Some((ck, p)) => Some(ck.recorded(p)?),
+            None => None,
+        },
+        ..overrides(a.data.clone(), a.model.clone())
+    };
+    Ok((resume, ov))
 }
 
 /// `dlc train` of a section on an environment.
@@ -1533,24 +1539,8 @@ fn train_distributed(a: TrainArgs) -> Result<(), String> {
 #[cfg(feature = "mpi")]
 fn train_ranks(a: &TrainArgs, group: &crate::distributed::Group) -> Result<(), String> {
     let kind = EngineKind::parse(&a.engine)?;
-    let resume = match &a.resume {
-        Some(p) => Some((Checkpoint::load(p)?, p.clone())),
-        None => None,
-    };
-    let threads = a.threads.map_or(0, |t| t as usize);
-    let ov = Overrides {
-        epochs: a.epochs.map(|e| e as usize),
-        batch: a.batch.map(|b| b as usize),
-        optimizer: a.optimizer.clone(),
-        lr: a.lr,
-        no_opt: a.no_opt,
-        threads,
-        recorded: match &resume {
-            Some((ck, p)) => Some(ck.recorded(p)?),
-            None => None,
-        },
-        ..overrides(a.data.clone(), a.model.clone())
-    };
+    let (resume, ov) = train_overrides(a)?;
+    let threads = ov.threads;
     let (setup, data_path) = session::compile(&a.file, &ov, kind)?;
     if setup.cfg.agent.is_some() || setup.cfg.search.is_some() {
         return Err(format!(

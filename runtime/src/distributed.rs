@@ -368,19 +368,10 @@ pub fn train(
             if let Some(a) = acc {
                 m.insert("val_acc".into(), json!(a));
             }
-            if let Some(es) = &setup.cfg.early_stopping {
-                if loss < st.best_val_loss - es.min_delta {
-                    st.best_val_loss = loss;
-                    st.best = Some(st.params.clone());
-                    st.best_epoch = epoch;
-                    st.patience_left = es.patience;
-                } else {
-                    st.patience_left = st.patience_left.saturating_sub(1);
-                    if st.patience_left == 0 {
-                        st.stopped = true;
-                        m.insert("early_stop".into(), json!(true));
-                    }
-                }
+            if let Some(es) = &setup.cfg.early_stopping
+                && trainer::early_stopping(&mut st, es, loss, epoch)
+            {
+                m.insert("early_stop".into(), json!(true));
             }
         }
         // The test rows, split the same way.

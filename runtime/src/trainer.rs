@@ -817,19 +817,10 @@ pub fn train(
         if let Some(val) = &data.val {
             let v = evaluate(&setup.eval_engine, &st.params, val, data, st.seed)?;
             put_scores(&mut m, "val", &v);
-            if let Some(es) = &cfg.early_stopping {
-                if v.loss < st.best_val_loss - es.min_delta {
-                    st.best_val_loss = v.loss;
-                    st.best = Some(st.params.clone());
-                    st.best_epoch = epoch;
-                    st.patience_left = es.patience;
-                } else {
-                    st.patience_left = st.patience_left.saturating_sub(1);
-                    if st.patience_left == 0 {
-                        st.stopped = true;
-                        m.insert("early_stop".into(), json!(true));
-                    }
-                }
+            if let Some(es) = &cfg.early_stopping
+                && early_stopping(&mut st, es, v.loss, epoch)
+            {
+                m.insert("early_stop".into(), json!(true));
             }
         }
         let test = evaluate(&setup.eval_engine, &st.params, &data.test, data, st.seed)?;
@@ -845,6 +836,26 @@ pub fn train(
     }
     progress.finish();
     Ok(st)
+}
+
+/// Early stopping after an epoch with validation loss `loss`: a new best keeps the weights
+/// and restores the patience, anything else spends one; true when training stops.
+pub fn early_stopping(
+    st: &mut TrainState,
+    es: &dlc_compiler::lower::EarlyStopping,
+    loss: f64,
+    epoch: usize,
+) -> bool {
+    if loss < st.best_val_loss - es.min_delta {
+        st.best_val_loss = loss;
+        st.best = Some(st.params.clone());
+        st.best_epoch = epoch;
+        st.patience_left = es.patience;
+    } else {
+        st.patience_left = st.patience_left.saturating_sub(1);
+        st.stopped = st.patience_left == 0;
+    }
+    st.stopped
 }
 
 /// After training: with early stopping, put the best weights back and report the test

@@ -16,6 +16,30 @@ fn mpirun(np: &str, args: &[&str]) -> Output {
         .expect("runs mpirun (OpenMPI: apt-get install openmpi-bin libopenmpi-dev)")
 }
 
+/// The metrics lines of `dlc train ARGS` on one process and on two ranks
+/// (`--distributed`), and what the two ranks printed.
+fn one_and_two(args: &[&str]) -> (Vec<serde_json::Value>, Vec<serde_json::Value>, String) {
+    // Each test trains its own file: its name names the metrics.
+    let stem = std::path::Path::new(args[1])
+        .file_stem()
+        .and_then(|x| x.to_str());
+    let one = tmp(&format!("{}.one.jsonl", stem.expect("a file")), b"");
+    let two = one.with_extension("two.jsonl");
+    let o = Command::new(env!("CARGO_BIN_EXE_dlc"))
+        .args(args)
+        .args(["--metrics", s(&one)])
+        .current_dir(root())
+        .output()
+        .expect("runs dlc");
+    assert!(o.status.success(), "{}", text(&o));
+    let o = mpirun(
+        "2",
+        &[args, &["--distributed", "--metrics", s(&two)]].concat(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    (metrics(&one), metrics(&two), text(&o))
+}
+
 fn losses(lines: &[serde_json::Value]) -> Vec<f64> {
     lines
         .iter()
@@ -25,8 +49,6 @@ fn losses(lines: &[serde_json::Value]) -> Vec<f64> {
 
 #[test]
 fn two_ranks_train_what_one_process_trains() {
-    let one = tmp("one.jsonl", b"");
-    let two = tmp("two.jsonl", b"");
     let common = [
         "train",
         "models/mlp.dl",
@@ -37,21 +59,9 @@ fn two_ranks_train_what_one_process_trains() {
         "--threads",
         "1",
     ];
-    let o = Command::new(env!("CARGO_BIN_EXE_dlc"))
-        .args(common)
-        .args(["--metrics", s(&one)])
-        .current_dir(root())
-        .output()
-        .expect("runs dlc");
-    assert!(o.status.success(), "{}", text(&o));
-    let o = mpirun(
-        "2",
-        &[&common[..], &["--distributed", "--metrics", s(&two)]].concat(),
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    let (a, b, printed) = one_and_two(&common);
     // Rank 0 alone prints and writes: one line per epoch.
-    assert_eq!(text(&o).matches("epoch 3 ").count(), 1, "{}", text(&o));
-    let (a, b) = (metrics(&one), metrics(&two));
+    assert_eq!(printed.matches("epoch 3 ").count(), 1, "{printed}");
     assert_eq!(b.len(), 3, "{b:?}");
     for (x, y) in losses(&a).iter().zip(losses(&b)) {
         assert!((x - y).abs() <= 1e-3 * x.abs(), "train_loss {x} vs {y}");
@@ -85,26 +95,10 @@ train Net on digits {
 }
 ",
     );
-    let (one, two) = (
-        file.with_extension("one.jsonl"),
-        file.with_extension("two.jsonl"),
-    );
-    let args = ["train", s(&file), "--seed", "3", "--threads", "1"];
-    let o = Command::new(env!("CARGO_BIN_EXE_dlc"))
-        .args(args)
-        .args(["--metrics", s(&one)])
-        .current_dir(root())
-        .output()
-        .expect("runs dlc");
-    assert!(o.status.success(), "{}", text(&o));
-    let o = mpirun(
-        "2",
-        &[&args[..], &["--distributed", "--metrics", s(&two)]].concat(),
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    let (a, b, _) = one_and_two(&["train", s(&file), "--seed", "3", "--threads", "1"]);
     // With masks keyed by the row within each rank's slice, the losses part after the
     // first step; keyed by the global row, they agree within float rounding.
-    for (x, y) in losses(&metrics(&one)).iter().zip(losses(&metrics(&two))) {
+    for (x, y) in losses(&a).iter().zip(losses(&b)) {
         assert!((x - y).abs() <= 1e-4 * x.abs(), "train_loss {x} vs {y}");
     }
 }
@@ -126,24 +120,7 @@ train Net on digits {
 }
 ",
     );
-    let (one, two) = (
-        file.with_extension("one.jsonl"),
-        file.with_extension("two.jsonl"),
-    );
-    let args = ["train", s(&file), "--seed", "3", "--threads", "1"];
-    let o = Command::new(env!("CARGO_BIN_EXE_dlc"))
-        .args(args)
-        .args(["--metrics", s(&one)])
-        .current_dir(root())
-        .output()
-        .expect("runs dlc");
-    assert!(o.status.success(), "{}", text(&o));
-    let o = mpirun(
-        "2",
-        &[&args[..], &["--distributed", "--metrics", s(&two)]].concat(),
-    );
-    assert!(o.status.success(), "{}", text(&o));
-    let (a, b) = (metrics(&one), metrics(&two));
+    let (a, b, _) = one_and_two(&["train", s(&file), "--seed", "3", "--threads", "1"]);
     // The same epochs, the same stop, the same restored epoch and test accuracy.
     assert_eq!(a.len(), b.len(), "{a:?}\n{b:?}");
     for (x, y) in a.iter().zip(&b) {
