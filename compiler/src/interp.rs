@@ -69,6 +69,32 @@ impl<T> Env<T> {
     }
 }
 
+/// Sees outputs of a run as they are computed (data-parallel training starts the
+/// all-reduce of each bucket of gradients while the rest of the backward pass runs).
+pub trait Observer<T> {
+    /// Observed output `k` (its index among the observed) is computed; called once each.
+    fn ready(&mut self, k: usize, value: ndarray::ArrayViewD<T>);
+    /// Called between kernels: a chance to make progress on work `ready` started.
+    fn tick(&mut self) {}
+}
+
+/// [`run`], handing the `observed` outputs to `obs` (here all at the end, in the order
+/// asked: the interpreter is the oracle, not the fast path) instead of returning them.
+pub fn run_observed<T: Real>(
+    g: &Graph,
+    env: &Env<T>,
+    outputs: &[&str],
+    observed: &[&str],
+    obs: &mut dyn Observer<T>,
+) -> Result<Vec<ArrayD<T>>, String> {
+    let all: Vec<&str> = outputs.iter().chain(observed).copied().collect();
+    let mut out = run(g, env, &all)?;
+    for (k, v) in out.drain(outputs.len()..).enumerate() {
+        obs.ready(k, v.view());
+    }
+    Ok(out)
+}
+
 /// Run the graph and return the named outputs, in the order asked.
 pub fn run<T: Real>(g: &Graph, env: &Env<T>, outputs: &[&str]) -> Result<Vec<ArrayD<T>>, String> {
     let mut roots = Vec::new();

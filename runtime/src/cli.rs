@@ -177,6 +177,9 @@ pub enum Cmd {
         /// the global batch split across ranks; reports the global examples per second.
         #[arg(long)]
         distributed: bool,
+        /// With --distributed: the least size of a bucket of gradients all-reduced together.
+        #[arg(long, default_value_t = DEFAULT_BUCKET_MB, value_parser = parse_bucket_mb)]
+        bucket_mb: f64,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -249,6 +252,10 @@ pub struct TrainArgs {
     /// (dlc built with `--features mpi`); the file's batch is the global batch.
     #[arg(long)]
     distributed: bool,
+    /// With --distributed: the least size of a bucket of gradients all-reduced together
+    /// (each bucket starts its all-reduce as soon as the backward pass has computed it).
+    #[arg(long, default_value_t = DEFAULT_BUCKET_MB, value_parser = parse_bucket_mb)]
+    bucket_mb: f64,
     #[arg(long)]
     metrics: Option<PathBuf>,
     #[arg(long, default_value = "jit")]
@@ -378,6 +385,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             engine,
             no_opt,
             distributed,
+            bucket_mb,
             model,
         } => {
             let ov = Overrides {
@@ -387,7 +395,8 @@ pub fn run(cli: Cli) -> Result<(), String> {
                 ..overrides(data, model)
             };
             if distributed {
-                bench_distributed(&file, &ov, steps as usize, repeats as usize, &engine)
+                let runs = (steps as usize, repeats as usize);
+                bench_distributed(&file, &ov, runs, &engine, bucket_bytes(bucket_mb))
             } else {
                 bench(&file, &ov, steps as usize, repeats as usize, &engine)
             }
@@ -1451,6 +1460,21 @@ fn eval(
     Ok(())
 }
 
+/// `--bucket-mb`'s default: see docs/scaling.md.
+const DEFAULT_BUCKET_MB: f64 = 1.0;
+
+/// `--bucket-mb`: a size in MiB, at least 0 (0: one gradient per bucket).
+fn parse_bucket_mb(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=1024.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a size in MiB between 0 and 1024")),
+    }
+}
+
+fn bucket_bytes(mb: f64) -> usize {
+    (mb * 1048576.0) as usize
+}
+
 /// What `--distributed` says in a dlc built without MPI.
 #[cfg(not(feature = "mpi"))]
 const NO_MPI: &str = "--distributed needs dlc built with MPI: install OpenMPI (Debian: apt-get install libopenmpi-dev openmpi-bin libclang-dev), then cargo build --release --bin dlc --features mpi, and run mpirun -np N dlc train FILE --distributed";
@@ -1461,7 +1485,13 @@ fn train_distributed(_: TrainArgs) -> Result<(), String> {
 }
 
 #[cfg(not(feature = "mpi"))]
-fn bench_distributed(_: &Path, _: &Overrides, _: usize, _: usize, _: &str) -> Result<(), String> {
+fn bench_distributed(
+    _: &Path,
+    _: &Overrides,
+    _: (usize, usize),
+    _: &str,
+    _: usize,
+) -> Result<(), String> {
     Err(NO_MPI.into())
 }
 
@@ -1471,11 +1501,11 @@ fn bench_distributed(_: &Path, _: &Overrides, _: usize, _: usize, _: &str) -> Re
 fn bench_distributed(
     file: &Path,
     ov: &Overrides,
-    steps: usize,
-    repeats: usize,
+    (steps, repeats): (usize, usize),
     engine: &str,
+    bucket_bytes: usize,
 ) -> Result<(), String> {
-    let group = crate::distributed::Group::init()?;
+    let group = crate::distributed::Group::init(bucket_bytes)?;
     let run = || -> Result<(), String> {
         let kind = EngineKind::parse(engine)?;
         let (setup, data_path) = session::compile(file, ov, kind)?;
@@ -1526,7 +1556,7 @@ fn bench_distributed(
 /// ends every rank (MPI_Abort), so none waits forever in a collective.
 #[cfg(feature = "mpi")]
 fn train_distributed(a: TrainArgs) -> Result<(), String> {
-    let group = crate::distributed::Group::init()?;
+    let group = crate::distributed::Group::init(bucket_bytes(a.bucket_mb))?;
     match train_ranks(&a, &group) {
         Ok(()) => Ok(()),
         Err(e) => {

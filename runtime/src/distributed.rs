@@ -7,21 +7,26 @@
 //! parameters. Training loss and accuracy, and the test evaluation (its rows split the same
 //! way), are summed across ranks. Rank 0 alone prints, writes metrics and checkpoints.
 //!
-//! Not yet: gradients all-reduced in buckets while the backward pass runs (this all-reduces
-//! once, after the whole backward pass); dropout masks keyed by the global row (they are
-//! keyed by the row within each rank's slice, so a model with dropout draws other masks than
-//! one process does); several objectives, graph data and regression tasks (refused).
+//! The all-reduce overlaps the backward pass as PyTorch's DistributedDataParallel does: the
+//! gradients, last parameters first, fill buckets of `--bucket-mb`; the JIT hands each
+//! gradient over as soon as its kernel has run (`Engine::run_observed`), and a full bucket
+//! starts a non-blocking all-reduce that MPI progresses between the remaining kernels.
+//! Random draws (dropout masks) are keyed by the global row, as in one process. Several
+//! objectives, graph data and regression tasks are refused (`check`).
 
 use crate::checkpoint::Tensors;
 use crate::engine::{Engine, EngineKind};
 use crate::metrics::{MetricsSink, Progress};
 use crate::session::Setup;
 use crate::trainer::{self, TrainState};
+use dlc_compiler::interp::Observer;
 use dlc_data::{Dataset, Split, Task};
 use mpi::collective::SystemOperation;
+use mpi::request::{LocalScope, Request};
 use mpi::traits::*;
 use ndarray::{ArrayD, IxDyn};
 use serde_json::{Map, json};
+use std::cell::RefCell;
 use std::time::Instant;
 
 /// The processes of an `mpirun`.
@@ -30,11 +35,15 @@ pub struct Group {
     world: mpi::topology::SimpleCommunicator,
     pub rank: usize,
     pub size: usize,
+    /// The least size of a bucket of gradients all-reduced together, in bytes.
+    pub bucket_bytes: usize,
 }
 
 impl Group {
-    pub fn init() -> Result<Group, String> {
-        let universe = mpi::initialize().ok_or("MPI is already initialised")?;
+    /// Join the job. Only the calling thread calls MPI (kernels' worker threads do not).
+    pub fn init(bucket_bytes: usize) -> Result<Group, String> {
+        let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Funneled)
+            .ok_or("MPI is already initialised")?;
         let world = universe.world();
         let (rank, size) = (world.rank() as usize, world.size() as usize);
         Ok(Group {
@@ -42,6 +51,7 @@ impl Group {
             world,
             rank,
             size,
+            bucket_bytes,
         })
     }
 
@@ -116,9 +126,59 @@ struct Halves {
     /// Parameters the step trains, with their sizes, in one fixed order.
     params: Vec<(String, usize)>,
     states: Vec<String>,
+    /// Where each parameter's gradient goes in the all-reduce.
+    buckets: Buckets,
+    /// Kept from step to step.
+    bufs: RefCell<Exchange>,
 }
 
-fn halves(setup: &Setup, kind: EngineKind, threads: usize, no_opt: bool) -> Result<Halves, String> {
+/// The buckets' send and receive buffers, and each parameter's reduced gradient.
+struct Exchange {
+    sends: Vec<Vec<f32>>,
+    recvs: Vec<Vec<f32>>,
+    grads: Vec<ArrayD<f32>>,
+}
+
+/// The gradients grouped for the all-reduce, as DDP groups them: parameters in reverse
+/// order (the backward pass computes the last layer's gradients first), packed into
+/// buckets of at least `cap` bytes, each all-reduced as soon as all of its gradients (and
+/// every earlier bucket) are ready.
+struct Buckets {
+    /// (bucket, offset in it) of each parameter, in `Halves::params` order.
+    place: Vec<(usize, usize)>,
+    /// Each bucket's length in elements and number of parameters.
+    sizes: Vec<(usize, usize)>,
+}
+
+impl Buckets {
+    fn new(lens: &[usize], cap: usize) -> Buckets {
+        let mut place = vec![(0, 0); lens.len()];
+        let mut sizes: Vec<(usize, usize)> = Vec::new();
+        for (i, &len) in lens.iter().enumerate().rev() {
+            let last = sizes.len().wrapping_sub(1);
+            match sizes.last_mut() {
+                Some((n, k)) if *n * 4 < cap => {
+                    place[i] = (last, *n);
+                    *n += len;
+                    *k += 1;
+                }
+                _ => {
+                    place[i] = (last.wrapping_add(1), 0);
+                    sizes.push((len, 1));
+                }
+            }
+        }
+        Buckets { place, sizes }
+    }
+}
+
+fn halves(
+    setup: &Setup,
+    kind: EngineKind,
+    threads: usize,
+    no_opt: bool,
+    bucket_bytes: usize,
+) -> Result<Halves, String> {
     let step = &setup.steps[0];
     let tg = &step.train;
     let optimized = |g: &dlc_compiler::ir::Graph| {
@@ -133,22 +193,136 @@ fn halves(setup: &Setup, kind: EngineKind, threads: usize, no_opt: bool) -> Resu
         .retain(|(n, _)| n == "loss" || n == "pred" || n.strip_prefix("grad:").is_some());
     let opt = setup.cfg.objectives[0].optimizer(&setup.cfg);
     let (ug, states) = dlc_compiler::train::update_graph(&tg.params, opt, setup.cfg.clip_norm);
+    let params: Vec<(String, usize)> = tg
+        .params
+        .iter()
+        .map(|p| (p.name.clone(), p.shape.iter().product()))
+        .collect();
+    let lens: Vec<usize> = params.iter().map(|(_, n)| *n).collect();
+    let buckets = Buckets::new(&lens, bucket_bytes);
+    let bufs = buckets.sizes.iter().map(|&(n, _)| vec![0f32; n]);
+    let grads = tg
+        .params
+        .iter()
+        .map(|p| ArrayD::zeros(IxDyn(&p.shape)))
+        .collect();
     Ok(Halves {
         grads: Engine::new(kind, optimized(&gg.compact()), threads)?,
         update: Engine::new(kind, optimized(&ug), threads)?,
-        params: tg
-            .params
-            .iter()
-            .map(|p| (p.name.clone(), p.shape.iter().product()))
-            .collect(),
+        params,
         states: states.into_iter().map(|s| s.name).collect(),
+        bufs: RefCell::new(Exchange {
+            sends: bufs.clone().collect(),
+            recvs: bufs.collect(),
+            grads,
+        }),
+        buckets,
     })
+}
+
+/// The all-reduce of one step's gradients, bucket by bucket, while the backward pass
+/// runs: `ready` copies a gradient (times this rank's share of the rows) into its bucket
+/// and starts the bucket's non-blocking all-reduce once the bucket is full; `tick`
+/// (between kernels) lets MPI progress the started ones. Buckets start in one fixed
+/// order on every rank, as MPI requires of collectives.
+struct Reducer<'a, 's> {
+    world: &'a mpi::topology::SimpleCommunicator,
+    scope: &'s LocalScope<'a>,
+    plan: &'a Buckets,
+    lens: Vec<usize>,
+    weight: f32,
+    send: Vec<Option<&'a mut [f32]>>,
+    recv: Vec<Option<&'a mut [f32]>>,
+    /// Gradients still missing from each bucket.
+    missing: Vec<usize>,
+    /// The next bucket to start.
+    next: usize,
+    running: Vec<Request<'a, [f32], &'s LocalScope<'a>>>,
+}
+
+impl<'a, 's> Reducer<'a, 's> {
+    /// Start every full bucket whose turn it is.
+    fn start(&mut self) {
+        while self.next < self.missing.len() && self.missing[self.next] == 0 {
+            let b = self.next;
+            let send: &'a [f32] = self.send[b].take().expect("started once");
+            let recv = self.recv[b].take().expect("started once");
+            self.running.push(self.world.immediate_all_reduce_into(
+                self.scope,
+                send,
+                recv,
+                SystemOperation::sum(),
+            ));
+            self.next += 1;
+        }
+    }
+
+    /// Start what is left (a rank without rows sends zeros) and wait for every bucket.
+    fn finish(mut self) {
+        for b in self.next..self.missing.len() {
+            if self.missing[b] > 0
+                && let Some(s) = self.send[b].as_deref_mut()
+            {
+                s.fill(0.0);
+            }
+            self.missing[b] = 0;
+        }
+        self.start();
+        for r in self.running.drain(..) {
+            r.wait();
+        }
+    }
+
+    /// After an error: the job is ending (the caller aborts it); leave the started
+    /// all-reduces to MPI rather than wait for ranks that may never join them.
+    fn abandon(mut self) {
+        for r in self.running.drain(..) {
+            // SAFETY: the request leaves its scope unfinished; its buffers are leaked by
+            // the caller, so MPI never writes to freed memory.
+            let _ = unsafe { r.into_raw() };
+        }
+    }
+}
+
+impl Observer<f32> for Reducer<'_, '_> {
+    fn ready(&mut self, k: usize, value: ndarray::ArrayViewD<f32>) {
+        let (b, at) = self.plan.place[k];
+        let len = self.lens[k];
+        if let Some(dst) = self.send[b].as_deref_mut() {
+            let dst = &mut dst[at..at + len];
+            match value.as_slice() {
+                Some(src) => {
+                    for (d, v) in dst.iter_mut().zip(src) {
+                        *d = v * self.weight;
+                    }
+                }
+                None => {
+                    for (d, v) in dst.iter_mut().zip(value.iter()) {
+                        *d = v * self.weight;
+                    }
+                }
+            }
+        }
+        self.missing[b] -= 1;
+        self.start();
+    }
+
+    fn tick(&mut self) {
+        let mut still = Vec::with_capacity(self.running.len());
+        for r in self.running.drain(..) {
+            if let Err(r) = r.test() {
+                still.push(r);
+            }
+        }
+        self.running = still;
+    }
 }
 
 impl Halves {
     /// One training step on the global batch `chunk` (row indices of the training split):
-    /// this rank's rows, the all-reduce of the row-weighted gradients, the update. Returns
-    /// this rank's (examples, loss sum, predictions judged, right).
+    /// this rank's rows, the all-reduce of the row-weighted gradients (bucket by bucket,
+    /// during the backward pass), the update. Returns this rank's (examples, loss sum,
+    /// predictions judged, right) and the norm of the batch's gradient.
     fn step(
         &self,
         st: &mut TrainState,
@@ -156,46 +330,94 @@ impl Halves {
         chunk: &[usize],
         group: &Group,
         classes: usize,
-    ) -> Result<[f64; 4], String> {
-        let mine = &chunk[share(chunk.len(), group.rank, group.size)];
-        let total: usize = self.params.iter().map(|(_, n)| n).sum();
+    ) -> Result<([f64; 4], f64), String> {
+        let rows = share(chunk.len(), group.rank, group.size);
+        let mine = &chunk[rows.clone()];
         let mut tally = [0f64; 4];
-        // The gradients weighted by this rank's share of the rows, summed over the ranks.
-        let mut buf = vec![0f32; total];
         // The parameters and the state move into the step's environment and back.
         let mut env = dlc_compiler::interp::Env::new(st.seed, st.step);
         // Random draws (dropout masks) keyed by the global row, as in one process.
-        env.row_offset = share(chunk.len(), group.rank, group.size).start as u64;
+        env.row_offset = rows.start as u64;
         env.values.extend(std::mem::take(&mut st.params));
-        if !mine.is_empty() {
+        let mut bufs = self.bufs.borrow_mut();
+        let Exchange {
+            sends,
+            recvs,
+            grads,
+        } = &mut *bufs;
+        let result = mpi::request::scope(|scope| {
+            let red = Reducer {
+                world: &group.world,
+                scope,
+                plan: &self.buckets,
+                lens: self.params.iter().map(|(_, n)| *n).collect(),
+                weight: mine.len() as f32 / chunk.len() as f32,
+                send: sends.iter_mut().map(|b| Some(&mut b[..])).collect(),
+                recv: recvs.iter_mut().map(|b| Some(&mut b[..])).collect(),
+                missing: self.buckets.sizes.iter().map(|&(_, k)| k).collect(),
+                next: 0,
+                running: Vec::new(),
+            };
+            if mine.is_empty() {
+                red.finish();
+                return Ok(());
+            }
             let (x, y) = trainer::batch(&data.train, mine, &data.x_shape, &data.y_shape);
             env.values.insert("x".into(), x);
-            env.values.insert("y".into(), y.clone());
-            let mut names: Vec<String> = vec!["loss".into(), "pred".into()];
-            names.extend(self.params.iter().map(|(p, _)| format!("grad:{p}")));
-            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            let out = self.grads.run(&env, &refs)?;
-            let loss = out[0].iter().next().copied().unwrap_or(f32::NAN);
-            let w = mine.len() as f32 / chunk.len() as f32;
-            let mut at = 0;
-            for g in &out[2..] {
-                for (b, v) in buf[at..at + g.len()].iter_mut().zip(g.iter()) {
-                    *b = v * w;
+            env.values.insert("y".into(), y);
+            // Last parameters first: the order the backward pass computes them in.
+            let names: Vec<String> = self
+                .params
+                .iter()
+                .rev()
+                .map(|(p, _)| format!("grad:{p}"))
+                .collect();
+            let observed: Vec<&str> = names.iter().map(String::as_str).collect();
+            let mut rev = ReverseK(red, self.params.len());
+            let out = self
+                .grads
+                .run_observed(&env, &["loss", "pred"], &observed, &mut rev);
+            let red = rev.0;
+            let out = match out {
+                Ok(out) => out,
+                Err(e) => {
+                    red.abandon();
+                    return Err(e);
                 }
-                at += g.len();
-            }
-            let (j, r) = judge(&out[1], &y, classes, data.task);
+            };
+            red.finish();
+            let loss = out[0].iter().next().copied().unwrap_or(f32::NAN);
+            let y = &env.values["y"];
+            let (j, r) = judge(&out[1], y, classes, data.task);
             tally = [mine.len() as f64, loss as f64 * mine.len() as f64, j, r];
             for o in out {
                 self.grads.recycle(o);
             }
-            for k in ["x", "y"] {
-                if let Some(a) = env.values.remove(k) {
-                    self.grads.recycle(a);
-                }
+            Ok(())
+        });
+        if let Err(e) = result {
+            // MPI may still write into the buckets: they must outlive the process.
+            std::mem::forget(std::mem::take(sends));
+            std::mem::forget(std::mem::take(recvs));
+            return Err(e);
+        }
+        for k in ["x", "y"] {
+            if let Some(a) = env.values.remove(k) {
+                self.grads.recycle(a);
             }
         }
-        group.sum_f32(&mut buf);
+        // The reduced gradients, each into its parameter's array.
+        for ((p, len), (g, &(b, at))) in self
+            .params
+            .iter()
+            .zip(grads.iter_mut().zip(&self.buckets.place))
+        {
+            let mut g = std::mem::replace(g, ArrayD::zeros(IxDyn(&[0])));
+            g.as_slice_mut()
+                .ok_or("a gradient buffer is not contiguous")?
+                .copy_from_slice(&recvs[b][at..at + len]);
+            env.values.insert(format!("grad:{p}"), g);
+        }
         for s in &self.states {
             let v = st
                 .opt
@@ -207,19 +429,28 @@ impl Halves {
             "step".into(),
             ArrayD::from_elem(IxDyn(&[]), (st.step + 1) as f32),
         );
-        let mut at = 0;
-        for (p, len) in &self.params {
-            let shape = env.values[p].shape().to_vec();
-            let g = ArrayD::from_shape_vec(IxDyn(&shape), buf[at..at + len].to_vec())
-                .map_err(|e| e.to_string())?;
-            env.values.insert(format!("grad:{p}"), g);
-            at += len;
-        }
         let mut names: Vec<String> = vec!["grad_sq_norm".into()];
         names.extend(self.params.iter().map(|(p, _)| format!("new:{p}")));
         names.extend(self.states.iter().map(|s| format!("new:{s}")));
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let mut out = self.update.run(&env, &refs)?.into_iter().skip(1);
+        // New parameters and states written over the old ones where the plan allows.
+        let donate: Vec<(&str, &str)> = refs[1..]
+            .iter()
+            .zip(self.params.iter().map(|(p, _)| p).chain(&self.states))
+            .map(|(o, l)| (*o, l.as_str()))
+            .collect();
+        let out = self.update.run_donating(&mut env, &refs, &donate);
+        for ((p, _), g) in self.params.iter().zip(grads.iter_mut()) {
+            if let Some(a) = env.values.remove(&format!("grad:{p}")) {
+                *g = a;
+            }
+        }
+        let mut out = out?.into_iter();
+        // The norm of the whole batch's gradient (before clipping), the same on every rank.
+        let grad_norm = out
+            .next()
+            .and_then(|a| a.iter().next().copied())
+            .map_or(f64::NAN, |v| (v as f64).sqrt());
         for (p, _) in &self.params {
             st.params
                 .insert(p.clone(), out.next().ok_or("too few outputs")?);
@@ -228,15 +459,30 @@ impl Halves {
         for s in &self.states {
             st.opt
                 .insert(s.clone(), out.next().ok_or("too few outputs")?);
+            env.values.remove(s);
         }
         // Parameters the step does not train (none for one objective) stay as they were.
         for (k, v) in env.values {
-            if !k.starts_with("grad:") && !self.states.contains(&k) && k != "step" {
+            if !k.starts_with("grad:") && k != "step" {
                 st.params.entry(k).or_insert(v);
             }
         }
         st.step += 1;
-        Ok(tally)
+        Ok((tally, grad_norm))
+    }
+}
+
+/// The observed gradients come in reverse parameter order: `ready(k)` is parameter
+/// `n - 1 - k`'s.
+struct ReverseK<'a, 's>(Reducer<'a, 's>, usize);
+
+impl Observer<f32> for ReverseK<'_, '_> {
+    fn ready(&mut self, k: usize, value: ndarray::ArrayViewD<f32>) {
+        self.0.ready(self.1 - 1 - k, value)
+    }
+
+    fn tick(&mut self) {
+        self.0.tick()
     }
 }
 
@@ -252,7 +498,7 @@ pub fn bench(
     repeats: usize,
 ) -> Result<(f64, f64), String> {
     check(setup, data)?;
-    let h = halves(setup, kind, threads, no_opt)?;
+    let h = halves(setup, kind, threads, no_opt, group.bucket_bytes)?;
     let classes = match data.task {
         Task::Classification { classes } => classes,
         _ => 1,
@@ -302,7 +548,7 @@ pub fn train(
     on_epoch: &mut dyn FnMut(&TrainState) -> Result<(), String>,
 ) -> Result<TrainState, String> {
     check(setup, data)?;
-    let h = halves(setup, kind, threads, no_opt)?;
+    let h = halves(setup, kind, threads, no_opt, group.bucket_bytes)?;
     let classes = match data.task {
         Task::Classification { classes } => classes,
         _ => 1,
@@ -337,8 +583,11 @@ pub fn train(
         let order = trainer::epoch_order(n, st.seed, epoch);
         // (examples, loss sum, predictions judged, right) of this rank's rows.
         let mut tally = [0f64; 4];
+        // (sum, maximum, steps) of the gradient norms, as one process reports them.
+        let mut norms = (0f64, 0f64, 0f64);
         for chunk in order.chunks(batch) {
-            let t = h.step(&mut st, data, chunk, group, classes)?;
+            let (t, norm) = h.step(&mut st, data, chunk, group, classes)?;
+            norms = (norms.0 + norm, norms.1.max(norm), norms.2 + 1.0);
             for (a, b) in tally.iter_mut().zip(t) {
                 *a += b;
             }
@@ -360,6 +609,10 @@ pub fn train(
         // (No accuracy for predictions that are not answers: an autoencoder's images.)
         if tally[2] > 0.0 {
             m.insert("train_acc".into(), json!(tally[3] / tally[2]));
+        }
+        if norms.2 > 0.0 {
+            m.insert("grad_norm_mean".into(), json!(norms.0 / norms.2));
+            m.insert("grad_norm_max".into(), json!(norms.1));
         }
         // Validation and early stopping as one process does them (`trainer::train`).
         if let Some(v) = &val {

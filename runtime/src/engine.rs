@@ -1,7 +1,7 @@
 //! Engines execute a graph: the reference interpreter op by op, or the Cranelift JIT
 //! (native kernels; see `dlc_compiler::jit`).
 
-use dlc_compiler::interp::{self, Env};
+use dlc_compiler::interp::{self, Env, Observer};
 use dlc_compiler::ir::Graph;
 use dlc_compiler::jit::exec::JitGraph;
 use ndarray::ArrayD;
@@ -63,6 +63,21 @@ impl Engine {
         match &self.exec {
             Exec::Reference(g) => interp::run(g, env, outputs),
             Exec::Jit(j) => j.borrow_mut().run(env, outputs),
+        }
+    }
+
+    /// [`run`](Self::run), handing the `observed` outputs to `obs` as they are computed
+    /// (the JIT: as soon as their kernel has run; the interpreter: at the end).
+    pub fn run_observed(
+        &self,
+        env: &Env<f32>,
+        outputs: &[&str],
+        observed: &[&str],
+        obs: &mut dyn Observer<f32>,
+    ) -> Result<Vec<ArrayD<f32>>, String> {
+        match &self.exec {
+            Exec::Reference(g) => interp::run_observed(g, env, outputs, observed, obs),
+            Exec::Jit(j) => j.borrow_mut().run_observed(env, outputs, observed, obs),
         }
     }
 

@@ -16,14 +16,20 @@ fn mpirun(np: &str, args: &[&str]) -> Output {
         .expect("runs mpirun (OpenMPI: apt-get install openmpi-bin libopenmpi-dev)")
 }
 
+type Lines = Vec<serde_json::Value>;
+
 /// The metrics lines of `dlc train ARGS` on one process and on two ranks
 /// (`--distributed`), and what the two ranks printed.
-fn one_and_two(args: &[&str]) -> (Vec<serde_json::Value>, Vec<serde_json::Value>, String) {
-    // Each test trains its own file: its name names the metrics.
-    let stem = std::path::Path::new(args[1])
-        .file_stem()
-        .and_then(|x| x.to_str());
-    let one = tmp(&format!("{}.one.jsonl", stem.expect("a file")), b"");
+fn one_and_two(args: &[&str]) -> (Lines, Lines, String) {
+    one_and("2", args)
+}
+
+/// [`one_and_two`] with `np` ranks.
+fn one_and(np: &str, args: &[&str]) -> (Lines, Lines, String) {
+    // Tests run at once: each call writes metrics files of its own.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let one = tmp(&format!("run{call}.one.jsonl"), b"");
     let two = one.with_extension("two.jsonl");
     let o = Command::new(env!("CARGO_BIN_EXE_dlc"))
         .args(args)
@@ -33,7 +39,7 @@ fn one_and_two(args: &[&str]) -> (Vec<serde_json::Value>, Vec<serde_json::Value>
         .expect("runs dlc");
     assert!(o.status.success(), "{}", text(&o));
     let o = mpirun(
-        "2",
+        np,
         &[args, &["--distributed", "--metrics", s(&two)]].concat(),
     );
     assert!(o.status.success(), "{}", text(&o));
@@ -77,6 +83,40 @@ fn two_ranks_train_what_one_process_trains() {
         b.iter()
             .all(|l| l["ranks"] == 2 && l["param_checksum"].is_number())
     );
+    // The gradient norms one process reports, of the whole batch's gradient.
+    for (x, y) in a.iter().zip(&b) {
+        let (x, y) = (&x["grad_norm_mean"], &y["grad_norm_mean"]);
+        let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-3 * x, "grad_norm_mean {x} vs {y}");
+    }
+}
+
+#[test]
+fn gradients_in_buckets_of_one_on_three_ranks_some_without_rows() {
+    // 1438 training digits in batches of 479: the last batch has one row, so two of the
+    // three ranks have none and send zeros; every gradient is a bucket of its own, its
+    // all-reduce started as the backward pass computes it.
+    let args = [
+        "train",
+        "models/mlp.dl",
+        "--epochs",
+        "2",
+        "--batch",
+        "479",
+        "--seed",
+        "4",
+        "--threads",
+        "1",
+        "--bucket-mb",
+        "0",
+    ];
+    let (a, b, _) = one_and("3", &args);
+    assert_eq!(a[0]["step"], 4, "{a:?}");
+    assert_eq!(b.len(), 2, "{b:?}");
+    for (x, y) in losses(&a).iter().zip(losses(&b)) {
+        assert!((x - y).abs() <= 1e-4 * x.abs(), "train_loss {x} vs {y}");
+    }
+    assert!(b.iter().all(|l| l["ranks"] == 3));
 }
 
 #[test]

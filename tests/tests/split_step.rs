@@ -2,7 +2,8 @@
 //! then, once they are averaged, the optimizer update. The two halves give what the fused
 //! step gives, for every optimizer, with and without clipping.
 
-use dlc_compiler::interp::{Env, run};
+use dlc_compiler::interp::{Env, Observer, run};
+use dlc_compiler::jit::exec::JitGraph;
 use dlc_compiler::lower::{DataSig, Mode, Optimizer, Program};
 use dlc_compiler::train::{training_graph, update_graph};
 use dlc_compiler::types::{Dim, Type};
@@ -94,5 +95,97 @@ fn gradients_then_update_equal_the_fused_step() {
                 }
             }
         }
+    }
+}
+
+/// What an observer saw: `Some(k)` when observed output k was handed over, `None` for a
+/// tick between kernels; and the values handed over.
+#[derive(Default)]
+struct Seen {
+    events: Vec<Option<usize>>,
+    values: Vec<(usize, ArrayD<f32>)>,
+}
+
+impl Observer<f32> for Seen {
+    fn ready(&mut self, k: usize, value: ndarray::ArrayViewD<f32>) {
+        self.events.push(Some(k));
+        self.values.push((k, value.to_owned()));
+    }
+
+    fn tick(&mut self) {
+        self.events.push(None);
+    }
+}
+
+#[test]
+fn the_jit_hands_over_each_gradient_once_its_kernel_has_run() {
+    let prog = Program::parse("net.dl", NET.as_bytes()).unwrap_or_else(|_| panic!("parses"));
+    let sig = DataSig {
+        name: "toy".into(),
+        dims: vec![],
+        x: Type::f32(vec![Dim::Sym("B".into()), Dim::Known(4)]),
+        y: Type::f32(vec![Dim::Sym("B".into()), Dim::Known(1)]),
+        experience: Vec::new(),
+        sparse: Vec::new(),
+    };
+    let (l, _) = prog
+        .lower_training(&sig, Mode::Train)
+        .unwrap_or_else(|d| panic!("{d:?}"));
+    let opt = Optimizer::with_defaults("sgd", None).expect("sgd");
+    let tg = training_graph(&l, &opt, None).expect("a training graph");
+    let mut env: Env<f32> = Env::new(1, 2);
+    for (i, p) in tg.params.iter().enumerate() {
+        env.values
+            .insert(p.name.clone(), array(&p.shape, i, -0.25).mapv(|v| v as f32));
+    }
+    env.values
+        .insert("x".into(), array(&[5, 4], 99, -0.5).mapv(|v| v as f32));
+    env.values
+        .insert("y".into(), array(&[5, 1], 98, 0.0).mapv(|v| v as f32));
+    // Last layer first, as data-parallel training asks for them.
+    let names: Vec<String> = tg
+        .params
+        .iter()
+        .rev()
+        .map(|p| format!("grad:{}", p.name))
+        .collect();
+    let observed: Vec<&str> = names.iter().map(String::as_str).collect();
+    let want = run(&tg.grad_graph, &env, &observed).expect("the interpreter runs");
+    let graph = dlc_compiler::opt::optimize(&tg.grad_graph).graph;
+    let mut jit = JitGraph::new(graph, 1).expect("compiles");
+    let mut seen = Seen::default();
+    let out = jit
+        .run_observed(&env, &["loss"], &observed, &mut seen)
+        .expect("the JIT runs");
+    assert_eq!(out.len(), 1, "only the outputs not observed come back");
+    // Every gradient once, equal to the interpreter's.
+    let mut ks: Vec<usize> = seen.values.iter().map(|(k, _)| *k).collect();
+    ks.sort_unstable();
+    assert_eq!(ks, (0..names.len()).collect::<Vec<_>>());
+    for (k, v) in &seen.values {
+        for (a, b) in v.iter().zip(want[*k].iter()) {
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                "{}: {a} vs {b}",
+                names[*k]
+            );
+        }
+    }
+    // The last layer's gradients are handed over while kernels of the backward pass
+    // (the first layer's gradients) are still to run.
+    let at = |k: usize| {
+        seen.events
+            .iter()
+            .position(|e| *e == Some(k))
+            .expect("seen")
+    };
+    let first_layer = names.len() - 1; // grad of d1's first parameter
+    for k in 0..2 {
+        assert!(
+            seen.events[at(k)..at(first_layer)].contains(&None),
+            "{}: {:?}",
+            names[k],
+            seen.events
+        );
     }
 }

@@ -23,7 +23,7 @@ use super::conv::WindowCore;
 use super::loops::LoopKernel;
 use super::plan::{Operand, Plan, Stage, sym_key};
 use super::sgemm::{self, GemmPath};
-use crate::interp::{self, Env};
+use crate::interp::{self, Env, Observer};
 use crate::ir::{Graph, NodeId};
 use crate::ops::Op;
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, CowArray, IxDyn};
@@ -864,7 +864,22 @@ impl JitGraph {
     /// Run the graph and return the named outputs. Leaves are read in place; kernel
     /// outputs are moved, not copied, into the values of their nodes.
     pub fn run(&mut self, env: &Env<f32>, outputs: &[&str]) -> Result<Vec<ArrayD<f32>>, String> {
-        let (out, _) = self.run_inner(env, outputs, &[], &HashMap::new())?;
+        let (out, _) = self.run_inner(env, outputs, &[], &HashMap::new(), (&[], None))?;
+        Ok(out)
+    }
+
+    /// [`run`](Self::run), handing each of the `observed` outputs to `obs` as soon as the
+    /// kernel computing it has run (instead of returning it), and ticking `obs` after
+    /// every kernel. The schedule computes the outputs depth first in the order asked
+    /// (`Graph::schedule_from`), so ask first for what should be ready first.
+    pub fn run_observed(
+        &mut self,
+        env: &Env<f32>,
+        outputs: &[&str],
+        observed: &[&str],
+        obs: &mut dyn Observer<f32>,
+    ) -> Result<Vec<ArrayD<f32>>, String> {
+        let (out, _) = self.run_inner(env, outputs, &[], &HashMap::new(), (observed, Some(obs)))?;
         Ok(out)
     }
 
@@ -894,7 +909,7 @@ impl JitGraph {
                 bufs.insert(leaf.clone(), (a.as_mut_ptr() as usize, a.shape().to_vec()));
             }
         }
-        let (mut out, written) = self.run_inner(env, outputs, &pairs, &bufs)?;
+        let (mut out, written) = self.run_inner(env, outputs, &pairs, &bufs, (&[], None))?;
         for (root, leaf) in written {
             out[root] = env.values.remove(&leaf).ok_or("donated leaf vanished")?;
         }
@@ -909,9 +924,19 @@ impl JitGraph {
         outputs: &[&str],
         donate: &[(usize, String)],
         bufs: &HashMap<String, (usize, Vec<usize>)>,
+        (observed, mut obs): (&[&str], Option<&mut dyn Observer<f32>>),
     ) -> Result<(Vec<ArrayD<f32>>, Donations), String> {
-        let roots = self.roots(outputs)?;
+        let all: Vec<&str> = outputs.iter().chain(observed).copied().collect();
+        let roots = self.roots(&all)?;
         let prep = self.prepare(&roots, donate);
+        // (schedule position, observed output) in schedule order.
+        let mut watch: Vec<(usize, usize)> = prep.roots[outputs.len()..]
+            .iter()
+            .enumerate()
+            .map(|(k, &r)| (r, k))
+            .collect();
+        watch.sort_unstable();
+        let mut watch = watch.into_iter().peekable();
         let mut written: Vec<(usize, String)> = Vec::new();
         // (body, output) pairs written in place: their nodes hold placeholders.
         let mut in_place: Vec<(u32, u32)> = Vec::new();
@@ -982,15 +1007,13 @@ impl JitGraph {
                         }
                         kernels[*body as usize] = Some(out);
                     }
-                    if in_place.contains(&(*body, *output)) {
-                        // Written over its leaf; the caller takes it from there.
-                        vals[i] = Some(CowArray::from(ArrayD::zeros(IxDyn(&[0]))));
-                        continue;
-                    }
                     let slot = slots
                         .get(body)
                         .and_then(|v| v.iter().find(|(o, _)| o == output));
-                    if let Some(&(_, off)) = slot {
+                    if in_place.contains(&(*body, *output)) {
+                        // Written over its leaf; the caller takes it from there.
+                        CowArray::from(ArrayD::zeros(IxDyn(&[0])))
+                    } else if let Some(&(_, off)) = slot {
                         let dims =
                             interp::concrete_shape(&self.graph.ty(prep.order[i]).shape, &syms)?;
                         // SAFETY: the kernel wrote this slot of the arena; no other value
@@ -1002,17 +1025,18 @@ impl JitGraph {
                                 (arena_base as *const f32).add(off),
                             )
                         };
-                        vals[i] = Some(CowArray::from(view));
-                        continue;
+                        CowArray::from(view)
+                    } else {
+                        let slot = kernels[*body as usize]
+                            .as_mut()
+                            .and_then(|k| k.get_mut(*output as usize))
+                            .ok_or_else(|| format!("kernel {body} has no output {output}"))?;
+                        CowArray::from(
+                            slot.take().ok_or_else(|| {
+                                format!("kernel {body} output {output} used twice")
+                            })?,
+                        )
                     }
-                    let slot = kernels[*body as usize]
-                        .as_mut()
-                        .and_then(|k| k.get_mut(*output as usize))
-                        .ok_or_else(|| format!("kernel {body} has no output {output}"))?;
-                    CowArray::from(
-                        slot.take()
-                            .ok_or_else(|| format!("kernel {body} output {output} used twice"))?,
-                    )
                 }
                 Action::Scan {
                     body,
@@ -1075,9 +1099,21 @@ impl JitGraph {
                 }
             };
             vals[i] = Some(v);
+            if let Some(obs) = obs.as_deref_mut() {
+                // Observed outputs computed by this node are final: hand them over.
+                while let Some(&(at, k)) = watch.peek()
+                    && at == i
+                {
+                    obs.ready(k, vals[i].as_ref().expect("just computed").view());
+                    watch.next();
+                }
+                if !matches!(action, Action::Leaf(_) | Action::Reshape(_)) {
+                    obs.tick();
+                }
+            }
         }
-        let mut out: Vec<ArrayD<f32>> = Vec::with_capacity(prep.roots.len());
-        for (k, &r) in prep.roots.iter().enumerate() {
+        let mut out: Vec<ArrayD<f32>> = Vec::with_capacity(outputs.len());
+        for (k, &r) in prep.roots[..outputs.len()].iter().enumerate() {
             match vals[r].take() {
                 Some(v) => out.push(v.into_owned()),
                 None => {
