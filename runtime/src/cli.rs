@@ -1461,7 +1461,7 @@ fn eval(
 }
 
 /// `--bucket-mb`'s default: see docs/scaling.md.
-const DEFAULT_BUCKET_MB: f64 = 1.0;
+const DEFAULT_BUCKET_MB: f64 = 0.25;
 
 /// `--bucket-mb`: a size in MiB, at least 0 (0: one gradient per bucket).
 fn parse_bucket_mb(s: &str) -> Result<f64, String> {
@@ -1521,7 +1521,7 @@ fn bench_distributed(
         } else {
             ov.threads
         };
-        let (ms, eps) = crate::distributed::bench(
+        let t = crate::distributed::bench(
             &setup,
             &data,
             (kind, threads, ov.no_opt),
@@ -1532,8 +1532,13 @@ fn bench_distributed(
         if group.rank == 0 {
             let mut m = Map::new();
             m.insert("model".into(), json!(file.display().to_string()));
-            m.insert("ms_per_step".into(), json!(ms));
-            m.insert("examples_per_s".into(), json!(eps));
+            m.insert("ms_per_step".into(), json!(t.ms_per_step));
+            m.insert("examples_per_s".into(), json!(t.examples_per_s));
+            m.insert("grads_ms".into(), json!(t.grads_ms));
+            m.insert("allreduce_wait_ms".into(), json!(t.wait_ms));
+            m.insert("update_ms".into(), json!(t.update_ms));
+            m.insert("overlap_window_ms".into(), json!(t.overlap_ms));
+            m.insert("buckets".into(), json!(t.buckets));
             m.insert("batch".into(), json!(setup.cfg.batch));
             m.insert("ranks".into(), json!(group.size));
             m.insert("threads_per_rank".into(), json!(threads));

@@ -130,6 +130,10 @@ struct Halves {
     buckets: Buckets,
     /// Kept from step to step.
     bufs: RefCell<Exchange>,
+    /// Seconds spent so far in the gradients' run, waiting for the all-reduce after it,
+    /// in the update, and between the first bucket's start and the end of the gradients'
+    /// run (the time the backward pass can hide the exchange in).
+    spent: std::cell::Cell<[f64; 4]>,
 }
 
 /// The buckets' send and receive buffers, and each parameter's reduced gradient.
@@ -217,6 +221,7 @@ fn halves(
             grads,
         }),
         buckets,
+        spent: Default::default(),
     })
 }
 
@@ -238,6 +243,8 @@ struct Reducer<'a, 's> {
     /// The next bucket to start.
     next: usize,
     running: Vec<Request<'a, [f32], &'s LocalScope<'a>>>,
+    /// When the first bucket started.
+    first: Option<Instant>,
 }
 
 impl<'a, 's> Reducer<'a, 's> {
@@ -245,6 +252,7 @@ impl<'a, 's> Reducer<'a, 's> {
     fn start(&mut self) {
         while self.next < self.missing.len() && self.missing[self.next] == 0 {
             let b = self.next;
+            self.first.get_or_insert_with(Instant::now);
             let send: &'a [f32] = self.send[b].take().expect("started once");
             let recv = self.recv[b].take().expect("started once");
             self.running.push(self.world.immediate_all_reduce_into(
@@ -357,6 +365,7 @@ impl Halves {
                 missing: self.buckets.sizes.iter().map(|&(_, k)| k).collect(),
                 next: 0,
                 running: Vec::new(),
+                first: None,
             };
             if mine.is_empty() {
                 red.finish();
@@ -374,10 +383,13 @@ impl Halves {
                 .collect();
             let observed: Vec<&str> = names.iter().map(String::as_str).collect();
             let mut rev = ReverseK(red, self.params.len());
+            let t0 = Instant::now();
             let out = self
                 .grads
                 .run_observed(&env, &["loss", "pred"], &observed, &mut rev);
+            let t1 = Instant::now();
             let red = rev.0;
+            let window = red.first.map_or(0.0, |f| (t1 - f).as_secs_f64());
             let out = match out {
                 Ok(out) => out,
                 Err(e) => {
@@ -386,6 +398,11 @@ impl Halves {
                 }
             };
             red.finish();
+            let mut spent = self.spent.get();
+            spent[0] += (t1 - t0).as_secs_f64();
+            spent[1] += t1.elapsed().as_secs_f64();
+            spent[3] += window;
+            self.spent.set(spent);
             let loss = out[0].iter().next().copied().unwrap_or(f32::NAN);
             let y = &env.values["y"];
             let (j, r) = judge(&out[1], y, classes, data.task);
@@ -439,7 +456,11 @@ impl Halves {
             .zip(self.params.iter().map(|(p, _)| p).chain(&self.states))
             .map(|(o, l)| (*o, l.as_str()))
             .collect();
+        let t0 = Instant::now();
         let out = self.update.run_donating(&mut env, &refs, &donate);
+        let mut spent = self.spent.get();
+        spent[2] += t0.elapsed().as_secs_f64();
+        self.spent.set(spent);
         for ((p, _), g) in self.params.iter().zip(grads.iter_mut()) {
             if let Some(a) = env.values.remove(&format!("grad:{p}")) {
                 *g = a;
@@ -486,9 +507,27 @@ impl Observer<f32> for ReverseK<'_, '_> {
     }
 }
 
+/// What `dlc bench --distributed` measures.
+pub struct Timing {
+    /// The median over the repeats of the mean step.
+    pub ms_per_step: f64,
+    /// Of the global batch.
+    pub examples_per_s: f64,
+    /// Per step, the mean over the steps and the ranks: the gradients' run (with the
+    /// all-reduces started and progressed during it), the wait after it for the all-reduces
+    /// to finish (the exchange the backward pass did not hide, and the ranks' skew), and
+    /// the update.
+    pub grads_ms: f64,
+    pub wait_ms: f64,
+    pub update_ms: f64,
+    /// The time between the first bucket's start and the end of the gradients' run.
+    pub overlap_ms: f64,
+    pub buckets: usize,
+}
+
 /// `dlc bench --distributed`: the median time of `steps` training steps on global batches
 /// of the section's size, over `repeats` repeats (after 10 warm-up steps), every rank in
-/// step; (ms per step, global examples per second).
+/// step.
 pub fn bench(
     setup: &Setup,
     data: &Dataset,
@@ -496,7 +535,7 @@ pub fn bench(
     group: &Group,
     steps: usize,
     repeats: usize,
-) -> Result<(f64, f64), String> {
+) -> Result<Timing, String> {
     check(setup, data)?;
     let h = halves(setup, kind, threads, no_opt, group.bucket_bytes)?;
     let classes = match data.task {
@@ -511,6 +550,7 @@ pub fn bench(
     for k in 0..10 {
         h.step(&mut st, data, &batches[k % 4], group, classes)?;
     }
+    h.spent.set([0.0; 4]);
     let mut times = Vec::new();
     for _ in 0..repeats {
         let t0 = Instant::now();
@@ -521,7 +561,18 @@ pub fn bench(
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let ms = times[times.len() / 2];
-    Ok((ms, b as f64 * 1e3 / ms))
+    let mut spent = h.spent.get();
+    group.sum_f64(&mut spent);
+    let per = |secs: f64| secs * 1e3 / (steps * repeats * group.size) as f64;
+    Ok(Timing {
+        ms_per_step: ms,
+        examples_per_s: b as f64 * 1e3 / ms,
+        grads_ms: per(spent[0]),
+        wait_ms: per(spent[1]),
+        update_ms: per(spent[2]),
+        overlap_ms: per(spent[3]),
+        buckets: h.buckets.sizes.len(),
+    })
 }
 
 /// The sum of every parameter, in a fixed order (equal on every rank when the parameters
