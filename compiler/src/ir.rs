@@ -26,6 +26,12 @@ pub struct Graph {
     /// Body graphs of `scan` nodes, by index.
     pub bodies: Vec<Graph>,
     memo: HashMap<(Op, Vec<NodeId>), NodeId>,
+    /// Where in the user's file each node comes from (set while lowering: the expression,
+    /// or the user's call of a prelude or imported function, that made it), for messages
+    /// about values (`--check-numerics`). Kept by `compact`; other passes build new nodes.
+    pub origins: HashMap<NodeId, dlc_dsl::ast::Span>,
+    /// The origin `add` gives the nodes it makes.
+    pub at: Option<dlc_dsl::ast::Span>,
 }
 
 impl Graph {
@@ -46,6 +52,9 @@ impl Graph {
         let n = self.g.add_node(Node { op: op.clone(), ty });
         for (pos, &i) in ins.iter().enumerate() {
             self.g.add_edge(i, n, pos as u32);
+        }
+        if let Some(at) = self.at {
+            self.origins.insert(n, at);
         }
         self.memo.insert((op, ins), n);
         Ok(n)
@@ -179,9 +188,11 @@ impl Graph {
                 });
             }
             let ins: Vec<NodeId> = self.inputs(n).iter().map(|i| map[i]).collect();
+            out.at = self.origins.get(&n).copied();
             let m = out.add_ok(op, &ins);
             map.insert(n, m);
         }
+        out.at = None;
         for (name, id) in &self.outputs {
             out.set_output(name.clone(), map[id]);
         }

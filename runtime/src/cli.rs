@@ -263,6 +263,10 @@ pub struct TrainArgs {
     /// Skip the e-graph optimizer: run the unfused graph op by op.
     #[arg(long)]
     no_opt: bool,
+    /// Stop at the first step whose loss, gradients or parameters are not finite, naming
+    /// the op (FILE:LINE:COL) that first gave a NaN or an infinity.
+    #[arg(long)]
+    check_numerics: bool,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -274,7 +278,24 @@ fn positive_f64(s: &str) -> Result<f64, String> {
     }
 }
 
-pub fn run(cli: Cli) -> Result<(), String> {
+/// How a command that did not fail ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    Done,
+    /// Ctrl-C stopped training (exit status 130, as a shell reports SIGINT).
+    Interrupted,
+}
+
+pub fn run(cli: Cli) -> Result<Exit, String> {
+    run_command(cli)?;
+    Ok(if crate::interrupt::requested() {
+        Exit::Interrupted
+    } else {
+        Exit::Done
+    })
+}
+
+fn run_command(cli: Cli) -> Result<(), String> {
     match cli.cmd {
         Cmd::Check { file, data, model } => check(&file, overrides(data, model)),
         Cmd::Compile {
@@ -890,12 +911,34 @@ fn run_forward(
 }
 
 fn train(a: TrainArgs) -> Result<(), String> {
+    // A checkpoint that cannot be written fails now, not after the first epoch.
+    if let Some(p) = &a.save {
+        let folder = p.parent().filter(|f| !f.as_os_str().is_empty());
+        if let Some(f) = folder.filter(|f| !f.is_dir()) {
+            return Err(format!(
+                "--save {}: the folder {} does not exist",
+                p.display(),
+                f.display()
+            ));
+        }
+    }
     if a.distributed {
+        if a.check_numerics {
+            return Err("--check-numerics does not work with --distributed yet".into());
+        }
         return train_distributed(a);
     }
     let kind = EngineKind::parse(&a.engine)?;
     let (resume, ov) = train_overrides(&a)?;
     let (setup, data_path) = session::compile(&a.file, &ov, kind)?;
+    crate::memory::check_fits(&setup, &a.file)?;
+    if a.check_numerics && (setup.cfg.agent.is_some() || setup.cfg.search.is_some()) {
+        return Err(format!(
+            "{}: --check-numerics checks training on a data set; this section trains on {}",
+            a.file.display(),
+            setup.cfg.data
+        ));
+    }
     if setup.cfg.agent.is_some() {
         return train_agent(&a, &setup, kind, resume.as_ref());
     }
@@ -970,6 +1013,7 @@ fn train(a: TrainArgs) -> Result<(), String> {
         steps: a.steps,
         stall_at_step,
         quiet: false,
+        check_numerics: a.check_numerics,
     };
     // `--save` is written (atomically) at the end of every epoch, with everything
     // `--resume` needs, and once more when training ends.
@@ -977,7 +1021,12 @@ fn train(a: TrainArgs) -> Result<(), String> {
         Some(p) => st.to_checkpoint(&setup, &data).save(p),
         None => Ok(()),
     };
+    // Ctrl-C from here on stops training after the running step (`interrupt`).
+    crate::interrupt::install();
     let mut st = trainer::train(&setup, &data, st, &limits, &mut sink, &mut save_epoch)?;
+    if crate::interrupt::requested() {
+        return interrupted(&a, &st, st.to_checkpoint(&setup, &data));
+    }
     trainer::restore_best(&setup, &data, &mut st, &mut sink)?;
     // A random-label run (a `limit` or `labels` data-set argument other than the default)
     // ends with the training set in evaluation mode (dropout off), with the weights kept:
@@ -1006,6 +1055,28 @@ fn train(a: TrainArgs) -> Result<(), String> {
         // After early stopping this holds the restored best weights.
         st.to_checkpoint(&setup, &data).save(p)?;
         say!("saved {}", p.display());
+    }
+    Ok(())
+}
+
+/// After Ctrl-C: write the state as it stands (the weights of the last finished step, the
+/// best weights kept apart) to `--save`, and say where training stopped and how to go on.
+fn interrupted(a: &TrainArgs, st: &TrainState, ck: Checkpoint) -> Result<(), String> {
+    let at = format!(
+        "interrupted after step {} (epoch {})",
+        st.step,
+        st.epoch + 1
+    );
+    match &a.save {
+        Some(p) => {
+            ck.save(p)?;
+            say!(
+                "{at}; saved {p}; continue with: dlc train {} --resume {p} (and the same flags)",
+                a.file.display(),
+                p = p.display()
+            );
+        }
+        None => say!("{at}; nothing saved (no --save)"),
     }
     Ok(())
 }
@@ -1099,6 +1170,7 @@ fn bench(
 ) -> Result<(), String> {
     let kind = EngineKind::parse(engine)?;
     let (setup, data_path) = session::compile(file, ov, kind)?;
+    crate::memory::check_fits(&setup, file)?;
     if let Some(agent) = &setup.cfg.agent {
         return Err(format!(
             "{}: dlc bench times training steps on a data set; training on {} reports its speed itself: the last metrics line of dlc train has env_steps_per_s and where the time went (act_s, env_s, update_s, eval_s)",
@@ -1577,6 +1649,7 @@ fn train_ranks(a: &TrainArgs, group: &crate::distributed::Group) -> Result<(), S
     let (resume, ov) = train_overrides(a)?;
     let threads = ov.threads;
     let (setup, data_path) = session::compile(&a.file, &ov, kind)?;
+    crate::memory::check_fits(&setup, &a.file)?;
     if setup.cfg.agent.is_some() || setup.cfg.search.is_some() {
         return Err(format!(
             "{}: --distributed trains on a data set; this section trains on {}",

@@ -22,7 +22,8 @@ fn main() -> ExitCode {
         Err(e) => Err(format!("cannot start the worker threads: {e}")),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(dlc_runtime::cli::Exit::Done) => ExitCode::SUCCESS,
+        Ok(dlc_runtime::cli::Exit::Interrupted) => ExitCode::from(130),
         Err(msg) => {
             if msg.contains(": error: ") {
                 eprintln!("{msg}");

@@ -220,6 +220,7 @@ impl Children {
             steps: None,
             stall_at_step: None,
             quiet: true,
+            check_numerics: false,
         };
         let mut sink = MetricsSink::open(None, self.kind.name(), 0, Map::new())?;
         let mut st = trainer::train(

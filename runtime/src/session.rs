@@ -387,6 +387,10 @@ pub struct Setup {
     /// Every optimizer state tensor (each objective's, for its parameters).
     pub states: Vec<dlc_compiler::train::StateInfo>,
     pub eval: Lowered,
+    /// The training-mode graph as lowered (every objective's forward pass, unoptimized,
+    /// with the place in the file of each node): `--check-numerics` runs it again to find
+    /// the first value that is not finite.
+    pub forward: dlc_compiler::ir::Graph,
     pub eval_engine: Engine,
     /// On an environment: the policy alone (`pred`, and a Gaussian's `log_std`), the
     /// graph that acts.
@@ -501,6 +505,7 @@ pub fn compile_program(
             sig,
             steps,
             eval,
+            forward: lowered.graph.clone(),
             eval_engine,
             act_engine,
             stochastic_engine,

@@ -664,11 +664,14 @@ pub struct RunLimits {
     pub epochs: usize,
     pub steps: Option<u64>,
     /// Tests only: before running this step (the number of steps done), stop making
-    /// progress and wait to be killed, so that a test can kill a run in the middle of an
-    /// epoch without racing it. Set by the `DLC_TEST_STALL_AT_STEP` environment variable.
+    /// progress and wait to be killed or interrupted, so that a test can stop a run in the
+    /// middle of an epoch without racing it. Set by the `DLC_TEST_STALL_AT_STEP` environment variable.
     pub stall_at_step: Option<u64>,
     /// Print nothing (an architecture search's children).
     pub quiet: bool,
+    /// `--check-numerics`: stop at the first step whose results are not finite, naming the
+    /// op that first gave a value that is not finite (`numerics`).
+    pub check_numerics: bool,
 }
 
 /// The environment variable read into [`RunLimits::stall_at_step`].
@@ -724,16 +727,18 @@ pub fn train(
         // A run stopped by --steps inside an epoch resumes at the next batch of it.
         let done_in_epoch = (st.step as usize).saturating_sub(st.epoch * steps_per_epoch);
         for chunk in order.chunks(batch_rows).skip(done_in_epoch) {
-            if limits.steps.is_some_and(|s| st.step >= s) {
-                budget_hit = true;
-                break;
-            }
             if limits.stall_at_step == Some(st.step) {
                 progress.finish();
                 say!("stalled before step {} ({STALL_ENV})", st.step + 1);
-                loop {
-                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                // Until killed, or interrupted (Ctrl-C).
+                while !crate::interrupt::requested() {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
                 }
+            }
+            // The step budget, or Ctrl-C: stop before this step, as at the end of a run.
+            if limits.steps.is_some_and(|s| st.step >= s) || crate::interrupt::requested() {
+                budget_hit = true;
+                break;
             }
             let (mut x, y) = batch(&data.train, chunk, &data.x_shape, &data.y_shape);
             // Each objective's step in turn, on the same batch; the loss reported is their
@@ -744,7 +749,23 @@ pub fn train(
                 // step and back.
                 let mut inputs = vec![("x".to_string(), x), ("y".to_string(), y.clone())];
                 inputs.append(&mut graph_inputs);
+                let before = limits
+                    .check_numerics
+                    .then(|| (st.params.clone(), st.opt.clone()));
                 let mut out = r.run_named(&s.engine, &mut st, &mut inputs)?;
+                if let Some((params, opt)) = &before
+                    && !crate::numerics::step_is_finite(out.loss, out.grad_norm, &st.params)
+                {
+                    progress.finish();
+                    let at = (st.seed, st.step, epoch);
+                    return Err(crate::numerics::locate(
+                        setup,
+                        k,
+                        (params, opt),
+                        &inputs,
+                        at,
+                    ));
+                }
                 graph_inputs = inputs.split_off(2);
                 out.x = inputs.swap_remove(0).1;
                 for (v, slot) in out

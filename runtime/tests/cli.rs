@@ -727,3 +727,114 @@ fn distributed_needs_the_mpi_feature() {
         );
     }
 }
+
+#[test]
+fn a_model_too_large_for_memory_is_refused_with_its_size() {
+    let file = common::tmp(
+        "huge.dl",
+        b"model Huge(height, width, classes) {
+  a = Dense(height * width, 1000000)
+  b = Dense(1000000, 10000000)
+  c = Dense(10000000, classes)
+  fn forward(x: f32[B, height, width]) -> f32[B, classes] { c(b(a(flatten(x)))) }
+}
+train Huge on digits {
+  loss = softmax_cross_entropy(forward(x), y)
+}
+",
+    );
+    let err = fails(&["train", s(&file), "--epochs", "1"]);
+    // 10^13 weights in `b` alone: 40 TB, with their gradients 80 TB.
+    assert!(
+        err.contains("huge.dl: training this model needs at least"),
+        "{err}"
+    );
+    assert!(
+        err.contains("parameters 40.0 TB") && err.contains("TB ("),
+        "{err}"
+    );
+}
+
+#[test]
+fn save_into_a_missing_folder_fails_before_training() {
+    let o = dlc(&[
+        "train",
+        "models/mlp.dl",
+        "--epochs",
+        "1",
+        "--save",
+        "/nonexistent-dlc-folder/ck.safetensors",
+    ]);
+    assert!(!o.status.success());
+    let all = text(&o);
+    assert!(
+        all.contains("--save /nonexistent-dlc-folder/ck.safetensors: the folder /nonexistent-dlc-folder does not exist"),
+        "{all}"
+    );
+    assert!(!all.contains("epoch 1"), "trained before refusing: {all}");
+}
+
+/// A digits model whose forward function ends in `last` (given `h`, the dense layer's
+/// output), trained for one epoch with `flags`: (exit code, stdout and stderr).
+fn numerics_run(name: &str, last: &str, flags: &[&str]) -> (Option<i32>, String) {
+    let src = format!(
+        "model Bad(height, width, classes) {{
+  d = Dense(height * width, classes)
+  fn forward(x: f32[B, height, width]) -> f32[B, classes] {{
+    let h = d(flatten(x))
+    {last}
+  }}
+}}
+
+train Bad on digits {{
+  loss = softmax_cross_entropy(forward(x), y)
+}}
+"
+    );
+    let file = common::tmp(name, src.as_bytes());
+    let o = dlc(&[&["train", s(&file), "--epochs", "1"], flags].concat());
+    (o.status.code(), text(&o))
+}
+
+#[test]
+fn check_numerics_names_the_op_and_its_place_in_the_file() {
+    let (code, out) = numerics_run("bad.dl", "log(h - h) + h", &["--check-numerics"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+    // log(0) is the first value that is not finite, on line 5, column 5.
+    assert!(
+        out.contains("bad.dl:5:5: error: `log` gave an infinite value (-inf) at step 1 (epoch 1)"),
+        "{out}"
+    );
+    assert!(out.contains("5 |     log(h - h) + h"), "{out}");
+    // Without the flag, the message about the loss.
+    let (code, out) = numerics_run("bad2.dl", "log(h - h) + h", &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("the loss is"), "{out}");
+    assert!(!out.contains("error: `log`"), "{out}");
+}
+
+#[test]
+fn check_numerics_tells_a_gradient_that_is_not_finite_after_a_finite_forward_pass() {
+    // sqrt(0) is finite; its derivative is not.
+    let (code, out) = numerics_run("grad.dl", "sqrt(h - h) + h", &["--check-numerics"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("grad.dl: the gradient of `d.w` is NaN at step 1 (epoch 1), while the forward pass is finite"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_numerics_tells_an_update_that_overflows_from_finite_gradients() {
+    let (code, out) = numerics_run(
+        "overflow.dl",
+        "h",
+        &["--check-numerics", "--optimizer", "sgd", "--lr", "1e39"],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("overflow.dl: the update of `d.") && out.contains("at step 1 (epoch 1)"),
+        "{out}"
+    );
+}

@@ -4,7 +4,8 @@
 //!
 //! No timing assumptions: the run to kill is made to stop in the middle of an epoch by the
 //! test-only `DLC_TEST_STALL_AT_STEP` environment variable (it waits there to be killed), and
-//! the test polls the checkpoint with a generous timeout.
+//! the test polls the checkpoint with a generous timeout. Ctrl-C (SIGINT) stops a run after
+//! its running step, writes the checkpoint of that step, and the run resumes from it.
 
 use dlc_runtime::checkpoint::Checkpoint;
 use dlc_runtime::trainer::STALL_ENV;
@@ -339,5 +340,57 @@ fn two_objectives_killed_mid_epoch_resume_bit_exactly() {
     // Training moved the accuracy: both objectives trained their members.
     let last = full.last().expect("lines");
     assert!(last["test_acc"].as_f64().unwrap() > 0.8, "{last}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn ctrl_c_mid_epoch_saves_the_last_step_and_resumes_bit_exactly() {
+    let d = dir("sigint");
+    let (a, b) = (d.join("a.safetensors"), d.join("b.safetensors"));
+    let args = ["train", "models/mlp.dl", "--seed", "3", "--epochs", "2"];
+    ok(&[&args[..], &["--save", s(&a)]].concat());
+    // The same run, stopped by SIGINT before step 30 (in the second epoch of 23 steps).
+    let mut child = dlc()
+        .args(args)
+        .args(["--save", s(&b)])
+        .env(STALL_ENV, "29")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawns dlc");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut printed = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).expect("reads stdout");
+        assert!(n > 0, "dlc ended before it stalled:\n{printed}");
+        printed.push_str(&line);
+        if line.starts_with("stalled before step 30") {
+            break;
+        }
+    }
+    // SAFETY: sends a signal to the child process, which is still running.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    std::io::Read::read_to_string(&mut out, &mut printed).expect("reads stdout");
+    let o = child.wait_with_output().expect("waits for dlc");
+    assert_eq!(o.status.code(), Some(130), "{printed}");
+    assert!(
+        printed.contains("interrupted after step 29 (epoch 2); saved"),
+        "{printed}"
+    );
+    let ck = Checkpoint::load(&b).expect("the interrupted run's checkpoint");
+    assert_eq!(ck.meta_num::<u64>("step", &b).expect("step"), 29);
+    // Resumed, it ends where the uninterrupted run ended, bit for bit.
+    ok(&[
+        "train",
+        "models/mlp.dl",
+        "--epochs",
+        "2",
+        "--resume",
+        s(&b),
+        "--save",
+        s(&b),
+    ]);
+    assert_same_checkpoint(&a, &b);
     let _ = std::fs::remove_dir_all(&d);
 }

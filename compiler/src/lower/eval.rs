@@ -145,7 +145,21 @@ impl Lowerer {
         self.err(span, msg)
     }
 
+    /// Lower an expression; the nodes it makes have its place in the user's file (inside
+    /// the prelude or an imported file: the user's call that led there).
     pub(crate) fn eval(&mut self, e: &Expr, cx: &Ctx) -> Value {
+        let site = if e.span.start >= dlc_dsl::PRELUDE_BASE {
+            self.user_sites.last().copied()
+        } else {
+            Some(e.span)
+        };
+        let outer = std::mem::replace(&mut self.graph.at, site);
+        let v = self.eval_kind(e, cx);
+        self.graph.at = outer;
+        v
+    }
+
+    fn eval_kind(&mut self, e: &Expr, cx: &Ctx) -> Value {
         match &e.kind {
             ExprKind::Number(v) => Value::Num(*v),
             ExprKind::Str(s) => Value::Str(s.clone()),
