@@ -483,15 +483,22 @@ fn lower_with_data(
 }
 
 fn check(file: &Path, ov: Overrides) -> Result<(), String> {
-    let prog = session::open_program(file, &ov)?;
-    let render = |d: Vec<dlc_dsl::Diagnostic>| session::render_lowering(&prog, &ov, &d);
+    check_program(file, &ov)?;
+    say!("{}: ok", file.display());
+    Ok(())
+}
+
+/// What `dlc check FILE` checks: the file parses, and its training section (or, without
+/// one, its `forward`) lowers with types and shapes that fit.
+pub fn check_program(file: &Path, ov: &Overrides) -> Result<(), String> {
+    let prog = session::open_program(file, ov)?;
+    let render = |d: Vec<dlc_dsl::Diagnostic>| session::render_lowering(&prog, ov, &d);
     if prog.train_def().is_some() || !ov.data.is_empty() {
-        lower_with_data(&prog, &ov, Mode::Train)?;
+        lower_with_data(&prog, ov, Mode::Train)?;
     } else {
-        no_data_args(&ov, file)?;
+        no_data_args(ov, file)?;
         prog.lower_predict(&[], Mode::Eval).map_err(render)?;
     }
-    say!("{}: ok", file.display());
     Ok(())
 }
 
