@@ -101,6 +101,10 @@ pub enum Cmd {
         engine: String,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// When the prediction is not finite, name the op that first gave a NaN or an
+        /// infinity, with its FILE:LINE:COL.
+        #[arg(long)]
+        check_numerics: bool,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -314,10 +318,11 @@ fn run_command(cli: Cli) -> Result<(), String> {
             data,
             engine,
             seed,
+            check_numerics,
             model,
         } => run_forward(
             &file,
-            load.as_deref(),
+            (load.as_deref(), check_numerics),
             &inputs,
             overrides(data, model),
             &engine,
@@ -875,7 +880,7 @@ fn function_with_weights(
 
 fn run_forward(
     file: &Path,
-    load: Option<&Path>,
+    (load, check_numerics): (Option<&Path>, bool),
     inputs: &[String],
     mut ov: Overrides,
     engine: &str,
@@ -913,6 +918,18 @@ fn run_forward(
     let out = engine
         .run(&env, &["pred"])
         .map_err(|e| format!("{}: {e}", file.display()))?;
+    if check_numerics && out[0].iter().any(|v| !v.is_finite()) {
+        // The forward pass again on the interpreter, as lowered, to find where.
+        let source = session::load_program(file)?.source;
+        let found = crate::numerics::first_not_finite(&lowered.graph, &env, &source, "")
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        return Err(found.unwrap_or_else(|| {
+            format!(
+                "{}: the prediction is not finite, yet the reference interpreter gives finite values throughout (--check-numerics)",
+                file.display()
+            )
+        }));
+    }
     say!("{}", to_json(&out[0]));
     Ok(())
 }

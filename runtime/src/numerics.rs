@@ -10,7 +10,8 @@
 use crate::checkpoint::Tensors;
 use crate::session::Setup;
 use dlc_compiler::interp::{self, Env};
-use dlc_dsl::Diagnostic;
+use dlc_compiler::ir::Graph;
+use dlc_dsl::{Diagnostic, Source};
 use ndarray::ArrayD;
 
 /// Whether a step's results are all finite.
@@ -44,6 +45,43 @@ fn kind(what: &str) -> String {
     }
 }
 
+/// Run graph `g` (as lowered: its nodes have their places in `source`) on the reference
+/// interpreter and name the first node, in the order the nodes run, whose value is not
+/// finite, with its place in the file and `when` (e.g. "at step 3 (epoch 1)", or empty);
+/// None when every value is finite.
+pub fn first_not_finite(
+    g: &Graph,
+    env: &Env<f32>,
+    source: &Source,
+    when: &str,
+) -> Result<Option<String>, String> {
+    let roots: Vec<_> = g.outputs.iter().map(|(_, n)| *n).collect();
+    let vals = interp::run_nodes(g, env, &roots)?;
+    for n in g.schedule_from(&roots) {
+        let Some(what) = vals.get(&n).and_then(not_finite) else {
+            continue;
+        };
+        let op = g.node(n).op.name();
+        let at = if when.is_empty() {
+            String::new()
+        } else {
+            format!(" {when}")
+        };
+        let msg = format!(
+            "`{op}` gave {}{at}: the first op whose output is not finite (--check-numerics)",
+            kind(what)
+        );
+        return Ok(Some(match g.origins.get(&n) {
+            Some(&span) => source
+                .render(&Diagnostic::new(span, msg))
+                .trim_end()
+                .to_string(),
+            None => format!("{}: {msg}", source.name),
+        }));
+    }
+    Ok(None)
+}
+
 /// The message for the first value that is not finite in the step that ran objective
 /// `objective` on `inputs` (x, y, …) from parameters `before` and optimizer state `opt`,
 /// at step `step` (steps done before it) of epoch `epoch`.
@@ -64,30 +102,10 @@ pub fn locate(
         .extend(before.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.values.extend(inputs.iter().cloned());
     // The forward pass, op by op in the order it runs.
-    let g = &setup.forward;
-    let roots: Vec<_> = g.outputs.iter().map(|(_, n)| *n).collect();
-    let vals = match interp::run_nodes(g, &env, &roots) {
-        Ok(v) => v,
+    match first_not_finite(&setup.forward, &env, &setup.program.source, &when) {
+        Ok(Some(msg)) => return msg,
+        Ok(None) => {}
         Err(e) => return format!("--check-numerics: {when}: running the step again failed: {e}"),
-    };
-    for n in g.schedule_from(&roots) {
-        let Some(what) = vals.get(&n).and_then(not_finite) else {
-            continue;
-        };
-        let op = g.node(n).op.name();
-        let msg = format!(
-            "`{op}` gave {} {when}: the first op of the step whose output is not finite (--check-numerics)",
-            kind(what)
-        );
-        return match g.origins.get(&n) {
-            Some(&span) => setup
-                .program
-                .source
-                .render(&Diagnostic::new(span, msg))
-                .trim_end()
-                .to_string(),
-            None => format!("{}: {msg}", setup.program.source.name),
-        };
     }
     // The forward pass is finite: the gradients, then the update.
     let step_graphs = &setup.steps[objective].train;

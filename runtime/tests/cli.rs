@@ -838,3 +838,28 @@ fn check_numerics_tells_an_update_that_overflows_from_finite_gradients() {
         "{out}"
     );
 }
+
+#[test]
+fn run_check_numerics_names_the_op_of_a_prediction_that_is_not_finite() {
+    let file = common::tmp(
+        "run_bad.dl",
+        b"model Bad {
+  w = const([[1.0], [1.0]])
+  fn forward(x: f32[B, 2]) -> f32[B, 1] {
+    sqrt(x @ w - 3.0)
+  }
+}
+",
+    );
+    let args = ["run", s(&file), "--input", "x=[[1,1]]"];
+    // sqrt(-1): NaN; without the flag it is printed as it is.
+    let o = dlc(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let err = fails(&[&args[..], &["--check-numerics"]].concat());
+    assert!(
+        err.contains(
+            "run_bad.dl:4:5: error: `sqrt` gave NaN: the first op whose output is not finite"
+        ),
+        "{err}"
+    );
+}
