@@ -201,8 +201,15 @@ impl Program {
         };
         let source = Source::new(name, text);
         let (file, mut diags) = dlc_dsl::parse_file(&source.text);
-        let (prelude, pd) = dlc_dsl::parse_file_at(dlc_dsl::PRELUDE, dlc_dsl::PRELUDE_BASE);
-        assert!(pd.is_empty(), "the prelude does not parse: {pd:?}");
+        // The prelude is parsed once per process.
+        static PRELUDE: std::sync::OnceLock<File> = std::sync::OnceLock::new();
+        let prelude = PRELUDE
+            .get_or_init(|| {
+                let (prelude, pd) = dlc_dsl::parse_file_at(dlc_dsl::PRELUDE, dlc_dsl::PRELUDE_BASE);
+                assert!(pd.is_empty(), "the prelude does not parse: {pd:?}");
+                prelude
+            })
+            .clone();
         if diags.is_empty() && file.items.is_empty() {
             diags.push(Diagnostic::new(
                 Span::new(0, 0),
