@@ -17,8 +17,7 @@ use ndarray::ArrayD;
 /// Whether a step's results are all finite.
 pub fn step_is_finite(loss: f32, grad_norm: f32, params: &Tensors) -> bool {
     loss.is_finite()
-        && !grad_norm.is_nan()
-        && !grad_norm.is_infinite()
+        && grad_norm.is_finite()
         && params.values().all(|a| a.iter().all(|v| v.is_finite()))
 }
 
