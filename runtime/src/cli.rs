@@ -1008,11 +1008,7 @@ fn train(a: TrainArgs) -> Result<(), String> {
     )?;
     say!(
         "training {} on {} ({} train / {} test examples{}), {}, batch {}, {} epochs, engine {}",
-        setup
-            .program
-            .main_model()
-            .map(|m| m.name.name.clone())
-            .unwrap_or_default(),
+        setup.model_name(),
         data.name,
         data.train.n,
         data.test.n,
@@ -1160,11 +1156,7 @@ fn train_agent(
     )?;
     say!(
         "training {} on {}, {}, {} environment steps, engine {}",
-        setup
-            .program
-            .main_model()
-            .map(|m| m.name.name.clone())
-            .unwrap_or_default(),
+        setup.model_name(),
         agent.env,
         optimizers(setup),
         a.steps.unwrap_or(agent.steps),
@@ -1265,11 +1257,7 @@ fn bench(
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let ms = times[times.len() / 2];
-    let threads = if ov.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        ov.threads
-    };
+    let threads = session::threads(ov.threads);
     let mut m = Map::new();
     m.insert("model".into(), json!(file.display().to_string()));
     m.insert("ms_per_step".into(), json!(ms));
@@ -1612,11 +1600,7 @@ fn bench_distributed(
             ));
         }
         let data = session::load_data(&setup.cfg, data_path.as_deref(), None)?;
-        let threads = if ov.threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            ov.threads
-        };
+        let threads = session::threads(ov.threads);
         let t = crate::distributed::bench(
             &setup,
             &data,
@@ -1698,11 +1682,7 @@ fn train_ranks(a: &TrainArgs, group: &crate::distributed::Group) -> Result<(), S
     if root {
         say!(
             "training {} on {} ({} train / {} test examples) over {} ranks, global batch {}, {} epochs, engine {}",
-            setup
-                .program
-                .main_model()
-                .map(|m| m.name.name.clone())
-                .unwrap_or_default(),
+            setup.model_name(),
             data.name,
             data.train.n,
             data.test.n,
@@ -1716,11 +1696,7 @@ fn train_ranks(a: &TrainArgs, group: &crate::distributed::Group) -> Result<(), S
         Some(p) => st.to_checkpoint(&setup, &data).save(p),
         None => Ok(()),
     };
-    let threads = if threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        threads
-    };
+    let threads = session::threads(threads);
     let mut st = crate::distributed::train(
         &setup,
         &data,

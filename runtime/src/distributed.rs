@@ -125,6 +125,9 @@ struct Halves {
     update: Engine,
     /// Parameters the step trains, with their sizes, in one fixed order.
     params: Vec<(String, usize)>,
+    /// Their gradients' names, last parameter first: the order the backward pass computes
+    /// them in, and so the order the gradients' run is asked for them.
+    observed: Vec<String>,
     states: Vec<String>,
     /// Where each parameter's gradient goes in the all-reduce.
     buckets: Buckets,
@@ -148,6 +151,8 @@ struct Exchange {
 /// buckets of at least `cap` bytes, each all-reduced as soon as all of its gradients (and
 /// every earlier bucket) are ready.
 struct Buckets {
+    /// Each parameter's length in elements, in `Halves::params` order.
+    lens: Vec<usize>,
     /// (bucket, offset in it) of each parameter, in `Halves::params` order.
     place: Vec<(usize, usize)>,
     /// Each bucket's length in elements and number of parameters.
@@ -155,7 +160,7 @@ struct Buckets {
 }
 
 impl Buckets {
-    fn new(lens: &[usize], cap: usize) -> Buckets {
+    fn new(lens: Vec<usize>, cap: usize) -> Buckets {
         let mut place = vec![(0, 0); lens.len()];
         let mut sizes: Vec<(usize, usize)> = Vec::new();
         for (i, &len) in lens.iter().enumerate().rev() {
@@ -172,7 +177,7 @@ impl Buckets {
                 }
             }
         }
-        Buckets { place, sizes }
+        Buckets { lens, place, sizes }
     }
 }
 
@@ -202,8 +207,7 @@ fn halves(
         .iter()
         .map(|p| (p.name.clone(), p.shape.iter().product()))
         .collect();
-    let lens: Vec<usize> = params.iter().map(|(_, n)| *n).collect();
-    let buckets = Buckets::new(&lens, bucket_bytes);
+    let buckets = Buckets::new(params.iter().map(|(_, n)| *n).collect(), bucket_bytes);
     let bufs = buckets.sizes.iter().map(|&(n, _)| vec![0f32; n]);
     let grads = tg
         .params
@@ -211,6 +215,11 @@ fn halves(
         .map(|p| ArrayD::zeros(IxDyn(&p.shape)))
         .collect();
     Ok(Halves {
+        observed: params
+            .iter()
+            .rev()
+            .map(|(p, _)| format!("grad:{p}"))
+            .collect(),
         grads: Engine::new(kind, optimized(&gg.compact()), threads)?,
         update: Engine::new(kind, optimized(&ug), threads)?,
         params,
@@ -234,7 +243,6 @@ struct Reducer<'a, 's> {
     world: &'a mpi::topology::SimpleCommunicator,
     scope: &'s LocalScope<'a>,
     plan: &'a Buckets,
-    lens: Vec<usize>,
     weight: f32,
     send: Vec<Option<&'a mut [f32]>>,
     recv: Vec<Option<&'a mut [f32]>>,
@@ -293,9 +301,11 @@ impl<'a, 's> Reducer<'a, 's> {
 }
 
 impl Observer<f32> for Reducer<'_, '_> {
+    /// The gradients are asked for last parameter first: the k-th is parameter n − 1 − k's.
     fn ready(&mut self, k: usize, value: ndarray::ArrayViewD<f32>) {
-        let (b, at) = self.plan.place[k];
-        let len = self.lens[k];
+        let p = self.plan.lens.len() - 1 - k;
+        let (b, at) = self.plan.place[p];
+        let len = self.plan.lens[p];
         if let Some(dst) = self.send[b].as_deref_mut() {
             let dst = &mut dst[at..at + len];
             match value.as_slice() {
@@ -337,7 +347,6 @@ impl Halves {
         data: &Dataset,
         chunk: &[usize],
         group: &Group,
-        classes: usize,
     ) -> Result<([f64; 4], f64), String> {
         let rows = share(chunk.len(), group.rank, group.size);
         let mine = &chunk[rows.clone()];
@@ -354,11 +363,10 @@ impl Halves {
             grads,
         } = &mut *bufs;
         let result = mpi::request::scope(|scope| {
-            let red = Reducer {
+            let mut red = Reducer {
                 world: &group.world,
                 scope,
                 plan: &self.buckets,
-                lens: self.params.iter().map(|(_, n)| *n).collect(),
                 weight: mine.len() as f32 / chunk.len() as f32,
                 send: sends.iter_mut().map(|b| Some(&mut b[..])).collect(),
                 recv: recvs.iter_mut().map(|b| Some(&mut b[..])).collect(),
@@ -374,21 +382,12 @@ impl Halves {
             let (x, y) = trainer::batch(&data.train, mine, &data.x_shape, &data.y_shape);
             env.values.insert("x".into(), x);
             env.values.insert("y".into(), y);
-            // Last parameters first: the order the backward pass computes them in.
-            let names: Vec<String> = self
-                .params
-                .iter()
-                .rev()
-                .map(|(p, _)| format!("grad:{p}"))
-                .collect();
-            let observed: Vec<&str> = names.iter().map(String::as_str).collect();
-            let mut rev = ReverseK(red, self.params.len());
+            let observed: Vec<&str> = self.observed.iter().map(String::as_str).collect();
             let t0 = Instant::now();
             let out = self
                 .grads
-                .run_observed(&env, &["loss", "pred"], &observed, &mut rev);
+                .run_observed(&env, &["loss", "pred"], &observed, &mut red);
             let t1 = Instant::now();
-            let red = rev.0;
             let window = red.first.map_or(0.0, |f| (t1 - f).as_secs_f64());
             let out = match out {
                 Ok(out) => out,
@@ -405,7 +404,7 @@ impl Halves {
             self.spent.set(spent);
             let loss = out[0].iter().next().copied().unwrap_or(f32::NAN);
             let y = &env.values["y"];
-            let (j, r) = judge(&out[1], y, classes, data.task);
+            let (j, r) = judge(&out[1], y, data.task);
             tally = [mine.len() as f64, loss as f64 * mine.len() as f64, j, r];
             for o in out {
                 self.grads.recycle(o);
@@ -493,20 +492,6 @@ impl Halves {
     }
 }
 
-/// The observed gradients come in reverse parameter order: `ready(k)` is parameter
-/// `n - 1 - k`'s.
-struct ReverseK<'a, 's>(Reducer<'a, 's>, usize);
-
-impl Observer<f32> for ReverseK<'_, '_> {
-    fn ready(&mut self, k: usize, value: ndarray::ArrayViewD<f32>) {
-        self.0.ready(self.1 - 1 - k, value)
-    }
-
-    fn tick(&mut self) {
-        self.0.tick()
-    }
-}
-
 /// What `dlc bench --distributed` measures.
 pub struct Timing {
     /// The median over the repeats of the mean step.
@@ -538,24 +523,20 @@ pub fn bench(
 ) -> Result<Timing, String> {
     check(setup, data)?;
     let h = halves(setup, kind, threads, no_opt, group.bucket_bytes)?;
-    let classes = match data.task {
-        Task::Classification { classes } => classes,
-        _ => 1,
-    };
     let b = setup.cfg.batch;
     let batches: Vec<Vec<usize>> = (0..4)
         .map(|i| (0..b).map(|r| (i * b + r) % data.train.n).collect())
         .collect();
     let mut st = TrainState::fresh(setup, 0);
     for k in 0..10 {
-        h.step(&mut st, data, &batches[k % 4], group, classes)?;
+        h.step(&mut st, data, &batches[k % 4], group)?;
     }
     h.spent.set([0.0; 4]);
     let mut times = Vec::new();
     for _ in 0..repeats {
         let t0 = Instant::now();
         for k in 0..steps {
-            h.step(&mut st, data, &batches[k % 4], group, classes)?;
+            h.step(&mut st, data, &batches[k % 4], group)?;
         }
         times.push(t0.elapsed().as_secs_f64() * 1e3 / steps as f64);
     }
@@ -600,10 +581,6 @@ pub fn train(
 ) -> Result<TrainState, String> {
     check(setup, data)?;
     let h = halves(setup, kind, threads, no_opt, group.bucket_bytes)?;
-    let classes = match data.task {
-        Task::Classification { classes } => classes,
-        _ => 1,
-    };
     let n = data.train.n;
     let batch = setup.cfg.batch;
     let steps_per_epoch = n.div_ceil(batch);
@@ -637,7 +614,7 @@ pub fn train(
         // (sum, maximum, steps) of the gradient norms, as one process reports them.
         let mut norms = (0f64, 0f64, 0f64);
         for chunk in order.chunks(batch) {
-            let (t, norm) = h.step(&mut st, data, chunk, group, classes)?;
+            let (t, norm) = h.step(&mut st, data, chunk, group)?;
             norms = (norms.0 + norm, norms.1.max(norm), norms.2 + 1.0);
             for (a, b) in tally.iter_mut().zip(t) {
                 *a += b;
@@ -704,13 +681,12 @@ pub fn train(
 }
 
 /// (predictions judged, right) of a batch's predictions against its labels.
-fn judge(pred: &ArrayD<f32>, y: &ArrayD<f32>, classes: usize, task: Task) -> (f64, f64) {
-    let per = if matches!(task, Task::Binary) {
-        1
-    } else {
-        classes
+fn judge(pred: &ArrayD<f32>, y: &ArrayD<f32>, task: Task) -> (f64, f64) {
+    let classes = match task {
+        Task::Classification { classes } => classes,
+        _ => 1,
     };
-    if pred.len() != y.len() * per {
+    if pred.len() != y.len() * classes {
         return (0.0, 0.0);
     }
     let p = pred.as_standard_layout();

@@ -405,6 +405,14 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// The name of the model the section trains (empty when there is none).
+    pub fn model_name(&self) -> String {
+        self.program
+            .main_model()
+            .map(|m| m.name.name.clone())
+            .unwrap_or_default()
+    }
+
     /// Kernels of one training step (all its objectives).
     pub fn kernels(&self) -> usize {
         self.steps.iter().map(|s| s.engine.kernels).sum()
@@ -461,11 +469,7 @@ pub fn compile_program(
             dlc_compiler::opt::optimize(g).graph
         }
     };
-    let threads = if ov.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        ov.threads
-    };
+    let threads = threads(ov.threads);
     let mut steps = Vec::new();
     let mut states = Vec::new();
     for (o, train) in graphs {
@@ -514,6 +518,15 @@ pub fn compile_program(
         },
         data.path,
     ))
+}
+
+/// Worker threads of `--threads N`: 0 (the flag not given) means every core.
+pub fn threads(n: usize) -> usize {
+    if n == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        n
+    }
 }
 
 /// Load the data set of a setup with its arguments (and a checkpoint's scaling when

@@ -72,14 +72,7 @@ impl TrainState {
             }
         }
         let m = &mut ck.meta;
-        m.insert(
-            "model".into(),
-            setup
-                .program
-                .main_model()
-                .map(|d| d.name.name.clone())
-                .unwrap_or_default(),
-        );
+        m.insert("model".into(), setup.model_name());
         m.insert("data".into(), data.to_string());
         m.insert("optimizer".into(), setup.cfg.optimizer.name().into());
         m.insert("epoch".into(), self.epoch.to_string());

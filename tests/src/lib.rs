@@ -45,3 +45,17 @@ pub fn signature(prog: &dlc_compiler::lower::Program) -> dlc_compiler::lower::Da
         dlc_runtime::datasig::text("songs", Some(83), 100)
     })
 }
+
+/// A data set named `toy` for tests that lower programs without data: x f32[B, features],
+/// y f32[B, 1].
+pub fn toy_signature(features: usize) -> dlc_compiler::lower::DataSig {
+    use dlc_compiler::types::{Dim, Type};
+    dlc_compiler::lower::DataSig {
+        name: "toy".into(),
+        dims: vec![],
+        x: Type::f32(vec![Dim::Sym("B".into()), Dim::Known(features)]),
+        y: Type::f32(vec![Dim::Sym("B".into()), Dim::Known(1)]),
+        experience: Vec::new(),
+        sparse: Vec::new(),
+    }
+}

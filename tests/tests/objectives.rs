@@ -2,9 +2,8 @@
 //! lowering makes of them, the errors a user gets, and each objective's training step
 //! (its own parameters updated, every other parameter read only).
 
-use dlc_compiler::lower::{DataSig, Lowered, Mode, Program, TrainConfig};
+use dlc_compiler::lower::{Lowered, Mode, Program, TrainConfig};
 use dlc_compiler::train::objective_graph;
-use dlc_compiler::types::{Dim, Type};
 
 /// A toy GAN on [B, 4] data: a generator (here of the data itself, for a deterministic
 /// test) and a discriminator, with the logistic losses.
@@ -24,17 +23,6 @@ train Gan on toy {
 }
 "#;
 
-fn sig() -> DataSig {
-    DataSig {
-        name: "toy".into(),
-        dims: vec![],
-        x: Type::f32(vec![Dim::Sym("B".into()), Dim::Known(4)]),
-        y: Type::f32(vec![Dim::Sym("B".into()), Dim::Known(1)]),
-        experience: Vec::new(),
-        sparse: Vec::new(),
-    }
-}
-
 fn lower(src: &str) -> Result<(Lowered, TrainConfig), Vec<String>> {
     let prog = Program::parse("gan.dl", src.as_bytes()).unwrap_or_else(|(s, d)| {
         panic!(
@@ -42,7 +30,7 @@ fn lower(src: &str) -> Result<(Lowered, TrainConfig), Vec<String>> {
             d.iter().map(|d| s.render(d)).collect::<Vec<_>>()
         )
     });
-    prog.lower_training(&sig(), Mode::Train)
+    prog.lower_training(&dlc_tests::toy_signature(4), Mode::Train)
         .map_err(|d| d.iter().map(|d| prog.source.render(d)).collect())
 }
 

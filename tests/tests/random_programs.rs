@@ -13,11 +13,11 @@
 use dlc_compiler::interp::{Env, run};
 use dlc_compiler::ir::Graph;
 use dlc_compiler::jit::exec::JitGraph;
-use dlc_compiler::lower::{DataSig, Mode, Program};
+use dlc_compiler::lower::{Mode, Program};
 use dlc_compiler::ops::Op;
 use dlc_compiler::opt::optimize;
 use dlc_compiler::train::step_graphs;
-use dlc_compiler::types::{Dim, Type};
+use dlc_compiler::types::Dim;
 use ndarray::{ArrayD, IxDyn};
 use std::fmt::Write as _;
 
@@ -144,17 +144,6 @@ fn program(seed: u64) -> String {
     src
 }
 
-fn toy() -> DataSig {
-    DataSig {
-        name: "toy".into(),
-        dims: vec![],
-        x: Type::f32(vec![Dim::Sym("B".into()), Dim::Known(FEATURES)]),
-        y: Type::f32(vec![Dim::Sym("B".into()), Dim::Known(1)]),
-        experience: Vec::new(),
-        sparse: Vec::new(),
-    }
-}
-
 /// Values for every leaf of a step: inputs and parameters in [-1, 1), optimizer state in
 /// [0, 0.1), `step` 3.
 fn env_for(g: &Graph, seed: u64, batch: usize) -> Env<f32> {
@@ -199,7 +188,7 @@ fn check(k: u64) -> Result<usize, String> {
     let prog = Program::parse("random.dl", src.as_bytes())
         .map_err(|(source, d)| fail(d.iter().map(|d| source.render(d)).collect()))?;
     let (lowered, cfg) = prog
-        .lower_training(&toy(), Mode::Train)
+        .lower_training(&dlc_tests::toy_signature(FEATURES), Mode::Train)
         .map_err(|d| fail(d.iter().map(|d| prog.source.render(d)).collect()))?;
     let steps = step_graphs(&lowered, &cfg).map_err(|e| fail(e.to_string()))?;
     let mut compared = 0;

@@ -4,9 +4,8 @@
 
 use dlc_compiler::interp::{Env, Observer, run};
 use dlc_compiler::jit::exec::JitGraph;
-use dlc_compiler::lower::{DataSig, Mode, Optimizer, Program};
+use dlc_compiler::lower::{Lowered, Mode, Optimizer, Program};
 use dlc_compiler::train::{training_graph, update_graph};
-use dlc_compiler::types::{Dim, Type};
 use ndarray::{ArrayD, IxDyn};
 
 const NET: &str = "model Net {
@@ -16,6 +15,15 @@ const NET: &str = "model Net {
 }
 train Net on toy { loss = mse(forward(x), y) }
 ";
+
+/// NET lowered for training on x f32[B, 4].
+fn net() -> Lowered {
+    let prog = Program::parse("net.dl", NET.as_bytes()).unwrap_or_else(|_| panic!("parses"));
+    let (l, _) = prog
+        .lower_training(&dlc_tests::toy_signature(4), Mode::Train)
+        .unwrap_or_else(|d| panic!("{d:?}"));
+    l
+}
 
 fn array(shape: &[usize], salt: usize, lo: f64) -> ArrayD<f64> {
     let n: usize = shape.iter().product();
@@ -27,18 +35,7 @@ fn array(shape: &[usize], salt: usize, lo: f64) -> ArrayD<f64> {
 
 #[test]
 fn gradients_then_update_equal_the_fused_step() {
-    let prog = Program::parse("net.dl", NET.as_bytes()).unwrap_or_else(|_| panic!("parses"));
-    let sig = DataSig {
-        name: "toy".into(),
-        dims: vec![],
-        x: Type::f32(vec![Dim::Sym("B".into()), Dim::Known(4)]),
-        y: Type::f32(vec![Dim::Sym("B".into()), Dim::Known(1)]),
-        experience: Vec::new(),
-        sparse: Vec::new(),
-    };
-    let (l, _) = prog
-        .lower_training(&sig, Mode::Train)
-        .unwrap_or_else(|d| panic!("{d:?}"));
+    let l = net();
     for name in Optimizer::NAMES {
         let opt = Optimizer::with_defaults(name, None).expect("an optimizer");
         for clip in [None, Some(0.05)] {
@@ -119,18 +116,7 @@ impl Observer<f32> for Seen {
 
 #[test]
 fn the_jit_hands_over_each_gradient_once_its_kernel_has_run() {
-    let prog = Program::parse("net.dl", NET.as_bytes()).unwrap_or_else(|_| panic!("parses"));
-    let sig = DataSig {
-        name: "toy".into(),
-        dims: vec![],
-        x: Type::f32(vec![Dim::Sym("B".into()), Dim::Known(4)]),
-        y: Type::f32(vec![Dim::Sym("B".into()), Dim::Known(1)]),
-        experience: Vec::new(),
-        sparse: Vec::new(),
-    };
-    let (l, _) = prog
-        .lower_training(&sig, Mode::Train)
-        .unwrap_or_else(|d| panic!("{d:?}"));
+    let l = net();
     let opt = Optimizer::with_defaults("sgd", None).expect("sgd");
     let tg = training_graph(&l, &opt, None).expect("a training graph");
     let mut env: Env<f32> = Env::new(1, 2);
