@@ -1,23 +1,28 @@
 //! Random programs, differentially tested (as Csmith and YARPGen test C compilers): a
-//! generator of well-typed random `.dl` programs (dense layers of random widths and
-//! activations, element-wise functions, broadcasting against per-row reductions, sums of
-//! earlier values, one or two objectives over different members with different
-//! optimizers). Each program must compile, and one training step must give the same loss
-//! and updated parameters and optimizer state on the unoptimized graph (reference
-//! interpreter), on the optimized graph (reference interpreter) and on the optimized graph
-//! compiled by the JIT, within 1e-4 relative.
+//! generator of well-typed random `.dl` programs of three kinds: dense layers of random
+//! widths and activations on toy regression data; convolutions (kernel sizes, strides,
+//! padding) and max or average pooling on the digits' images, classified; an embedding and
+//! recurrent layers (the prelude's scans, or a step function of the program's own that
+//! captures its parameters, sometimes in reverse) on a small text, classified at every
+//! step. Between layers: element-wise functions, broadcasting against reductions over the
+//! last axis, products and sums of earlier values, `maximum`, `clip`, `select`. The
+//! section has one objective (any of five optimizers, sometimes global-norm clipping) or
+//! two over different members with different optimizers. Each program must compile, and
+//! one training step must give the same loss and updated parameters and optimizer state
+//! on the unoptimized graph (reference interpreter), on the optimized graph (reference
+//! interpreter) and on the optimized graph compiled by the JIT, within 1e-4 relative.
 //!
-//! `DLC_RANDOM_PROGRAMS=N` runs N programs instead of the suite's 200 (a long run); a
+//! `DLC_RANDOM_PROGRAMS=N` runs N programs instead of the suite's 300 (a long run); a
 //! failing program is printed whole, with its number, so that it can be kept as a test.
 
 use dlc_compiler::interp::{Env, run};
 use dlc_compiler::ir::Graph;
 use dlc_compiler::jit::exec::JitGraph;
-use dlc_compiler::lower::{Mode, Program};
+use dlc_compiler::lower::{DataSig, Mode, Program};
 use dlc_compiler::ops::Op;
 use dlc_compiler::opt::optimize;
 use dlc_compiler::train::step_graphs;
-use dlc_compiler::types::Dim;
+use dlc_compiler::types::{DType, Dim};
 use ndarray::{ArrayD, IxDyn};
 use std::fmt::Write as _;
 
@@ -37,8 +42,17 @@ impl Rng {
         (self.next() % n as u64) as usize
     }
 
+    /// A number in lo..=hi.
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + self.below(hi - lo + 1)
+    }
+
     fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
         xs[self.below(xs.len())]
+    }
+
+    fn coin(&mut self) -> bool {
+        self.below(2) == 0
     }
 
     /// A value in [-1, 1).
@@ -48,38 +62,66 @@ impl Rng {
 }
 
 const FEATURES: usize = 4;
+/// The digits' images (8×8) and classes.
+const SIDE: usize = 8;
+const CLASSES: usize = 10;
+const BATCH: usize = 3;
 
-/// A random well-typed program on `toy` data (x: f32[B, 4], y: f32[B, 1]).
-fn program(seed: u64) -> String {
-    let mut r = Rng(seed);
-    let layers = 1 + r.below(3);
-    let mut members = String::new();
-    let mut widths = vec![FEATURES];
-    for i in 0..layers {
-        let w = 1 + r.below(6);
-        let act = r.pick(&["relu", "tanh", "sigmoid", "linear"]);
-        let init = r.pick(&["glorot", "he", "lecun"]);
-        let _ = writeln!(
-            members,
-            "  l{i} = Dense({}, {w}, activation: {act}, init: {init})",
-            widths[i]
-        );
-        widths.push(w);
+/// The three kinds of network the generator builds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    /// Dense layers on `toy` data (x f32[B, 4], y f32[B, 1]), mean squared error.
+    Dense,
+    /// Convolutions and pooling on the digits (x f32[B, 8, 8], y i32[B] of 10 classes),
+    /// softmax cross-entropy.
+    Conv,
+    /// An embedding, recurrent layers (scans) and a dense layer at every step on a small
+    /// text (x, y i32[B, T] over a vocabulary), softmax cross-entropy at every step.
+    Recurrent { vocab: usize, seq: usize },
+}
+
+/// A program being written: its members, its forward pass, and the values of the pass
+/// so far with their shapes (all but the batch).
+struct Net {
+    members: String,
+    fns: String,
+    body: String,
+    values: Vec<(String, Vec<usize>)>,
+    /// Members that fit the data under a second objective; the rest, with the parameter
+    /// the second objective keeps small.
+    fit: Vec<String>,
+    rest: Vec<(String, String)>,
+}
+
+impl Net {
+    fn member(&mut self, name: &str, def: &str, penalized: Option<&str>) {
+        let _ = writeln!(self.members, "  {name} = {def}");
+        match penalized {
+            Some(p) => self.rest.push((name.to_string(), format!("{name}.{p}"))),
+            None => self.fit.push(name.to_string()),
+        }
     }
-    let _ = writeln!(members, "  head = Dense({}, 1)", widths[layers]);
-    // The body: each layer's output, then a few element-wise steps on values of its width.
-    let mut body = String::from("    let h0 = x\n");
-    let mut values: Vec<(String, usize)> = vec![("h0".into(), FEATURES)];
-    for i in 0..layers {
-        let (prev, _) = values.last().cloned().expect("a value");
-        let name = format!("a{i}");
-        let _ = writeln!(body, "    let {name} = l{i}({prev})");
-        values.push((name, widths[i + 1]));
+
+    fn add(&mut self, name: String, e: String, shape: Vec<usize>) -> String {
+        let _ = writeln!(self.body, "    let {name} = {e}");
+        self.values.push((name.clone(), shape));
+        name
+    }
+
+    fn last(&self) -> (String, Vec<usize>) {
+        self.values.last().cloned().expect("a value")
+    }
+
+    /// Up to two element-wise steps on the last value: functions, broadcasting against
+    /// its mean or sum over the last axis, products and sums with earlier values of the
+    /// same shape, `maximum`, `clip`, `select`.
+    fn elementwise(&mut self, r: &mut Rng, tag: &str) {
         for j in 0..r.below(3) {
-            let (v, w) = values.last().cloned().expect("a value");
-            let same: Vec<String> = values
+            let (v, shape) = self.last();
+            let same: Vec<String> = self
+                .values
                 .iter()
-                .filter(|(_, k)| *k == w)
+                .filter(|(_, s)| *s == shape)
                 .map(|(n, _)| n.clone())
                 .collect();
             let other = same[r.below(same.len())].clone();
@@ -87,50 +129,240 @@ fn program(seed: u64) -> String {
             let e = match r.below(9) {
                 0 => format!("tanh({v}) * {c}"),
                 1 => format!("sigmoid({v}) + {other}"),
-                2 => format!("{v} - mean({v}, 1, true)"),
+                2 => format!("{v} - mean({v}, -1, true)"),
                 3 => format!("{v} * {other} * 0.5"),
                 4 => format!("maximum({v}, {c})"),
-                5 => format!("{v} + sum({other}, 1, true) * {c}"),
+                5 => format!("{v} + sum({other}, -1, true) * {c}"),
                 6 => format!("abs({v}) + {c}"),
                 7 => format!("clip({v}, -0.8, 0.8)"),
                 _ => format!("select({v} > {c}, {v}, {other})"),
             };
-            let name = format!("e{i}_{j}");
-            let _ = writeln!(body, "    let {name} = {e}");
-            values.push((name, w));
+            self.add(format!("e{tag}_{j}"), e, shape);
         }
     }
-    let (last, _) = values.last().cloned().expect("a value");
-    let _ = writeln!(body, "    head({last})");
-    let mut src = format!(
-        "model Net {{\n{members}  fn forward(x: f32[B, {FEATURES}]) -> f32[B, 1] {{\n{body}  }}\n}}\n"
+}
+
+fn activation(r: &mut Rng) -> &'static str {
+    r.pick(&["relu", "tanh", "sigmoid", "linear"])
+}
+
+fn init(r: &mut Rng) -> &'static str {
+    r.pick(&["glorot", "he", "lecun"])
+}
+
+/// 1–3 dense layers of random widths, activations and initialisers, on x [B, 4].
+fn dense(r: &mut Rng, net: &mut Net) {
+    let layers = 1 + r.below(3);
+    for i in 0..layers {
+        let (prev, shape) = net.last();
+        let w = 1 + r.below(6);
+        let (act, ini) = (activation(r), init(r));
+        let def = format!("Dense({}, {w}, activation: {act}, init: {ini})", shape[0]);
+        net.member(&format!("l{i}"), &def, (i > 0).then_some("w"));
+        net.add(format!("a{i}"), format!("l{i}({prev})"), vec![w]);
+        net.elementwise(r, &i.to_string());
+    }
+    let (last, shape) = net.last();
+    net.member("head", &format!("Dense({}, 1)", shape[0]), None);
+    let _ = writeln!(net.body, "    head({last})");
+}
+
+/// 1–2 convolutions (kernels 1–3, stride 1–2, "valid" or "same" padding) on the digits
+/// as NHWC, each perhaps followed by max or average pooling, then a dense layer on the
+/// flattened maps.
+fn conv(r: &mut Rng, net: &mut Net) {
+    net.add(
+        "img".into(),
+        format!("reshape(x, [-1, {SIDE}, {SIDE}, 1])"),
+        vec![SIDE, SIDE, 1],
     );
-    let opt = |r: &mut Rng| {
-        r.pick(&[
-            "sgd(lr: 0.1)",
-            "momentum(lr: 0.05, beta: 0.9)",
-            "adam(lr: 0.01)",
-            "rmsprop(lr: 0.01)",
-            "adagrad(lr: 0.1)",
-        ])
+    for i in 0..1 + r.below(2) {
+        let (prev, shape) = net.last();
+        let (n, c) = (shape[0], shape[2]);
+        let f = 1 + r.below(4);
+        let k = r.range(1, 3.min(n));
+        let s = r.range(1, 2);
+        let same = r.coin();
+        let m = if same { n.div_ceil(s) } else { (n - k) / s + 1 };
+        let (act, ini) = (activation(r), init(r));
+        let padding = if same { "same" } else { "valid" };
+        let def = format!(
+            "Conv2D({c}, {f}, {k}, stride: {s}, padding: \"{padding}\", activation: {act}, init: {ini})"
+        );
+        net.member(&format!("c{i}"), &def, (i > 0).then_some("w"));
+        net.add(format!("a{i}"), format!("c{i}({prev})"), vec![m, m, f]);
+        net.elementwise(r, &i.to_string());
+        if m >= 2 && r.coin() {
+            let (v, _) = net.last();
+            let (p, st) = (r.range(2, 3.min(m)), r.range(1, 2));
+            let pool = r.pick(&["maxpool2d", "avgpool2d"]);
+            let q = (m - p) / st + 1;
+            net.add(
+                format!("p{i}"),
+                format!("{pool}({v}, {p}, stride: {st})"),
+                vec![q, q, f],
+            );
+        }
+    }
+    let (last, shape) = net.last();
+    let flat: usize = shape.iter().product();
+    net.member("head", &format!("Dense({flat}, {CLASSES})"), None);
+    let _ = writeln!(net.body, "    head(flatten({last}))");
+}
+
+/// An embedding, then 1–2 recurrent layers: the prelude's `Rnn`, `Lstm` or `Gru`, or a
+/// step function of the model's own (capturing its parameters, sometimes scanning in
+/// reverse, its final carry broadcast back over the steps); then a dense layer at every
+/// step.
+fn recurrent(r: &mut Rng, net: &mut Net, vocab: usize, seq: usize) {
+    let e = 1 + r.below(4);
+    net.member("emb", &format!("Embedding({vocab}, {e})"), None);
+    net.add("h0".into(), "emb(x)".into(), vec![seq, e]);
+    for i in 0..1 + r.below(2) {
+        let (prev, shape) = net.last();
+        let (t, inputs) = (shape[0], shape[1]);
+        let h = 1 + r.below(4);
+        let name = format!("r{i}");
+        match r.below(4) {
+            0 => net.member(
+                &name,
+                &format!("Rnn({inputs}, {h}, activation: {})", activation(r)),
+                Some("cell.wx"),
+            ),
+            1 => net.member(&name, &format!("Lstm({inputs}, {h})"), Some("cell.wh")),
+            2 => net.member(&name, &format!("Gru({inputs}, {h})"), Some("cell.wx")),
+            _ => {
+                let _ = writeln!(
+                    net.members,
+                    "  {name}x = param([{inputs}, {h}], init: {})",
+                    init(r)
+                );
+                let _ = writeln!(
+                    net.members,
+                    "  {name}h = param([{h}, {h}], init: {})",
+                    init(r)
+                );
+                net.fit.push(format!("{name}x"));
+                net.rest.push((format!("{name}h"), format!("{name}h")));
+                let keep = format!("{:.3}", 0.5 + 0.5 * r.unit().abs());
+                let out = match r.below(3) {
+                    0 => "c2".to_string(),
+                    1 => format!("c2 * {:.3}", r.unit()),
+                    _ => "sigmoid(c2) + c".to_string(),
+                };
+                let _ = writeln!(
+                    net.fns,
+                    "  fn step{i}(c, xt) {{\n    let c2 = {}(xt @ {name}x + c @ {name}h) * {keep} + c * (1 - {keep})\n    ({out_c}, {out})\n  }}",
+                    activation(r),
+                    out_c = "c2",
+                );
+                let reverse = if r.coin() { ", reverse: true" } else { "" };
+                let _ = writeln!(
+                    net.body,
+                    "    let (s{i}, last{i}) = scan(step{i}, {prev}, init: zeros[B, {h}]{reverse})"
+                );
+                let e = if r.coin() {
+                    format!("s{i} + reshape(last{i}, [-1, 1, {h}])")
+                } else {
+                    format!("s{i}")
+                };
+                net.add(format!("a{i}"), e, vec![t, h]);
+                net.elementwise(r, &i.to_string());
+                continue;
+            }
+        }
+        net.add(format!("a{i}"), format!("{name}({prev})"), vec![t, h]);
+        net.elementwise(r, &i.to_string());
+    }
+    let (last, shape) = net.last();
+    net.member("head", &format!("Dense({}, {vocab})", shape[1]), None);
+    let _ = writeln!(net.body, "    head({last})");
+}
+
+fn optimizer(r: &mut Rng) -> &'static str {
+    r.pick(&[
+        "sgd(lr: 0.1)",
+        "momentum(lr: 0.05, beta: 0.9)",
+        "adam(lr: 0.01)",
+        "rmsprop(lr: 0.01)",
+        "adagrad(lr: 0.1)",
+    ])
+}
+
+/// A random well-typed program of a random kind.
+fn program(seed: u64) -> (String, Kind) {
+    let mut r = Rng(seed);
+    let kind = match r.below(3) {
+        0 => Kind::Dense,
+        1 => Kind::Conv,
+        _ => Kind::Recurrent {
+            vocab: r.range(2, 7),
+            seq: r.range(1, 4),
+        },
     };
-    if layers > 1 && r.below(2) == 0 {
-        // Two objectives: the head and the first layer fit the data; the other layers
-        // keep their weights small.
-        let (o1, o2) = (opt(&mut r), opt(&mut r));
-        let rest: Vec<String> = (1..layers).map(|i| format!("l{i}")).collect();
+    let mut net = Net {
+        members: String::new(),
+        fns: String::new(),
+        body: String::new(),
+        values: Vec::new(),
+        fit: Vec::new(),
+        rest: Vec::new(),
+    };
+    let (signature, loss, data) = match kind {
+        Kind::Dense => {
+            net.values.push(("x".into(), vec![FEATURES]));
+            dense(&mut r, &mut net);
+            (
+                format!("x: f32[B, {FEATURES}]) -> f32[B, 1]"),
+                "mse(forward(x), y)",
+                "toy".to_string(),
+            )
+        }
+        Kind::Conv => {
+            conv(&mut r, &mut net);
+            (
+                format!("x: f32[B, {SIDE}, {SIDE}]) -> f32[B, {CLASSES}]"),
+                "softmax_cross_entropy(forward(x), y)",
+                "digits".to_string(),
+            )
+        }
+        Kind::Recurrent { vocab, seq } => {
+            recurrent(&mut r, &mut net, vocab, seq);
+            (
+                format!("x: i32[B, {seq}]) -> f32[B, {seq}, {vocab}]"),
+                "softmax_cross_entropy(forward(x), y)",
+                format!("songs(seq: {seq})"),
+            )
+        }
+    };
+    let Net {
+        members,
+        fns,
+        body,
+        fit,
+        rest,
+        ..
+    } = net;
+    let mut src =
+        format!("model Net {{\n{members}{fns}  fn forward({signature} {{\n{body}  }}\n}}\n");
+    if !rest.is_empty() && r.coin() {
+        // Two objectives: some members fit the data; the others fit it while keeping one
+        // of their parameters small, with another optimizer.
+        let (o1, o2) = (optimizer(&mut r), optimizer(&mut r));
         let penalty: Vec<String> = rest
             .iter()
-            .map(|m| format!("mean({m}.w * {m}.w)"))
+            .map(|(_, p)| format!("mean({p} * {p})"))
             .collect();
+        let rest: Vec<&str> = rest.iter().map(|(m, _)| m.as_str()).collect();
         let _ = write!(
             src,
-            "train Net on toy {{\n  fit = mse(forward(x), y)\n  small = mse(forward(x), y) + 0.1 * ({})\n  minimize fit over head, l0 with {o1}\n  minimize small over {} with {o2}\n  batch = 3\n}}\n",
+            "train Net on {data} {{\n  fit = {loss}\n  small = {loss} + 0.1 * ({})\n  minimize fit over {} with {o1}\n  minimize small over {} with {o2}\n  batch = {BATCH}\n}}\n",
             penalty.join(" + "),
+            fit.join(", "),
             rest.join(", ")
         );
     } else {
-        let o = opt(&mut r);
+        let o = optimizer(&mut r);
         let clip = if r.below(3) == 0 {
             "  clip_norm = 0.5\n"
         } else {
@@ -138,26 +370,39 @@ fn program(seed: u64) -> String {
         };
         let _ = write!(
             src,
-            "train Net on toy {{\n  loss = mse(forward(x), y)\n  optimizer = {o}\n{clip}  batch = 3\n}}\n"
+            "train Net on {data} {{\n  loss = {loss}\n  optimizer = {o}\n{clip}  batch = {BATCH}\n}}\n"
         );
     }
-    src
+    (src, kind)
 }
 
-/// Values for every leaf of a step: inputs and parameters in [-1, 1), optimizer state in
-/// [0, 0.1), `step` 3.
-fn env_for(g: &Graph, seed: u64, batch: usize) -> Env<f32> {
+/// What a program of this kind trains on.
+fn signature(kind: Kind) -> DataSig {
+    match kind {
+        Kind::Dense => dlc_tests::toy_signature(FEATURES),
+        Kind::Conv => dlc_runtime::datasig::by_name("digits").expect("digits"),
+        Kind::Recurrent { vocab, seq } => dlc_runtime::datasig::text("songs", Some(vocab), seq),
+    }
+}
+
+/// Values for every leaf of a step: real inputs and parameters in [-1, 1), integer inputs
+/// (ids, labels) below their bound, optimizer state in [0, 0.1), `step` 3.
+fn env_for(g: &Graph, seed: u64, kind: Kind) -> Env<f32> {
     let mut r = Rng(seed ^ 0x5EED);
     let mut env = Env::new(seed, 2);
-    env.sizes.insert("B".into(), batch);
+    env.sizes.insert("B".into(), BATCH);
+    let bound = match kind {
+        Kind::Recurrent { vocab, .. } => vocab,
+        _ => CLASSES,
+    };
     for (name, n) in
         g.leaves(|op| matches!(op, Op::Input { .. } | Op::Param { .. } | Op::State { .. }))
     {
-        let shape: Vec<usize> = g
-            .ty(n)
+        let ty = g.ty(n);
+        let shape: Vec<usize> = ty
             .shape
             .iter()
-            .map(|d| if let Dim::Known(v) = d { *v } else { batch })
+            .map(|d| if let Dim::Known(v) = d { *v } else { BATCH })
             .collect();
         let len: usize = shape.iter().product();
         let state = matches!(g.node(n).op, Op::State { .. });
@@ -165,6 +410,8 @@ fn env_for(g: &Graph, seed: u64, batch: usize) -> Env<f32> {
             .map(|_| {
                 if name == "step" {
                     3.0
+                } else if ty.dtype == DType::I32 {
+                    r.below(bound) as f32
                 } else if state {
                     (r.unit().abs() * 0.1) as f32
                 } else {
@@ -183,19 +430,19 @@ fn env_for(g: &Graph, seed: u64, batch: usize) -> Env<f32> {
 /// Compile program `k` and compare its training steps on the three engines; the
 /// program's text with the first difference.
 fn check(k: u64) -> Result<usize, String> {
-    let src = program(k);
+    let (src, kind) = program(k);
     let fail = |what: String| format!("program {k}: {what}\n{src}");
     let prog = Program::parse("random.dl", src.as_bytes())
         .map_err(|(source, d)| fail(d.iter().map(|d| source.render(d)).collect()))?;
     let (lowered, cfg) = prog
-        .lower_training(&dlc_tests::toy_signature(FEATURES), Mode::Train)
+        .lower_training(&signature(kind), Mode::Train)
         .map_err(|d| fail(d.iter().map(|d| prog.source.render(d)).collect()))?;
     let steps = step_graphs(&lowered, &cfg).map_err(|e| fail(e.to_string()))?;
     let mut compared = 0;
     for (o, tg) in &steps {
         let plain = &tg.graph;
         let opt = optimize(plain).graph;
-        let env = env_for(plain, k, 3);
+        let env = env_for(plain, k, kind);
         let names: Vec<&str> = plain
             .outputs
             .iter()
@@ -236,17 +483,30 @@ fn random_programs_train_the_same_on_every_engine() {
     let n: u64 = std::env::var("DLC_RANDOM_PROGRAMS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(300);
     let mut compared = 0;
-    let mut two_objectives = 0;
+    let (mut two_objectives, mut dense, mut conv, mut recurrent, mut scans) = (0, 0, 0, 0, 0);
     for k in 0..n {
         compared += check(k).unwrap_or_else(|e| panic!("{e}"));
-        two_objectives += usize::from(program(k).contains("minimize"));
+        let (src, kind) = program(k);
+        two_objectives += usize::from(src.contains("minimize"));
+        scans += usize::from(src.contains("scan("));
+        match kind {
+            Kind::Dense => dense += 1,
+            Kind::Conv => conv += 1,
+            Kind::Recurrent { .. } => recurrent += 1,
+        }
     }
-    // The generator makes both kinds of section, and every step has outputs to compare.
+    // The generator makes every kind of network and both kinds of section, and every step
+    // has outputs to compare.
+    let n = n as usize;
     assert!(
-        two_objectives > 0 && two_objectives < n as usize,
-        "{two_objectives} of {n}"
+        two_objectives > 0 && two_objectives < n,
+        "{two_objectives} of {n} with two objectives"
     );
-    assert!(compared >= 2 * n as usize, "{compared} values compared");
+    assert!(
+        dense > 0 && conv > 0 && recurrent > 0 && scans > 0,
+        "{dense} dense, {conv} convolutional, {recurrent} recurrent ({scans} with their own step) of {n}"
+    );
+    assert!(compared >= 2 * n, "{compared} values compared");
 }
