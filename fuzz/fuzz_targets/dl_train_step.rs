@@ -9,8 +9,9 @@ use dlc_runtime::session::{self, Overrides};
 use dlc_runtime::trainer::{self, RunLimits, TrainState};
 use libfuzzer_sys::fuzz_target;
 
-/// Parameters and optimizer state beyond this are not trained here (libFuzzer's memory
-/// limit is 4 GB; `dlc train` itself refuses only what cannot fit).
+/// Parameters, optimizer state and a step's intermediate values beyond this are not
+/// trained here (libFuzzer's memory limit is 4 GB; `dlc train` itself refuses only what
+/// cannot fit).
 const MAX_BYTES: u128 = 64 << 20;
 
 fuzz_target!(|data: &[u8]| {
@@ -30,7 +31,8 @@ fuzz_target!(|data: &[u8]| {
     let need: u128 = dlc_runtime::memory::training_needs(&setup)
         .iter()
         .map(|(_, b)| *b)
-        .fold(0, u128::saturating_add);
+        .fold(0, u128::saturating_add)
+        .saturating_add(dlc_runtime::memory::step_arena(&setup, 2).unwrap_or(0));
     if need > MAX_BYTES {
         return;
     }

@@ -565,15 +565,23 @@ struct Clock {
     eval: Duration,
 }
 
+/// The test-only environment variable that makes [`train`] stop after this many episodes
+/// and wait to be interrupted (Ctrl-C) or killed, so that a test can stop a run without
+/// racing it.
+pub const STALL_ENV: &str = "DLC_TEST_STALL_AFTER_EPISODE";
+
 /// Train until the environment-step budget (the section's `steps`, or `budget`) is spent
 /// (at the end of the episode that spends it, so that a resumed run continues exactly as
-/// one that was not stopped) or periodic evaluation reaches `stop_at`; then restore the best periodic snapshot if it
-/// beats the final weights, and evaluate over [`FINAL_EPISODES`] episodes. `save` sees the
-/// run after every periodic evaluation and at the end.
+/// one that was not stopped) or periodic evaluation reaches `stop_at`; then restore the
+/// best periodic snapshot if it beats the final weights, and evaluate over
+/// [`FINAL_EPISODES`] episodes. `save` sees the run after every periodic evaluation and at
+/// the end. Ctrl-C (`interrupt`) stops the run at the end of the running episode, where
+/// `--resume` continues it exactly, without the final evaluation.
 pub fn train(
     setup: &Setup,
     mut run: Run,
     budget: Option<u64>,
+    stall_after_episode: Option<u64>,
     sink: &mut MetricsSink,
     save: &mut dyn FnMut(&Run) -> Result<(), String>,
 ) -> Result<Run, String> {
@@ -615,7 +623,7 @@ pub fn train(
     let mut reported: Vec<(String, f64, usize)> = Vec::new();
     let mut stopped = false;
     let say_every = 20;
-    while run.counters.env_steps < budget && !stopped {
+    while run.counters.env_steps < budget && !stopped && !crate::interrupt::requested() {
         let episode = run.counters.episodes;
         // One episode, acting on the current weights; updates as the experience says.
         env.reset(seed, episode);
@@ -815,6 +823,18 @@ pub fn train(
             say!("{}", shown.join("  "));
         }
         sink.write(m)?;
+        if stall_after_episode == Some(run.counters.episodes) {
+            say!(
+                "stalled after episode {} ({STALL_ENV})",
+                run.counters.episodes
+            );
+            while !crate::interrupt::requested() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    if crate::interrupt::requested() {
+        return Ok(run);
     }
     // The weights to keep: the best periodic snapshot, unless the final ones do better
     // on the same kind of evaluation.

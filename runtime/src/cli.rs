@@ -955,7 +955,7 @@ fn train(a: TrainArgs) -> Result<(), String> {
     let kind = EngineKind::parse(&a.engine)?;
     let (resume, ov) = train_overrides(&a)?;
     let (setup, data_path) = session::compile(&a.file, &ov, kind)?;
-    crate::memory::check_fits(&setup, &a.file)?;
+    crate::memory::check_fits(&setup, &a.file, None)?;
     if a.check_numerics && (setup.cfg.agent.is_some() || setup.cfg.search.is_some()) {
         return Err(format!(
             "{}: --check-numerics checks training on a data set; this section trains on {}",
@@ -979,6 +979,8 @@ fn train(a: TrainArgs) -> Result<(), String> {
                 a.file.display()
             ));
         }
+        // Ctrl-C from here on ends the search after the running child.
+        crate::interrupt::install();
         return crate::search::run(&setup, &ov, kind, a.seed, a.steps, a.metrics.as_deref());
     }
     let scaling = match &resume {
@@ -986,6 +988,13 @@ fn train(a: TrainArgs) -> Result<(), String> {
         None => None,
     };
     let data = session::load_data(&setup.cfg, data_path.as_deref(), scaling.as_ref())?;
+    // A step's batch: `batch` rows, or the whole graph.
+    let rows = if data.sparse.is_empty() {
+        setup.cfg.batch.min(data.train.n)
+    } else {
+        data.train.n
+    };
+    crate::memory::check_fits(&setup, &a.file, Some(rows))?;
     let st = match &resume {
         Some((ck, p)) => {
             same_vocabulary(ck, p, &data)?;
@@ -1045,7 +1054,12 @@ fn train(a: TrainArgs) -> Result<(), String> {
     crate::interrupt::install();
     let mut st = trainer::train(&setup, &data, st, &limits, &mut sink, &mut save_epoch)?;
     if crate::interrupt::requested() {
-        return interrupted(&a, &st, st.to_checkpoint(&setup, &data));
+        let at = format!(
+            "interrupted after step {} (epoch {})",
+            st.step,
+            st.epoch + 1
+        );
+        return interrupted(&a, &at, st.to_checkpoint(&setup, &data));
     }
     trainer::restore_best(&setup, &data, &mut st, &mut sink)?;
     // A random-label run (a `limit` or `labels` data-set argument other than the default)
@@ -1079,14 +1093,10 @@ fn train(a: TrainArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// After Ctrl-C: write the state as it stands (the weights of the last finished step, the
-/// best weights kept apart) to `--save`, and say where training stopped and how to go on.
-fn interrupted(a: &TrainArgs, st: &TrainState, ck: Checkpoint) -> Result<(), String> {
-    let at = format!(
-        "interrupted after step {} (epoch {})",
-        st.step,
-        st.epoch + 1
-    );
+/// After Ctrl-C: write the state as it stands (after the last finished step, or episode on
+/// an environment; the best weights kept apart) to `--save`, and say where training stopped
+/// (`at`) and how to go on.
+fn interrupted(a: &TrainArgs, at: &str, ck: Checkpoint) -> Result<(), String> {
     match &a.save {
         Some(p) => {
             ck.save(p)?;
@@ -1167,7 +1177,23 @@ fn train_agent(
         Some(p) => checkpoint(run).save(p),
         None => Ok(()),
     };
-    let run = crate::agent::train(setup, run, a.steps, &mut sink, &mut save)?;
+    let stall = match std::env::var(crate::agent::STALL_ENV) {
+        Ok(v) => Some(
+            v.parse()
+                .map_err(|_| format!("{}={v:?}: not an episode count", crate::agent::STALL_ENV))?,
+        ),
+        Err(_) => None,
+    };
+    // Ctrl-C from here on stops training at the end of the running episode.
+    crate::interrupt::install();
+    let run = crate::agent::train(setup, run, a.steps, stall, &mut sink, &mut save)?;
+    if crate::interrupt::requested() {
+        let at = format!(
+            "interrupted after episode {} (environment step {})",
+            run.counters.episodes, run.counters.env_steps
+        );
+        return interrupted(a, &at, checkpoint(&run));
+    }
     if let Some(p) = &a.save {
         // The weights evaluated (the best snapshot when it was restored).
         checkpoint(&run).save(p)?;
@@ -1186,7 +1212,7 @@ fn bench(
 ) -> Result<(), String> {
     let kind = EngineKind::parse(engine)?;
     let (setup, data_path) = session::compile(file, ov, kind)?;
-    crate::memory::check_fits(&setup, file)?;
+    crate::memory::check_fits(&setup, file, None)?;
     if let Some(agent) = &setup.cfg.agent {
         return Err(format!(
             "{}: dlc bench times training steps on a data set; training on {} reports its speed itself: the last metrics line of dlc train has env_steps_per_s and where the time went (act_s, env_s, update_s, eval_s)",
@@ -1215,6 +1241,7 @@ fn bench(
             data.train.n
         ));
     }
+    crate::memory::check_fits(&setup, file, Some(b))?;
     let mut batches: Vec<(ArrayD<f32>, ArrayD<f32>)> = (0..4)
         .map(|i| {
             let rows: Vec<usize> = (0..b).map(|r| (i * b + r) % data.train.n).collect();
@@ -1657,7 +1684,7 @@ fn train_ranks(a: &TrainArgs, group: &crate::distributed::Group) -> Result<(), S
     let (resume, ov) = train_overrides(a)?;
     let threads = ov.threads;
     let (setup, data_path) = session::compile(&a.file, &ov, kind)?;
-    crate::memory::check_fits(&setup, &a.file)?;
+    crate::memory::check_fits(&setup, &a.file, None)?;
     if setup.cfg.agent.is_some() || setup.cfg.search.is_some() {
         return Err(format!(
             "{}: --distributed trains on a data set; this section trains on {}",

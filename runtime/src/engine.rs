@@ -129,6 +129,21 @@ impl Engine {
         }
     }
 
+    /// The JIT's memory plan of one run of every output with these sizes (the arena of its
+    /// intermediate values), made without allocating the arena; None for the reference
+    /// engine, which plans no memory.
+    pub fn memory_plan(
+        &self,
+        syms: &std::collections::HashMap<String, usize>,
+    ) -> Option<Result<dlc_compiler::jit::memory::MemPlan, String>> {
+        let Exec::Jit(j) = &self.exec else {
+            return None;
+        };
+        let outputs = self.outputs();
+        let refs: Vec<&str> = outputs.iter().map(|s| s.as_str()).collect();
+        Some(j.borrow_mut().memory_plan(&refs, syms))
+    }
+
     /// (native, planned) kernels of the JIT engine; None for the reference engine.
     pub fn native_kernels(&self) -> Option<(usize, usize)> {
         match &self.exec {

@@ -1,7 +1,8 @@
 //! Ctrl-C during `dlc train`: the first SIGINT asks the training loop to stop after the
-//! step it is running (the loop checks [`requested`] before each step); `dlc train` then
-//! writes its `--save` checkpoint, says where it stopped and exits with status 130, and
-//! `--resume` continues from that step. A second SIGINT ends the process at once.
+//! step it is running (the loop checks [`requested`] before each step; on an environment,
+//! at the end of the running episode); `dlc train` then writes its `--save` checkpoint,
+//! says where it stopped and exits with status 130, and `--resume` continues from there. A
+//! second SIGINT ends the process at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

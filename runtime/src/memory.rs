@@ -33,7 +33,7 @@ pub fn human(b: u128) -> String {
 
 /// The parameters, their gradients and the optimizer state a training step keeps (and a
 /// copy of the parameters with early stopping), by part.
-pub fn training_needs(setup: &Setup) -> Vec<(&'static str, u128)> {
+pub fn training_needs(setup: &Setup) -> Vec<(&str, u128)> {
     let sum = |shapes: &mut dyn Iterator<Item = &Vec<usize>>| {
         shapes.fold(0u128, |a, s| {
             a.saturating_add(bytes(s).unwrap_or(u128::MAX))
@@ -52,10 +52,27 @@ pub fn training_needs(setup: &Setup) -> Vec<(&'static str, u128)> {
     parts
 }
 
-/// Refuse to train a model whose parameters, gradients and optimizer state alone exceed what
-/// this process may allocate.
-pub fn check_fits(setup: &Setup, file: &Path) -> Result<(), String> {
-    let parts = training_needs(setup);
+/// The bytes of the intermediate values of one training step at `batch` rows: the JIT
+/// arena of every objective's step (each keeps its own). None on the reference engine,
+/// or where a plan cannot be made before the data is known.
+pub fn step_arena(setup: &Setup, batch: usize) -> Option<u128> {
+    let syms = [("B".to_string(), batch)].into_iter().collect();
+    setup.steps.iter().try_fold(0u128, |a, s| {
+        let plan = s.engine.memory_plan(&syms)?.ok()?;
+        Some(a.saturating_add(plan.arena_bytes as u128))
+    })
+}
+
+/// Refuse to train a model whose parameters, gradients and optimizer state (and, given the
+/// rows of a training batch, the intermediate values of a step) exceed what this process
+/// may allocate.
+pub fn check_fits(setup: &Setup, file: &Path, batch: Option<usize>) -> Result<(), String> {
+    let arena = batch.and_then(|b| Some((b, step_arena(setup, b)?)));
+    let label = arena.map(|(b, _)| format!("intermediate values of a step at batch {b}"));
+    let mut parts = training_needs(setup);
+    if let (Some((_, bytes)), Some(label)) = (arena, &label) {
+        parts.push((label.as_str(), bytes));
+    }
     let need = parts.iter().fold(0u128, |a, (_, b)| a.saturating_add(*b));
     let Some((left, limit)) = available() else {
         return Ok(());
@@ -68,8 +85,12 @@ pub fn check_fits(setup: &Setup, file: &Path) -> Result<(), String> {
         .filter(|(_, b)| *b > 0)
         .map(|(what, b)| format!("{what} {}", short(*b)))
         .collect();
+    let advice = match arena {
+        Some((_, bytes)) if bytes > need / 2 => "make the batch or the layers' outputs smaller",
+        _ => "make the model smaller",
+    };
     Err(format!(
-        "{}: training this model needs at least {} ({}), more than the {} {limit}; make the model smaller",
+        "{}: training this model needs at least {} ({}), more than the {} {limit}; {advice}",
         file.display(),
         human(need),
         list.join(", "),

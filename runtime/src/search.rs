@@ -250,6 +250,8 @@ impl Children {
 }
 
 /// Run the search of `setup` for `steps` controller steps (the section's when None).
+/// Ctrl-C (`interrupt`) ends it after the last child that trained to the end, with the
+/// best architecture so far (not trained again).
 pub fn run(
     setup: &Setup,
     ov: &Overrides,
@@ -293,9 +295,15 @@ pub fn run(
     let allowed = allowed(search);
     let mut baseline: Option<f64> = None;
     let mut best: Option<(f64, Architecture)> = None;
+    let mut done = 0;
     for k in 0..total {
         let arch = sample(act, &st.params, search, seed, st.step)?;
         let child = children.train(&settings(search, &arch), false)?;
+        // Ctrl-C stopped this child's training: its reward is no measure of it.
+        if crate::interrupt::requested() {
+            break;
+        }
+        done = k + 1;
         let reward = child.val_acc.ok_or("a child without validation examples")?;
         let b = baseline.unwrap_or(reward);
         let adv = reward - b;
@@ -342,6 +350,25 @@ pub fn run(
             child.train_s * 1e3
         );
         sink.write(m)?;
+    }
+    if crate::interrupt::requested() {
+        let mut m = Map::new();
+        m.insert("interrupted_after_step".into(), json!(done));
+        let best = match &best {
+            Some((reward, arch)) => {
+                m.insert("best_architecture".into(), json!(describe(search, arch)));
+                m.insert("best_reward".into(), json!(reward));
+                format!(
+                    "best so far {}: validation {reward:.4}",
+                    describe(search, arch)
+                )
+            }
+            None => "no architecture was evaluated".into(),
+        };
+        say!(
+            "interrupted after controller step {done}; {best} (not trained again, no test accuracy)"
+        );
+        return sink.write(m);
     }
     let (reward, arch) = best.ok_or("no controller step ran")?;
     // The best child again, from scratch with the same recipe on the training and

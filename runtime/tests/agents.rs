@@ -90,6 +90,66 @@ fn dqn_is_reproducible_resumes_exactly_and_evaluates_its_checkpoint() {
 }
 
 #[test]
+fn ctrl_c_ends_the_episode_saves_and_resumes_exactly() {
+    let d = dir("sigint");
+    let (a, b, c) = (d.join("a.jsonl"), d.join("b.jsonl"), d.join("c.jsonl"));
+    let (ck_a, ck_b) = (d.join("a.safetensors"), d.join("b.safetensors"));
+    let model = "models/reinforce.dl";
+    let args = ["train", model, "--seed", "4", "--steps", "600"];
+    ok(&[&args[..], &["--metrics", s(&a), "--save", s(&ck_a)]].concat());
+    // The same run, stopped by SIGINT after its 7th episode (between two evaluations).
+    let (code, printed) = common::interrupt_at(
+        &[&args[..], &["--metrics", s(&b), "--save", s(&ck_b)]].concat(),
+        Some((dlc_runtime::agent::STALL_ENV, "7")),
+        "stalled after episode 7",
+    );
+    assert_eq!(code, Some(130), "{printed}");
+    assert!(
+        printed.contains("interrupted after episode 7 (environment step")
+            && printed.contains("; saved ")
+            && printed.contains("--resume"),
+        "{printed}"
+    );
+    assert_eq!(episodes(&b).len(), 7, "{printed}");
+    // Resumed, it goes on as the run that was not stopped, to the same final checkpoint.
+    ok(&[
+        "train",
+        model,
+        "--resume",
+        s(&ck_b),
+        "--steps",
+        "600",
+        "--metrics",
+        s(&c),
+        "--save",
+        s(&ck_b),
+    ]);
+    let mut parts = episodes(&b);
+    parts.extend(episodes(&c));
+    assert_eq!(episodes(&a), parts, "the resumed run differs");
+    let (last_a, last_c) = (metrics(&a).pop().expect("a"), metrics(&c).pop().expect("c"));
+    for key in [
+        "episodes",
+        "env_steps",
+        "updates",
+        "eval_return_mean",
+        "eval_return_std",
+    ] {
+        assert!(last_a.get(key).is_some(), "{key} in {last_a}");
+        assert_eq!(
+            last_a.get(key),
+            last_c.get(key),
+            "the final evaluation's {key}"
+        );
+    }
+    assert!(
+        std::fs::read(&ck_a).expect("a") == std::fs::read(&ck_b).expect("b"),
+        "the final checkpoints differ"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
 fn the_engines_act_and_update_alike() {
     let d = dir("engines");
     // The Gaussian policy with one update per 8 episodes (its 80 small Adam steps per

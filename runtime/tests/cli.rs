@@ -756,6 +756,38 @@ train Huge on digits {
 }
 
 #[test]
+fn a_step_whose_intermediate_values_cannot_fit_is_refused_with_their_size() {
+    // Small weights (10^7 3×3 filters: 400 MB), huge maps: 32 rows × 6×6 × 10^7 floats are
+    // 46 GB per value. The JIT's memory plan of the step is counted before anything of
+    // that size is allocated.
+    let file = common::tmp(
+        "wide.dl",
+        b"model Wide(height, width, classes) {
+  conv = Conv2D(1, 10000000, 3, activation: relu)
+  out = Dense(36, classes)
+  fn forward(x: f32[B, height, width]) -> f32[B, classes] {
+    let h = conv(reshape(x, [-1, height, width, 1]))
+    out(flatten(sum(h, axis: -1)))
+  }
+}
+train Wide on digits {
+  loss = softmax_cross_entropy(forward(x), y)
+  optimizer = adam(lr: 1e-3)
+  batch = 32
+}
+",
+    );
+    let err = fails(&["train", s(&file), "--epochs", "1"]);
+    assert!(
+        err.contains("wide.dl: training this model needs at least")
+            && err.contains("parameters 400.0 MB")
+            && err.contains("intermediate values of a step at batch 32")
+            && err.contains("make the batch or the layers' outputs smaller"),
+        "{err}"
+    );
+}
+
+#[test]
 fn save_into_a_missing_folder_fails_before_training() {
     let o = dlc(&[
         "train",

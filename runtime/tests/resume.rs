@@ -7,6 +7,8 @@
 //! the test polls the checkpoint with a generous timeout. Ctrl-C (SIGINT) stops a run after
 //! its running step, writes the checkpoint of that step, and the run resumes from it.
 
+mod common;
+
 use dlc_runtime::checkpoint::Checkpoint;
 use dlc_runtime::trainer::STALL_ENV;
 use std::os::unix::process::ExitStatusExt;
@@ -350,30 +352,12 @@ fn ctrl_c_mid_epoch_saves_the_last_step_and_resumes_bit_exactly() {
     let args = ["train", "models/mlp.dl", "--seed", "3", "--epochs", "2"];
     ok(&[&args[..], &["--save", s(&a)]].concat());
     // The same run, stopped by SIGINT before step 30 (in the second epoch of 23 steps).
-    let mut child = dlc()
-        .args(args)
-        .args(["--save", s(&b)])
-        .env(STALL_ENV, "29")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawns dlc");
-    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-    let mut printed = String::new();
-    loop {
-        let mut line = String::new();
-        let n = std::io::BufRead::read_line(&mut out, &mut line).expect("reads stdout");
-        assert!(n > 0, "dlc ended before it stalled:\n{printed}");
-        printed.push_str(&line);
-        if line.starts_with("stalled before step 30") {
-            break;
-        }
-    }
-    // SAFETY: sends a signal to the child process, which is still running.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    std::io::Read::read_to_string(&mut out, &mut printed).expect("reads stdout");
-    let o = child.wait_with_output().expect("waits for dlc");
-    assert_eq!(o.status.code(), Some(130), "{printed}");
+    let (code, printed) = common::interrupt_at(
+        &[&args[..], &["--save", s(&b)]].concat(),
+        Some((STALL_ENV, "29")),
+        "stalled before step 30",
+    );
+    assert_eq!(code, Some(130), "{printed}");
     assert!(
         printed.contains("interrupted after step 29 (epoch 2); saved"),
         "{printed}"

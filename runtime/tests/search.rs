@@ -103,6 +103,34 @@ fn a_search_rewards_each_child_with_what_training_it_alone_gives() {
 }
 
 #[test]
+fn ctrl_c_ends_a_search_with_the_best_architecture_so_far() {
+    let file = tmp(
+        "search_sigint.dl",
+        format!("{CHILD}{CONTROLLER}").as_bytes(),
+    );
+    let m = file.with_extension("jsonl");
+    let args = ["train", s(&file), "--steps", "500", "--metrics", s(&m)];
+    let (code, printed) = common::interrupt_at(&args, None, "step   2 ");
+    assert_eq!(code, Some(130), "{printed}");
+    assert!(
+        printed.contains("interrupted after controller step")
+            && printed.contains("(not trained again, no test accuracy)"),
+        "{printed}"
+    );
+    // One line per child that trained to the end, then the best of them.
+    let lines = metrics(&m);
+    let (last, steps) = lines.split_last().expect("lines");
+    assert_eq!(last["interrupted_after_step"], steps.len(), "{last}");
+    assert!(steps.len() >= 2 && steps.len() < 500, "{}", steps.len());
+    let best = steps
+        .iter()
+        .map(|l| l["reward"].as_f64().expect("reward"))
+        .fold(f64::MIN, f64::max);
+    assert_eq!(last["best_reward"].as_f64(), Some(best));
+    assert!(last.get("best_test_acc").is_none(), "{last}");
+}
+
+#[test]
 fn bad_search_sections_are_errors() {
     let check = |name: &str, src: String| fails(&["check", s(&tmp(name, src.as_bytes()))]);
     let e = check(

@@ -64,14 +64,12 @@ pub(super) struct Layout {
     pub(super) arena: Vec<f32>,
     /// Float offset of the arena's first cache-aligned byte.
     pub(super) base: usize,
-    pub(super) plan: MemPlan,
 }
 
 impl JitGraph {
     /// The index in `layouts` of the memory layout of this schedule at these sizes (`key`,
-    /// which is `sym_key(syms)`), made with the plan of every kernel on first use: every
-    /// value a loop or matmul kernel writes that is not a requested output gets a slot in
-    /// the arena.
+    /// which is `sym_key(syms)`): the arena of [`arena_plan`](Self::arena_plan), allocated
+    /// on first use.
     pub(super) fn layout(
         &mut self,
         prep: &Prepared,
@@ -86,6 +84,29 @@ impl JitGraph {
         {
             return Ok(i);
         }
+        let (plan, keys) = self.arena_plan(prep, syms)?;
+        let align = memory::ALIGN / 4;
+        let arena = vec![0.0f32; plan.arena_bytes / 4 + align];
+        let base = arena.as_ptr().align_offset(memory::ALIGN);
+        let mut slots = Slots::new();
+        for ((body, output), off) in keys.into_iter().zip(&plan.offsets) {
+            slots.entry(body).or_default().push((output, off / 4));
+        }
+        let slots = std::rc::Rc::new(slots);
+        self.layouts
+            .push((prep.id, key.to_vec(), Layout { slots, arena, base }));
+        Ok(self.layouts.len() - 1)
+    }
+
+    /// The arena of this schedule at these sizes, without allocating it: the plan, and the
+    /// (kernel body, output) of each value placed, in the plan's order. Every value a loop
+    /// or matmul kernel writes that is not a requested output gets a slot.
+    fn arena_plan(
+        &mut self,
+        prep: &Prepared,
+        syms: &HashMap<String, usize>,
+    ) -> Result<(MemPlan, Vec<(u32, u32)>), String> {
+        let key = sym_key(syms);
         let actions = &prep.actions;
         let mut first: HashMap<u32, usize> = HashMap::new();
         for (i, a) in actions.iter().enumerate() {
@@ -132,7 +153,7 @@ impl JitGraph {
                 continue;
             };
             let native = matches!(
-                self.plans[key].get(body),
+                self.plans[&key].get(body),
                 Some(Plan::Loop(_) | Plan::MatMul { .. } | Plan::Window { .. } | Plan::Copy { .. })
             );
             let Some(last) = last_use(i, &users, actions, &is_root) else {
@@ -142,36 +163,22 @@ impl JitGraph {
                 continue;
             }
             let dims = interp::concrete_shape(&self.graph.ty(prep.order[i]).shape, syms)?;
+            let bytes = dims
+                .iter()
+                .try_fold(4usize, |a, &d| a.checked_mul(d))
+                .ok_or_else(|| format!("a value of shape {dims:?} has more bytes than a usize"))?;
             lives.push(Life {
                 first: first[body],
                 last,
-                bytes: 4 * dims.iter().product::<usize>(),
+                bytes,
             });
             keys.push((*body, *output));
         }
-        let plan = memory::plan(&lives);
-        let align = memory::ALIGN / 4;
-        let arena = vec![0.0f32; plan.arena_bytes / 4 + align];
-        let base = arena.as_ptr().align_offset(memory::ALIGN);
-        let mut slots = Slots::new();
-        for ((body, output), off) in keys.into_iter().zip(&plan.offsets) {
-            slots.entry(body).or_default().push((output, off / 4));
-        }
-        let slots = std::rc::Rc::new(slots);
-        self.layouts.push((
-            prep.id,
-            key.to_vec(),
-            Layout {
-                slots,
-                arena,
-                base,
-                plan,
-            },
-        ));
-        Ok(self.layouts.len() - 1)
+        Ok((memory::plan(&lives), keys))
     }
 
-    /// The memory plan of a run of the given outputs at the given sizes (for `--stats`).
+    /// The memory plan of a run of the given outputs at the given sizes (for `--stats`, and
+    /// to check before training that the arena fits), without allocating the arena.
     pub fn memory_plan(
         &mut self,
         outputs: &[&str],
@@ -179,8 +186,7 @@ impl JitGraph {
     ) -> Result<MemPlan, String> {
         let roots = self.roots(outputs)?;
         let prep = self.prepare(&roots, &[]);
-        let l = self.layout(&prep, syms, &sym_key(syms))?;
-        Ok(self.layouts[l].2.plan.clone())
+        Ok(self.arena_plan(&prep, syms)?.0)
     }
 
     /// The in-place candidates of a kernel that its plan allows: a loop kernel whose

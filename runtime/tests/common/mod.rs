@@ -74,3 +74,42 @@ pub fn metrics(path: &Path) -> Vec<serde_json::Value> {
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// Runs dlc (with the environment variable `stall` set, where it stops and waits), sends it
+/// SIGINT once it has printed a line starting with `marker`, and returns its exit status
+/// and everything it printed.
+pub fn interrupt_at(
+    args: &[&str],
+    stall: Option<(&str, &str)>,
+    marker: &str,
+) -> (Option<i32>, String) {
+    use std::io::{BufRead, Read};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dlc"));
+    if let Some((k, v)) = stall {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .args(args)
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawns dlc");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut printed = String::new();
+    loop {
+        let mut line = String::new();
+        let n = out.read_line(&mut line).expect("reads stdout");
+        assert!(n > 0, "dlc ended before it stalled:\n{printed}");
+        printed.push_str(&line);
+        if line.starts_with(marker) {
+            break;
+        }
+    }
+    // SAFETY: sends a signal to the child process, which is still running.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    out.read_to_string(&mut printed).expect("reads stdout");
+    let o = child.wait_with_output().expect("waits for dlc");
+    printed.push_str(&String::from_utf8_lossy(&o.stderr));
+    (o.status.code(), printed)
+}
