@@ -5,8 +5,9 @@
 //! recurrent layers (the prelude's scans, or a step function of the program's own that
 //! captures its parameters, sometimes in reverse) on a small text, classified at every
 //! step. Between layers: element-wise functions, broadcasting against reductions over the
-//! last axis, products and sums of earlier values, `maximum`, `clip`, `select`. The
-//! section has one objective (any of five optimizers, sometimes global-norm clipping) or
+//! last axis, softmax, products, quotients and sums of earlier values, `maximum`,
+//! `minimum`, `clip`, `select`, `stop_gradient`, dropout, concatenation. The section has
+//! one objective (any of six optimizers, sometimes global-norm clipping) or
 //! two over different members with different optimizers. Each program must compile, and
 //! one training step must give the same loss and updated parameters and optimizer state
 //! on the unoptimized graph (reference interpreter), on the optimized graph (reference
@@ -112,9 +113,10 @@ impl Net {
         self.values.last().cloned().expect("a value")
     }
 
-    /// Up to two element-wise steps on the last value: functions, broadcasting against
-    /// its mean or sum over the last axis, products and sums with earlier values of the
-    /// same shape, `maximum`, `clip`, `select`.
+    /// Up to two steps on the last value: element-wise functions, broadcasting against its
+    /// mean, sum or maximum over the last axis, softmax, products, quotients and sums with
+    /// earlier values of the same shape, `maximum`, `minimum`, `clip`, `select`,
+    /// `stop_gradient`, dropout, or its concatenation with an earlier value.
     fn elementwise(&mut self, r: &mut Rng, tag: &str) {
         for j in 0..r.below(3) {
             let (v, shape) = self.last();
@@ -126,7 +128,8 @@ impl Net {
                 .collect();
             let other = same[r.below(same.len())].clone();
             let c = format!("{:.3}", r.unit());
-            let e = match r.below(9) {
+            let mut out = shape.clone();
+            let e = match r.below(19) {
                 0 => format!("tanh({v}) * {c}"),
                 1 => format!("sigmoid({v}) + {other}"),
                 2 => format!("{v} - mean({v}, -1, true)"),
@@ -135,9 +138,22 @@ impl Net {
                 5 => format!("{v} + sum({other}, -1, true) * {c}"),
                 6 => format!("abs({v}) + {c}"),
                 7 => format!("clip({v}, -0.8, 0.8)"),
-                _ => format!("select({v} > {c}, {v}, {other})"),
+                8 => format!("select({v} > {c}, {v}, {other})"),
+                9 => format!("softmax({v}, axis: -1) + {other}"),
+                10 => format!("log_softmax({v}, axis: -1) * {c}"),
+                11 => format!("exp(clip({v}, -2, 2)) * 0.5"),
+                12 => format!("log(abs({v}) + 1) - sqrt({other} * {other} + 0.1)"),
+                13 => format!("{v} - max({v}, -1, true)"),
+                14 => format!("stop_gradient({v}) * {other} + {v} ** 2"),
+                15 => format!("dropout({v}, 0.3)"),
+                16 => format!("minimum({v}, {other}) + sign({v}) * {c}"),
+                17 => format!("{v} / (abs({other}) + 1)"),
+                _ => {
+                    *out.last_mut().expect("a feature axis") *= 2;
+                    format!("concat([{v}, {other}], axis: -1)")
+                }
             };
-            self.add(format!("e{tag}_{j}"), e, shape);
+            self.add(format!("e{tag}_{j}"), e, out);
         }
     }
 }
@@ -193,14 +209,14 @@ fn conv(r: &mut Rng, net: &mut Net) {
         net.add(format!("a{i}"), format!("c{i}({prev})"), vec![m, m, f]);
         net.elementwise(r, &i.to_string());
         if m >= 2 && r.coin() {
-            let (v, _) = net.last();
+            let (v, pooled) = net.last();
             let (p, st) = (r.range(2, 3.min(m)), r.range(1, 2));
             let pool = r.pick(&["maxpool2d", "avgpool2d"]);
             let q = (m - p) / st + 1;
             net.add(
                 format!("p{i}"),
                 format!("{pool}({v}, {p}, stride: {st})"),
-                vec![q, q, f],
+                vec![q, q, pooled[2]],
             );
         }
     }
@@ -252,9 +268,8 @@ fn recurrent(r: &mut Rng, net: &mut Net, vocab: usize, seq: usize) {
                 };
                 let _ = writeln!(
                     net.fns,
-                    "  fn step{i}(c, xt) {{\n    let c2 = {}(xt @ {name}x + c @ {name}h) * {keep} + c * (1 - {keep})\n    ({out_c}, {out})\n  }}",
+                    "  fn step{i}(c, xt) {{\n    let c2 = {}(xt @ {name}x + c @ {name}h) * {keep} + c * (1 - {keep})\n    (c2, {out})\n  }}",
                     activation(r),
-                    out_c = "c2",
                 );
                 let reverse = if r.coin() { ", reverse: true" } else { "" };
                 let _ = writeln!(
@@ -286,6 +301,7 @@ fn optimizer(r: &mut Rng) -> &'static str {
         "adam(lr: 0.01)",
         "rmsprop(lr: 0.01)",
         "adagrad(lr: 0.1)",
+        "adadelta(lr: 1.0)",
     ])
 }
 
