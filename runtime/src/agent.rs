@@ -565,6 +565,18 @@ struct Clock {
     eval: Duration,
 }
 
+/// How long [`train`] runs and what it checks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Limits {
+    /// Environment steps (the section's `steps` when None).
+    pub budget: Option<u64>,
+    /// Stop after this many episodes and wait to be interrupted ([`STALL_ENV`]).
+    pub stall_after_episode: Option<u64>,
+    /// `--check-numerics`: stop at the first update whose results are not finite, naming
+    /// the op that first gave a value that is not finite (`numerics`).
+    pub check_numerics: bool,
+}
+
 /// The test-only environment variable that makes [`train`] stop after this many episodes
 /// and wait to be interrupted (Ctrl-C) or killed, so that a test can stop a run without
 /// racing it.
@@ -580,11 +592,15 @@ pub const STALL_ENV: &str = "DLC_TEST_STALL_AFTER_EPISODE";
 pub fn train(
     setup: &Setup,
     mut run: Run,
-    budget: Option<u64>,
-    stall_after_episode: Option<u64>,
+    limits: &Limits,
     sink: &mut MetricsSink,
     save: &mut dyn FnMut(&Run) -> Result<(), String>,
 ) -> Result<Run, String> {
+    let Limits {
+        budget,
+        stall_after_episode,
+        check_numerics,
+    } = *limits;
     let agent: &Agent = setup
         .cfg
         .agent
@@ -677,8 +693,8 @@ pub fn train(
                             &runners,
                             &mut run.st,
                             inputs,
-                            &mut values,
-                            &mut reported,
+                            (&mut values, &mut reported),
+                            check_numerics.then_some(run.counters.episodes + 1),
                         )?;
                         if let Some(l) = &agent.lagged
                             && run.st.step % l.every as u64 == 0
@@ -746,8 +762,9 @@ pub fn train(
                             &runners,
                             &mut run.st,
                             inputs,
-                            &mut values,
-                            &mut reported,
+                            (&mut values, &mut reported),
+                            // (The episode just counted.)
+                            check_numerics.then_some(run.counters.episodes),
                         )?;
                     }
                 }
@@ -942,11 +959,26 @@ fn update(
     runners: &[StepRunner],
     st: &mut TrainState,
     mut inputs: Vec<(String, ArrayD<f32>)>,
-    values: &mut [(f64, usize)],
-    reported: &mut Vec<(String, f64, usize)>,
+    (values, reported): (&mut [(f64, usize)], &mut Vec<(String, f64, usize)>),
+    check_numerics: Option<u64>,
 ) -> Result<(), String> {
     for (k, (s, r)) in setup.steps.iter().zip(runners).enumerate() {
+        let before = check_numerics.map(|_| (st.params.clone(), st.opt.clone()));
         let out = r.run_named(&s.engine, st, &mut inputs)?;
+        if let (Some((params, opt)), Some(episode)) = (&before, check_numerics)
+            && !crate::numerics::step_is_finite(out.loss, out.grad_norm, &st.params)
+        {
+            let when = format!("at update {} (episode {episode})", st.step + 1);
+            let at = (st.seed, st.step);
+            return Err(crate::numerics::locate(
+                setup,
+                k,
+                (params, opt),
+                &inputs,
+                at,
+                &when,
+            ));
+        }
         if let Some(p) = out.pred {
             s.engine.recycle(p);
         }

@@ -956,9 +956,9 @@ fn train(a: TrainArgs) -> Result<(), String> {
     let (resume, ov) = train_overrides(&a)?;
     let (setup, data_path) = session::compile(&a.file, &ov, kind)?;
     crate::memory::check_fits(&setup, &a.file, None)?;
-    if a.check_numerics && (setup.cfg.agent.is_some() || setup.cfg.search.is_some()) {
+    if a.check_numerics && setup.cfg.search.is_some() {
         return Err(format!(
-            "{}: --check-numerics checks training on a data set; this section trains on {}",
+            "{}: --check-numerics checks training on a data set or an environment; this section searches architectures on {}",
             a.file.display(),
             setup.cfg.data
         ));
@@ -1186,7 +1186,12 @@ fn train_agent(
     };
     // Ctrl-C from here on stops training at the end of the running episode.
     crate::interrupt::install();
-    let run = crate::agent::train(setup, run, a.steps, stall, &mut sink, &mut save)?;
+    let limits = crate::agent::Limits {
+        budget: a.steps,
+        stall_after_episode: stall,
+        check_numerics: a.check_numerics,
+    };
+    let run = crate::agent::train(setup, run, &limits, &mut sink, &mut save)?;
     if crate::interrupt::requested() {
         let at = format!(
             "interrupted after episode {} (environment step {})",

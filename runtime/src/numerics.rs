@@ -83,15 +83,16 @@ pub fn first_not_finite(
 
 /// The message for the first value that is not finite in the step that ran objective
 /// `objective` on `inputs` (x, y, …) from parameters `before` and optimizer state `opt`,
-/// at step `step` (steps done before it) of epoch `epoch`.
+/// with the run's seed, the steps done before it, and `when` it ran ("at step 3 (epoch
+/// 1)").
 pub fn locate(
     setup: &Setup,
     objective: usize,
     (before, opt): (&Tensors, &Tensors),
     inputs: &[(String, ArrayD<f32>)],
-    (seed, step, epoch): (u64, u64, usize),
+    (seed, step): (u64, u64),
+    when: &str,
 ) -> String {
-    let when = format!("at step {} (epoch {epoch})", step + 1);
     let mut env: Env<f32> = Env::new(seed, step);
     let rows = inputs
         .first()
@@ -101,7 +102,7 @@ pub fn locate(
         .extend(before.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.values.extend(inputs.iter().cloned());
     // The forward pass, op by op in the order it runs.
-    match first_not_finite(&setup.forward, &env, &setup.program.source, &when) {
+    match first_not_finite(&setup.forward, &env, &setup.program.source, when) {
         Ok(Some(msg)) => return msg,
         Ok(None) => {}
         Err(e) => return format!("--check-numerics: {when}: running the step again failed: {e}"),

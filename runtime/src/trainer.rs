@@ -750,13 +750,14 @@ pub fn train(
                     && !crate::numerics::step_is_finite(out.loss, out.grad_norm, &st.params)
                 {
                     progress.finish();
-                    let at = (st.seed, st.step, epoch);
+                    let when = format!("at step {} (epoch {epoch})", st.step + 1);
                     return Err(crate::numerics::locate(
                         setup,
                         k,
                         (params, opt),
                         &inputs,
-                        at,
+                        (st.seed, st.step),
+                        &when,
                     ));
                 }
                 graph_inputs = inputs.split_off(2);

@@ -872,6 +872,34 @@ fn check_numerics_tells_an_update_that_overflows_from_finite_gradients() {
 }
 
 #[test]
+fn check_numerics_names_the_op_on_an_environment() {
+    let file = common::tmp(
+        "bad_policy.dl",
+        b"model Policy(observations, actions) {
+  l1 = Dense(observations, 16, activation: relu)
+  out = Dense(16, actions)
+  fn forward(obs: f32[B, observations]) -> f32[B, actions] { out(l1(obs)) }
+}
+train Policy on cartpole {
+  episodes(count: 1, gamma: 0.99)
+  softmax_policy()
+  log_pi = sum(log_softmax(forward(obs), axis: 1) * one_hot(action, actions), axis: 1)
+  loss = -mean(log_pi * log(ret - ret))
+  optimizer = adam(lr: 2e-3)
+  steps = 2000
+}
+",
+    );
+    let err = fails(&["train", s(&file), "--check-numerics"]);
+    assert!(
+        err.contains(
+            "bad_policy.dl:10:25: error: `log` gave an infinite value (-inf) at update 1 (episode 1)"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn run_check_numerics_names_the_op_of_a_prediction_that_is_not_finite() {
     let file = common::tmp(
         "run_bad.dl",
