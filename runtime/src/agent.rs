@@ -635,8 +635,7 @@ pub fn train(
     let mut action = vec![0f32; act_len];
     // Per objective: (sum of values, count) since the last episode line.
     let mut values = vec![(0.0f64, 0usize); setup.steps.len()];
-    // The section's reported values (`metrics = [...]`): (name, sum, count).
-    let mut reported: Vec<(String, f64, usize)> = Vec::new();
+    let mut reported: Reported = Vec::new();
     let mut stopped = false;
     let say_every = 20;
     while run.counters.env_steps < budget && !stopped && !crate::interrupt::requested() {
@@ -953,13 +952,17 @@ pub fn advantages(
     }
 }
 
+/// The section's reported values (`metrics = [...]`) since the last episode line: (name,
+/// sum, count).
+type Reported = Vec<(String, f64, usize)>;
+
 /// One update: each objective's step in turn on the same inputs.
 fn update(
     setup: &Setup,
     runners: &[StepRunner],
     st: &mut TrainState,
     mut inputs: Vec<(String, ArrayD<f32>)>,
-    (values, reported): (&mut [(f64, usize)], &mut Vec<(String, f64, usize)>),
+    (values, reported): (&mut [(f64, usize)], &mut Reported),
     check_numerics: Option<u64>,
 ) -> Result<(), String> {
     for (k, (s, r)) in setup.steps.iter().zip(runners).enumerate() {
