@@ -702,9 +702,8 @@ impl Lowerer {
                 None => match (&p.default, dims.get(&p.name.name)) {
                     (_, Some(&d)) => Value::Num(d as f64),
                     (Some(e), None) => {
-                        let rc = Rc::new(inst);
-                        let v = self.eval(e, &Ctx { scope: &Scope::new(), inst: Some(&rc) });
-                        inst = Rc::try_unwrap(rc).expect("instance is not shared during instantiation");
+                        let v;
+                        (inst, v) = self.eval_making(inst, e);
                         v
                     }
                     (None, None) => self.err(
@@ -719,21 +718,52 @@ impl Lowerer {
             inst.env.insert(p.name.name.clone(), v);
         }
         for b in &def.bindings {
-            let rc = Rc::new(inst);
             self.binding_path = Some(join(&path, &b.name.name));
-            let v = self.eval(
-                &b.value,
-                &Ctx {
-                    scope: &Scope::new(),
-                    inst: Some(&rc),
-                },
-            );
+            let v;
+            (inst, v) = self.eval_making(inst, &b.value);
             self.binding_path = None;
-            inst = Rc::try_unwrap(rc).expect("instance is not shared during instantiation");
             inst.env.insert(b.name.name.clone(), v);
         }
         self.leave();
         Value::Instance(Rc::new(inst))
+    }
+
+    /// Evaluate a parameter's default or a member of an instance being made, with its
+    /// parameters and earlier members in scope. A value that keeps the instance (one of the
+    /// model's functions) is an error (unless one was reported already): the instance is
+    /// not made yet.
+    fn eval_making(&mut self, inst: Instance, e: &Expr) -> (Instance, Value) {
+        let errors = self.diags.len();
+        let rc = Rc::new(inst);
+        let v = self.eval(
+            e,
+            &Ctx {
+                scope: &Scope::new(),
+                inst: Some(&rc),
+            },
+        );
+        let rc = match Rc::try_unwrap(rc) {
+            Ok(inst) => return (inst, v),
+            Err(rc) => rc,
+        };
+        drop(v);
+        let model = rc.def.name.name.clone();
+        let err = if self.diags.len() > errors {
+            Value::Poison
+        } else {
+            self.err(
+            e.span,
+            format!(
+                "this refers to a function of `{model}` while the model is being made: a parameter or member can use the model's parameters and earlier members, not its functions"
+            ),
+            )
+        };
+        let inst = Rc::try_unwrap(rc).unwrap_or_else(|rc| Instance {
+            def: rc.def.clone(),
+            path: rc.path.clone(),
+            env: rc.env.clone(),
+        });
+        (inst, err)
     }
 
     pub(crate) fn new_param(&mut self, shape: Vec<usize>, init: Init, span: Span) -> Value {
