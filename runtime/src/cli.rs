@@ -1030,13 +1030,7 @@ fn train(a: TrainArgs) -> Result<(), String> {
         setup.cfg.epochs,
         kind.name()
     );
-    let stall_at_step = match std::env::var(trainer::STALL_ENV) {
-        Ok(v) => Some(
-            v.parse()
-                .map_err(|_| format!("{}={v:?}: not a step count", trainer::STALL_ENV))?,
-        ),
-        Err(_) => None,
-    };
+    let stall_at_step = stall_at(trainer::STALL_ENV, "a step count")?;
     let limits = RunLimits {
         epochs: setup.cfg.epochs,
         steps: a.steps,
@@ -1091,6 +1085,18 @@ fn train(a: TrainArgs) -> Result<(), String> {
         say!("saved {}", p.display());
     }
     Ok(())
+}
+
+/// The count a test-only stall variable (`var`) gives, if set: where a run stops and waits
+/// to be interrupted or killed.
+fn stall_at(var: &str, what: &str) -> Result<Option<u64>, String> {
+    match std::env::var(var) {
+        Ok(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{var}={v:?}: not {what}")),
+        Err(_) => Ok(None),
+    }
 }
 
 /// After Ctrl-C: write the state as it stands (after the last finished step, or episode on
@@ -1177,13 +1183,7 @@ fn train_agent(
         Some(p) => checkpoint(run).save(p),
         None => Ok(()),
     };
-    let stall = match std::env::var(crate::agent::STALL_ENV) {
-        Ok(v) => Some(
-            v.parse()
-                .map_err(|_| format!("{}={v:?}: not an episode count", crate::agent::STALL_ENV))?,
-        ),
-        Err(_) => None,
-    };
+    let stall = stall_at(crate::agent::STALL_ENV, "an episode count")?;
     // Ctrl-C from here on stops training at the end of the running episode.
     crate::interrupt::install();
     let limits = crate::agent::Limits {

@@ -24,6 +24,19 @@ fn episodes(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The episode lines of a whole run (`whole`) are those of its first part (`first`) then
+/// those of the run resumed from it (`rest`); returns them.
+fn same_episodes(whole: &Path, first: &Path, rest: &Path) -> Vec<serde_json::Value> {
+    let all = episodes(whole);
+    let mut parts = episodes(first);
+    parts.extend(episodes(rest));
+    assert_eq!(
+        all, parts,
+        "a resumed run differs from one that was not stopped"
+    );
+    all
+}
+
 #[test]
 fn dqn_is_reproducible_resumes_exactly_and_evaluates_its_checkpoint() {
     let d = dir("dqn");
@@ -65,14 +78,8 @@ fn dqn_is_reproducible_resumes_exactly_and_evaluates_its_checkpoint() {
         "--metrics",
         s(&c),
     ]);
-    let whole = episodes(&a);
-    let mut parts = episodes(&b);
-    parts.extend(episodes(&c));
+    let whole = same_episodes(&a, &b, &c);
     assert!(whole.len() > 20, "{} episodes", whole.len());
-    assert_eq!(
-        whole, parts,
-        "a resumed run differs from one that was not stopped"
-    );
     assert!(
         whole.iter().any(|m| m.get("loss").is_some()),
         "no updates ran"
@@ -124,9 +131,7 @@ fn ctrl_c_ends_the_episode_saves_and_resumes_exactly() {
         "--save",
         s(&ck_b),
     ]);
-    let mut parts = episodes(&b);
-    parts.extend(episodes(&c));
-    assert_eq!(episodes(&a), parts, "the resumed run differs");
+    same_episodes(&a, &b, &c);
     let (last_a, last_c) = (metrics(&a).pop().expect("a"), metrics(&c).pop().expect("c"));
     for key in [
         "episodes",
